@@ -1,0 +1,49 @@
+# ocrmesh: `make up` runs the mesh locally, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-cpu-dev
+export BUF_CACHE_DIR ?= $(CURDIR)/.buf-cache
+
+.DEFAULT_GOAL := help
+.PHONY: help install up test test-slow test-all protos lint bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ocrmesh needs Python 3.11 or newer")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install ocrmesh with the cpu and dev extras
+
+up: $(STAMP) ## run the whole mesh locally and print its URLs (Ctrl-C stops it)
+	$(VENV)/bin/ocrmesh up
+
+test: $(STAMP) ## lint the contracts and code, then run the test suite (slow chaos tests excluded)
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP) ## run only the slow chaos/soak tests
+	$(PY) -m pytest -m slow
+
+test-all: $(STAMP) ## run every test
+	$(PY) -m pytest
+
+protos: $(STAMP) ## regenerate the Python stubs in protos/gen from protos/*.proto
+	$(PY) protos/generate.py
+
+lint: $(STAMP) ## buf lint, ruff and mypy
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy mesh ocr_svc bench
+
+bench: $(STAMP) ## the foundation benchmark: engine ceiling vs service, overload, large images
+	$(VENV)/bin/ocrmesh bench foundation
+
+clean: ## remove caches (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .buf-cache

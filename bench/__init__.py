@@ -1,0 +1,1 @@
+"""Load generation (ghz-compatible), engine ceiling measurement, reports."""

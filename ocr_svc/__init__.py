@@ -1,0 +1,1 @@
+"""The gRPC OCR service: admission queue, engine worker processes, guardrails, health, metrics."""

@@ -1,0 +1,236 @@
+from google.rpc import status_pb2 as _status_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecognizeOptions(_message.Message):
+    __slots__ = ("use_det", "use_cls", "use_rec", "return_boxes", "language_hint", "min_score")
+    USE_DET_FIELD_NUMBER: _ClassVar[int]
+    USE_CLS_FIELD_NUMBER: _ClassVar[int]
+    USE_REC_FIELD_NUMBER: _ClassVar[int]
+    RETURN_BOXES_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_HINT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    use_det: bool
+    use_cls: bool
+    use_rec: bool
+    return_boxes: bool
+    language_hint: str
+    min_score: float
+    def __init__(self, use_det: _Optional[bool] = ..., use_cls: _Optional[bool] = ..., use_rec: _Optional[bool] = ..., return_boxes: _Optional[bool] = ..., language_hint: _Optional[str] = ..., min_score: _Optional[float] = ...) -> None: ...
+
+class RecognizeRequest(_message.Message):
+    __slots__ = ("image", "filename", "options")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    filename: str
+    options: RecognizeOptions
+    def __init__(self, image: _Optional[bytes] = ..., filename: _Optional[str] = ..., options: _Optional[_Union[RecognizeOptions, _Mapping]] = ...) -> None: ...
+
+class RecognizeResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: OcrResult
+    def __init__(self, result: _Optional[_Union[OcrResult, _Mapping]] = ...) -> None: ...
+
+class RecognizeStreamRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: RecognizeStreamHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[RecognizeStreamHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class RecognizeStreamHeader(_message.Message):
+    __slots__ = ("filename", "options", "total_bytes")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    options: RecognizeOptions
+    total_bytes: int
+    def __init__(self, filename: _Optional[str] = ..., options: _Optional[_Union[RecognizeOptions, _Mapping]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class RecognizeStreamResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: OcrResult
+    def __init__(self, result: _Optional[_Union[OcrResult, _Mapping]] = ...) -> None: ...
+
+class RecognizeBatchRequest(_message.Message):
+    __slots__ = ("item_id", "image", "filename", "options")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    image: bytes
+    filename: str
+    options: RecognizeOptions
+    def __init__(self, item_id: _Optional[str] = ..., image: _Optional[bytes] = ..., filename: _Optional[str] = ..., options: _Optional[_Union[RecognizeOptions, _Mapping]] = ...) -> None: ...
+
+class RecognizeBatchResponse(_message.Message):
+    __slots__ = ("item_id", "status", "result")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    status: _status_pb2.Status
+    result: OcrResult
+    def __init__(self, item_id: _Optional[str] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., result: _Optional[_Union[OcrResult, _Mapping]] = ...) -> None: ...
+
+class OcrResult(_message.Message):
+    __slots__ = ("text", "lines", "width", "height", "timing", "served_by")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    lines: _containers.RepeatedCompositeFieldContainer[TextLine]
+    width: int
+    height: int
+    timing: Timing
+    served_by: ServedBy
+    def __init__(self, text: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[TextLine, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ...) -> None: ...
+
+class TextLine(_message.Message):
+    __slots__ = ("text", "score", "box")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    score: float
+    box: _containers.RepeatedCompositeFieldContainer[Point]
+    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
+
+class Point(_message.Message):
+    __slots__ = ("x", "y")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
+
+class Timing(_message.Message):
+    __slots__ = ("queue_ms", "decode_ms", "det_ms", "cls_ms", "rec_ms", "total_ms")
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
+    DET_MS_FIELD_NUMBER: _ClassVar[int]
+    CLS_MS_FIELD_NUMBER: _ClassVar[int]
+    REC_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    queue_ms: float
+    decode_ms: float
+    det_ms: float
+    cls_ms: float
+    rec_ms: float
+    total_ms: float
+    def __init__(self, queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., det_ms: _Optional[float] = ..., cls_ms: _Optional[float] = ..., rec_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class ServedBy(_message.Message):
+    __slots__ = ("instance_id", "device", "execution_provider", "models", "worker_pid", "version")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    device: str
+    execution_provider: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    worker_pid: int
+    version: str
+    def __init__(self, instance_id: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., worker_pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetInfoResponse(_message.Message):
+    __slots__ = ("instance_id", "version", "device", "execution_provider", "models", "workers", "threads_per_worker", "queue_capacity", "queue_depth", "in_flight", "limits", "counters", "worker_infos", "uptime_seconds", "serving")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_INFOS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    version: str
+    device: str
+    execution_provider: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    workers: int
+    threads_per_worker: int
+    queue_capacity: int
+    queue_depth: int
+    in_flight: int
+    limits: Limits
+    counters: Counters
+    worker_infos: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    uptime_seconds: float
+    serving: bool
+    def __init__(self, instance_id: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., worker_infos: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., serving: _Optional[bool] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_image_bytes", "max_image_pixels", "formats", "max_side")
+    MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    max_image_bytes: int
+    max_image_pixels: int
+    formats: _containers.RepeatedScalarFieldContainer[str]
+    max_side: int
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., max_side: _Optional[int] = ...) -> None: ...
+
+class Counters(_message.Message):
+    __slots__ = ("accepted", "completed", "rejected_busy", "rejected_invalid", "dropped_expired", "dropped_cancelled", "worker_restarts", "retried", "failed")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_BUSY_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_INVALID_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    completed: int
+    rejected_busy: int
+    rejected_invalid: int
+    dropped_expired: int
+    dropped_cancelled: int
+    worker_restarts: int
+    retried: int
+    failed: int
+    def __init__(self, accepted: _Optional[int] = ..., completed: _Optional[int] = ..., rejected_busy: _Optional[int] = ..., rejected_invalid: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., dropped_cancelled: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., retried: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("pid", "jobs_done", "rss_bytes", "state")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    JOBS_DONE_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    jobs_done: int
+    rss_bytes: int
+    state: str
+    def __init__(self, pid: _Optional[int] = ..., jobs_done: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
