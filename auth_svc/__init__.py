@@ -1,0 +1,1 @@
+"""The gRPC auth service: accounts, passwords, tokens, store, throttling."""

@@ -1,0 +1,1 @@
+"""The local supervisor (`ocrmesh up`) and deployment files."""

@@ -1,0 +1,1 @@
+"""etcd launcher for the embedded single-node default, and cluster config for deploy."""

@@ -1,0 +1,1 @@
+"""The xDS control plane and the launcher for a real Envoy gateway."""

@@ -1,0 +1,166 @@
+"""gRPC statuses with rich details (BadRequest, RetryInfo, ErrorInfo), built and read here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "ocrmesh.dev"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One thing wrong with a request field."""
+
+    field: str
+    description: str
+    reason: str = ""
+
+
+class RichError(Exception):
+    """An error that knows its gRPC status and details; servicers raise it, `abort` sends it."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return code_from_int(self.status.code)
+
+    @property
+    def message(self) -> str:
+        return self.status.message
+
+
+def code_from_int(value: int) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _pack(*details: object) -> list[any_pb2.Any]:
+    packed = []
+    for detail in details:
+        if detail is None:
+            continue
+        holder = any_pb2.Any()
+        holder.Pack(detail)  # type: ignore[arg-type]
+        packed.append(holder)
+    return packed
+
+
+def _status(code: grpc.StatusCode, message: str, *details: object) -> status_pb2.Status:
+    return status_pb2.Status(code=code.value[0], message=message, details=_pack(*details))
+
+
+def _error_info(reason: str, metadata: dict[str, str] | None) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
+
+
+def bad_request(
+    message: str, violations: Iterable[FieldViolation], reason: str = "BAD_REQUEST"
+) -> RichError:
+    """INVALID_ARGUMENT with google.rpc.BadRequest listing what is wrong."""
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(
+                field=v.field, description=v.description, reason=v.reason
+            )
+            for v in violations
+        ]
+    )
+    return RichError(
+        _status(grpc.StatusCode.INVALID_ARGUMENT, message, detail, _error_info(reason, None))
+    )
+
+
+def retry_later(message: str, retry_after_s: float, reason: str = "OVERLOADED") -> RichError:
+    """RESOURCE_EXHAUSTED with google.rpc.RetryInfo saying when to come back."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(0, round(retry_after_s * 1e9)))
+    detail = error_details_pb2.RetryInfo(retry_delay=delay)
+    return RichError(
+        _status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, detail, _error_info(reason, None))
+    )
+
+
+def unavailable(
+    message: str, reason: str = "UNAVAILABLE", retry_after_s: float | None = None
+) -> RichError:
+    """UNAVAILABLE, optionally with a retry hint; safe to retry on another instance."""
+    retry = None
+    if retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, round(retry_after_s * 1e9)))
+        retry = error_details_pb2.RetryInfo(retry_delay=delay)
+    return RichError(
+        _status(grpc.StatusCode.UNAVAILABLE, message, retry, _error_info(reason, None))
+    )
+
+
+def simple(code: grpc.StatusCode, message: str, reason: str = "", **metadata: str) -> RichError:
+    """Any other status, with an ErrorInfo reason when given."""
+    info = _error_info(reason, metadata) if reason else None
+    return RichError(_status(code, message, info))
+
+
+def to_grpc_status(error: RichError) -> grpc.Status:
+    """The form `context.abort_with_status` takes (details travel in grpc-status-details-bin)."""
+    return rpc_status.to_status(error.status)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: RichError) -> None:  # type: ignore[type-arg]
+    """Send `error` with its details and end the RPC."""
+    await context.abort_with_status(to_grpc_status(error))
+
+
+def from_call_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status:
+    """The rich status of a failed call; a plain status when the server sent no details."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        return status
+    code = error.code()  # type: ignore[union-attr]
+    return status_pb2.Status(code=code.value[0], message=error.details() or "")  # type: ignore[union-attr]
+
+
+def retry_delay_s(status: status_pb2.Status) -> float | None:
+    """The server's RetryInfo delay in seconds, if it sent one."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+def field_violations(status: status_pb2.Status) -> list[FieldViolation]:
+    """The BadRequest field violations in a status (empty when there are none)."""
+    found: list[FieldViolation] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found.extend(
+                FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations
+            )
+    return found
+
+
+def error_reason(status: status_pb2.Status) -> str:
+    """The ErrorInfo reason in a status, or ''."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+OK_CODE = code_pb2.OK

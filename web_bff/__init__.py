@@ -1,0 +1,1 @@
+"""The HTTP backend-for-frontend and static web UI."""
