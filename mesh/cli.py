@@ -3,25 +3,121 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from mesh import __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ocrmesh", description="An OCR service mesh.")
+@dataclass(frozen=True)
+class Command:
+    """A subcommand implemented by `module`'s `add`/`run` functions, imported only when used."""
+
+    name: str
+    help: str
+    module: str
+    add: str = "add_arguments"
+    run: str = "run"
+
+    def load(self) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.add), getattr(mod, self.run)
+
+
+SERVE = [
+    Command("ocr", "run an OCR service instance", "ocr_svc.server"),
+    Command("auth", "run an auth service instance", "auth_svc.server"),
+    Command("etcd", "run the embedded single-node etcd", "etcd.launcher"),
+]
+TOP = [
+    Command("ocr", "recognise text in images", "mesh.ocr_commands", "add_ocr_arguments", "run_ocr"),
+    Command(
+        "info", "describe an OCR instance", "mesh.ocr_commands", "add_info_arguments", "run_info"
+    ),
+    Command("up", "run the whole mesh locally and print its URLs", "deploy.supervisor"),
+]
+BENCH = [
+    Command("engine", "measure the raw in-process engine ceiling", "bench.engine_ceiling"),
+    Command("foundation", "engine vs service, overload and large-image runs", "bench.foundation"),
+]
+BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")
+
+EPILOG = """examples:
+  ocrmesh serve ocr --port 50051            run an OCR instance
+  ocrmesh ocr photo.jpg --target 127.0.0.1:50051
+  ocrmesh bench --call ocrmesh.ocr.v1.OcrService.Recognize --image photo.jpg -c 4 -z 30s 127.0.0.1:50051
+  ocrmesh bench engine photo.jpg            the engine's own ceiling, same worker layout
+  ocrmesh <command> --help                  details of one command
+"""
+
+
+def _parser_for(command: Command, prog: str) -> tuple[argparse.ArgumentParser, Callable[..., int]]:
+    add, run = command.load()
+    parser = argparse.ArgumentParser(prog=prog, description=command.help)
+    add(parser)
+    return parser, run
+
+
+def _overview() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocrmesh",
+        description="ocrmesh: an OCR service mesh (gRPC OCR workers, etcd registry, Envoy gateway).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"ocrmesh {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run one service: " + ", ".join(c.name for c in SERVE))
+    serve.add_argument("service", choices=[c.name for c in SERVE])
+    for command in TOP:
+        sub.add_parser(command.name, help=command.help, add_help=False)
+    sub.add_parser(
+        "bench",
+        help="load tests: `ocrmesh bench [ghz flags] HOST:PORT`, or "
+        + ", ".join(f"`bench {c.name}`" for c in BENCH),
+        add_help=False,
+    )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    if ns.command is None:
-        parser.print_help()
+def _run(command: Command, prog: str, argv: list[str]) -> int:
+    try:
+        parser, run = _parser_for(command, prog)
+    except ModuleNotFoundError as exc:
+        print(f"{prog}: not available in this build ({exc.name} is missing)", file=sys.stderr)
         return 2
-    return 0
+    return run(parser.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overview = _overview()
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        overview.parse_args(argv or ["--help"])
+        return 0
+    head, rest = argv[0], argv[1:]
+    try:
+        if head == "serve":
+            by_name = {c.name: c for c in SERVE}
+            if not rest or rest[0] not in by_name:
+                overview.parse_args(["serve", *rest[:1]] if rest else ["serve", "--help"])
+                return 2
+            return _run(by_name[rest[0]], f"ocrmesh serve {rest[0]}", rest[1:])
+        if head == "bench":
+            by_name = {c.name: c for c in BENCH}
+            if rest and rest[0] in by_name:
+                return _run(by_name[rest[0]], f"ocrmesh bench {rest[0]}", rest[1:])
+            return _run(BENCH_LOAD, "ocrmesh bench", rest)
+        for command in TOP:
+            if head == command.name:
+                return _run(command, f"ocrmesh {head}", rest)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    overview.parse_args(argv)  # prints the usage error for an unknown command
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""Server interceptors: request id into a contextvar, and one JSON access-log line per call."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from mesh.logs import request_id
+
+access_log = logging.getLogger("ocrmesh.access")
+
+REQUEST_ID_KEY = "x-request-id"
+QUIET_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+def _incoming_request_id(details: grpc.HandlerCallDetails) -> str:
+    for key, value in details.invocation_metadata or ():
+        if key == REQUEST_ID_KEY and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex[:16]
+
+
+def _code_name(context: Any, error: BaseException | None) -> str:
+    code = context.code()
+    if code is None:
+        if error is None:
+            return "OK"
+        if isinstance(error, grpc.aio.AbortError):
+            return "UNKNOWN"
+        return "CANCELLED" if type(error).__name__ == "CancelledError" else "UNKNOWN"
+    return str(code.name) if hasattr(code, "name") else str(code)
+
+
+class AccessLogInterceptor(grpc.aio.ServerInterceptor):
+    """Sets the request id for the call's logs and logs method, status and duration at the end."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        rid = _incoming_request_id(handler_call_details)
+        quiet = method in QUIET_METHODS
+
+        def finish(context: Any, started: float, error: BaseException | None) -> None:
+            if quiet:
+                return
+            access_log.info(
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": _code_name(context, error),
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    "peer": context.peer(),
+                },
+            )
+
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request: Any, context: Any) -> Any:
+                token = request_id.set(rid)
+                started = time.perf_counter()
+                error: BaseException | None = None
+                try:
+                    await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+                    return await inner(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(context, started, error)
+                    request_id.reset(token)
+
+            make = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return make(
+                unary_response,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
+            token = request_id.set(rid)
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                async for item in inner_stream(request, context):
+                    yield item
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(context, started, error)
+                request_id.reset(token)
+
+        make_stream = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return make_stream(
+            stream_response,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

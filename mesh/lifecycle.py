@@ -1,0 +1,108 @@
+"""Service lifecycle pieces: the gRPC server, health status, stop signals and the ready file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.interceptors import AccessLogInterceptor
+
+log = logging.getLogger(__name__)
+
+
+def new_server(
+    max_receive_bytes: int = 4 * 1024 * 1024,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
+    """A grpc.aio server with our interceptors and sane options."""
+    return grpc.aio.server(
+        interceptors=[AccessLogInterceptor(), *interceptors],
+        options=[
+            ("grpc.max_receive_message_length", max_receive_bytes),
+            ("grpc.max_send_message_length", -1),
+            # Never let two instances silently share one port.
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ],
+    )
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> str:
+    """Bind plaintext on host:port (0 picks a free port); returns "host:port" actually bound."""
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(target)
+    if bound == 0:
+        raise OSError(f"cannot listen on {target}: the port is in use or the address is not local")
+    return f"{host}:{bound}"
+
+
+class Health:
+    """grpc.health.v1 for a set of services, all flipped together (NOT_SERVING until ready)."""
+
+    def __init__(self, server: grpc.aio.Server, services: Sequence[str]) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self.services = ["", *services]
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+        self.serving = False
+
+    async def set(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.serving = serving
+        for name in self.services:
+            await self.servicer.set(name, status)
+
+
+def enable_reflection(server: grpc.aio.Server, services: Sequence[str]) -> None:
+    reflection.enable_server_reflection(
+        [*services, reflection.SERVICE_NAME, health.SERVICE_NAME], server
+    )
+
+
+async def wait_for_stop_signal(extra: asyncio.Event | None = None) -> str:
+    """Return the name of the first SIGINT/SIGTERM received (or "event" when `extra` is set)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        waiters = [asyncio.create_task(stop.wait())]
+        if extra is not None:
+            waiters.append(asyncio.create_task(extra.wait()))
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return received[0] if received else "event"
+
+
+def write_ready_file(path: Path | None, payload: dict[str, Any]) -> None:
+    """Atomically write `payload` as JSON, so a supervisor or test can read the bound ports."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**payload, "pid": os.getpid()}))
+    tmp.replace(path)

@@ -1,0 +1,177 @@
+"""`ocrmesh ocr` and `ocrmesh info`: send images to an OCR service, describe an instance."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from ocrmesh.ocr.v1 import ocr_pb2
+from rich.console import Console
+from rich.table import Table
+
+from mesh import balancer, errors
+from mesh.ocr_client import OcrClient
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def explain(exc: grpc.aio.AioRpcError, target: str, timeout: float) -> str:
+    """A one-line, actionable explanation of a failed call."""
+    status = errors.from_call_error(exc)
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE and "not serving" not in (exc.details() or ""):
+        return (
+            f"cannot reach an OCR service at {target} ({exc.details()}). "
+            "Start one with `make up` or `ocrmesh serve ocr`, or pass --target HOST:PORT."
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within {timeout:g}s; raise --timeout or try a smaller image"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        found = errors.field_violations(status)
+        detail = "; ".join(f"{v.field}: {v.description}" for v in found) or status.message
+        return f"the service rejected the image: {detail}"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        delay = errors.retry_delay_s(status)
+        hint = f" (server suggests retrying in {delay:.2f}s)" if delay is not None else ""
+        return f"the service is busy: {status.message}{hint}"
+    return f"{code.name}: {status.message or exc.details()}"
+
+
+def _options(ns: argparse.Namespace) -> ocr_pb2.RecognizeOptions:
+    options = ocr_pb2.RecognizeOptions()
+    if ns.no_det:
+        options.use_det = False
+    if ns.no_cls:
+        options.use_cls = False
+    if ns.min_score is not None:
+        options.min_score = ns.min_score
+    return options
+
+
+async def _ocr(ns: argparse.Namespace) -> int:
+    paths = [Path(p) for p in ns.images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"ocrmesh ocr: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    outputs: list[dict[str, Any]] = []
+    failed = 0
+    async with balancer.direct_channel(ns.target) as channel:
+        client = OcrClient(channel)
+        for path in paths:
+            try:
+                result = await client.recognize(
+                    path.read_bytes(), path.name, _options(ns), timeout=ns.timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                failed += 1
+                print(
+                    f"ocrmesh ocr: {path}: {explain(exc, ns.target, ns.timeout)}", file=sys.stderr
+                )
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    break
+                continue
+            if ns.json:
+                outputs.append(
+                    {
+                        "file": str(path),
+                        **json_format.MessageToDict(result, preserving_proto_field_name=True),
+                    }
+                )
+                continue
+            if len(paths) > 1:
+                print(f"==> {path} <==")
+            print(result.text)
+            if ns.timing:
+                t = result.timing
+                print(
+                    f"[{len(result.lines)} lines, {result.width}x{result.height}, total "
+                    f"{t.total_ms:.0f} ms (queue {t.queue_ms:.0f}, decode {t.decode_ms:.0f}, "
+                    f"det {t.det_ms:.0f}, cls {t.cls_ms:.0f}, rec {t.rec_ms:.0f}); "
+                    f"{result.served_by.instance_id} {result.served_by.execution_provider}]",
+                    file=sys.stderr,
+                )
+    if ns.json:
+        print(
+            json.dumps(
+                outputs if len(paths) > 1 else (outputs or [{}])[0], ensure_ascii=False, indent=2
+            )
+        )
+    return 1 if failed else 0
+
+
+async def _info(ns: argparse.Namespace) -> int:
+    async with balancer.direct_channel(ns.target) as channel:
+        try:
+            info = await OcrClient(channel).info(timeout=ns.timeout)
+        except grpc.aio.AioRpcError as exc:
+            print(f"ocrmesh info: {explain(exc, ns.target, ns.timeout)}", file=sys.stderr)
+            return 1
+    if ns.json:
+        print(
+            json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2)
+        )
+        return 0
+    console = Console()
+    table = Table(title=f"OCR instance {info.instance_id} at {ns.target}", show_header=False)
+    c = info.counters
+    rows = [
+        ("serving", "yes" if info.serving else "no"),
+        ("version", info.version),
+        ("device / provider", f"{info.device} / {info.execution_provider}"),
+        ("models", ", ".join(info.models)),
+        ("workers", f"{info.workers} x {info.threads_per_worker} thread"),
+        ("queue", f"{info.queue_depth} waiting of {info.queue_capacity}; {info.in_flight} running"),
+        (
+            "limits",
+            f"{info.limits.max_image_bytes // 2**20} MiB, "
+            f"{info.limits.max_image_pixels / 1e6:.0f} Mpx, {', '.join(info.limits.formats)}",
+        ),
+        (
+            "requests",
+            f"{c.accepted} accepted, {c.completed} completed, {c.rejected_busy} busy, "
+            f"{c.rejected_invalid} invalid, {c.dropped_expired} expired, "
+            f"{c.dropped_cancelled} cancelled, {c.failed} failed",
+        ),
+        ("workers restarted", f"{c.worker_restarts} (jobs retried: {c.retried})"),
+        ("uptime", f"{info.uptime_seconds:.0f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    for w in info.worker_infos:
+        table.add_row(
+            f"worker {w.pid}", f"{w.state}, {w.jobs_done} jobs, {w.rss_bytes / 2**20:.0f} MiB"
+        )
+    console.print(table)
+    return 0
+
+
+def add_ocr_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to recognise")
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="OCR service host:port")
+    parser.add_argument("--json", action="store_true", help="print JSON with lines, boxes, timings")
+    parser.add_argument("--timing", action="store_true", help="print timings to stderr")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per image")
+    parser.add_argument("--no-det", action="store_true", help="skip detection (one line image)")
+    parser.add_argument("--no-cls", action="store_true", help="skip the direction classifier")
+    parser.add_argument("--min-score", type=float, default=None, help="drop lines below this score")
+
+
+def add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="OCR service host:port")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+
+
+def run_ocr(ns: argparse.Namespace) -> int:
+    return asyncio.run(_ocr(ns))
+
+
+def run_info(ns: argparse.Namespace) -> int:
+    return asyncio.run(_info(ns))

@@ -1,0 +1,78 @@
+"""The OCR service's one frozen config: listen address, worker layout, device, limits, queue."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from mesh.config import ConfigError, setting
+
+
+def default_workers() -> int:
+    """One engine process per core measured fastest on CPU (2 cores: 2 processes x 1 thread)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def default_instance_id() -> str:
+    return f"ocr-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class OcrConfig:
+    """Settings of one OCR service instance."""
+
+    ENV_PREFIX: ClassVar[str] = "OCRMESH_OCR_"
+
+    host: str = setting("127.0.0.1", help="address to listen on")
+    port: int = setting(50051, help="gRPC port (0 picks a free one)")
+    instance_id: str = setting(
+        "", help="instance id in responses and the registry (default: random)"
+    )
+    workers: int = setting(0, help="engine worker processes (0: one per core)")
+    threads_per_worker: int = setting(1, help="ONNX Runtime intra-op threads per worker")
+    device: str = setting("auto", help="execution device", choices=("auto", "cpu", "cuda"))
+    cuda_device_id: int = setting(0, help="GPU index for --device cuda")
+    queue_depth: int = setting(-1, help="requests allowed to wait for a worker (-1: 2 per worker)")
+    max_image_bytes: int = setting(20 * 1024 * 1024, help="largest accepted upload in bytes")
+    max_image_pixels: int = setting(
+        40_000_000, help="largest accepted image in pixels (from header)"
+    )
+    max_side: int = setting(4096, help="longer images are scaled down to this side before OCR")
+    min_score: float = setting(0.5, help="drop lines whose recognition score is lower")
+    recycle_after_jobs: int = setting(2000, help="replace a worker after this many jobs (0: never)")
+    max_worker_rss_mb: int = setting(
+        1024, help="replace a worker whose RSS exceeds this (0: never)"
+    )
+    job_timeout_s: float = setting(120.0, help="kill a worker stuck on one job for this long")
+    grace_s: float = setting(20.0, help="on SIGTERM, time given to in-flight requests")
+    metrics_port: int = setting(0, help="Prometheus /metrics port (0: a free one, -1: off)")
+    ready_file: Path | None = setting(None, help="write {address, metrics} JSON here once serving")
+    log_level: str = setting("info", help="log level", env="OCRMESH_LOG_LEVEL")
+    debug_delay_ms: int = setting(0, help="TEST ONLY: sleep this long in the worker per job")
+
+    def validate(self) -> None:
+        if self.workers < 0:
+            raise ConfigError("--workers must be 0 (auto) or more")
+        if self.threads_per_worker < 1:
+            raise ConfigError("--threads-per-worker must be at least 1")
+        if self.queue_depth < -1:
+            raise ConfigError("--queue-depth must be -1 (auto) or 0 and more")
+        if self.max_image_bytes < 1 or self.max_image_pixels < 1 or self.max_side < 32:
+            raise ConfigError("image limits must be positive (max side at least 32)")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError("--min-score must be between 0 and 1")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or default_workers()
+
+    @property
+    def queue_capacity(self) -> int:
+        return 2 * self.worker_count if self.queue_depth < 0 else self.queue_depth
+
+    @property
+    def resolved_instance_id(self) -> str:
+        return self.instance_id or default_instance_id()

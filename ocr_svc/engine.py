@@ -1,0 +1,187 @@
+"""One RapidOCR engine in one worker process: build for a device, verify its provider, run a job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+
+
+class EngineStartError(RuntimeError):
+    """The engine cannot run as configured (e.g. CUDA asked for but unusable); says what to do."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What a worker needs to build its engine; pickled to the worker process."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 1
+    cuda_device_id: int = 0
+    min_score: float = 0.5
+    max_side: int = 4096
+    debug_delay_ms: int = 0
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Per-request switches; every field is passed to the engine on every call, so none leak."""
+
+    use_det: bool = True
+    use_cls: bool = True
+    use_rec: bool = True
+    return_boxes: bool = True
+    min_score: float | None = None
+
+
+@dataclass
+class EngineInfo:
+    """What the worker reports once warm."""
+
+    pid: int
+    device: str
+    execution_provider: str
+    models: list[str] = field(default_factory=list)
+    warmup_ms: float = 0.0
+
+
+def _ort_params(settings: EngineSettings, use_cuda: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "Global.log_level": "error",
+        "EngineConfig.onnxruntime.intra_op_num_threads": settings.threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        "EngineConfig.onnxruntime.use_cuda": use_cuda,
+    }
+    if use_cuda:
+        params["EngineConfig.onnxruntime.cuda_ep_cfg.device_id"] = settings.cuda_device_id
+        # EXHAUSTIVE re-searches conv algorithms for every new input shape: recognition crawls.
+        params["EngineConfig.onnxruntime.cuda_ep_cfg.cudnn_conv_algo_search"] = "DEFAULT"
+    return params
+
+
+def available_providers() -> list[str]:
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def choose_device(requested: str, providers: list[str]) -> str:
+    """Resolve auto/cpu/cuda against the providers this ONNX Runtime build offers (pure)."""
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda":
+        if CUDA_EP not in providers:
+            raise EngineStartError(
+                "--device cuda was requested but this ONNX Runtime has no CUDAExecutionProvider "
+                f"(available: {', '.join(providers) or 'none'}). Install the gpu extra "
+                "(`pip install 'ocrmesh[gpu]'`, not together with onnxruntime) on a machine with an "
+                "NVIDIA GPU, CUDA and cuDNN, or run with --device cpu."
+            )
+        return "cuda"
+    return "cuda" if CUDA_EP in providers else "cpu"
+
+
+def _session_providers(engine: Any) -> list[str]:
+    providers: list[str] = []
+    for stage in ("text_det", "text_cls", "text_rec"):
+        part = getattr(engine, stage, None)
+        session = getattr(getattr(part, "session", None), "session", None)
+        if session is not None:
+            providers.extend(p for p in session.get_providers()[:1] if p not in providers)
+    return providers
+
+
+def _model_names(engine: Any) -> list[str]:
+    cfg = engine.cfg
+    names = []
+    for stage, task in (("Det", "det"), ("Cls", "cls"), ("Rec", "rec")):
+        part = cfg[stage]
+        version = getattr(part.ocr_version, "value", part.ocr_version)
+        model_type = getattr(part.model_type, "value", part.model_type)
+        names.append(f"{version}_{task}_{model_type}")
+    return names
+
+
+def _warmup_image() -> np.ndarray:
+    """A small synthetic image with dark strokes, so det, cls and rec all run once."""
+    img = np.full((96, 320, 3), 255, dtype=np.uint8)
+    for i in range(6):
+        img[30:66, 20 + i * 48 : 44 + i * 48] = 20
+    return img
+
+
+class Engine:
+    """A warmed RapidOCR engine bound to one device; not thread-safe, one per process."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        os.environ.setdefault("OMP_NUM_THREADS", str(settings.threads))
+        import cv2
+        from rapidocr import RapidOCR
+
+        cv2.setNumThreads(settings.threads)
+        self.settings = settings
+        device = choose_device(settings.device, available_providers())
+        started = time.perf_counter()
+        self._ocr = RapidOCR(params=_ort_params(settings, use_cuda=device == "cuda"))
+        self.run(_warmup_image(), JobOptions())  # loads det, cls and rec sessions
+        providers = _session_providers(self._ocr)
+        provider = providers[0] if providers else CPU_EP
+        if device == "cuda" and provider != CUDA_EP:
+            raise EngineStartError(
+                f"--device cuda: ONNX Runtime created the sessions on {provider} instead of "
+                f"{CUDA_EP} (CUDA or cuDNN libraries missing or mismatched). Check "
+                "`python -c 'import onnxruntime; print(onnxruntime.get_device())'`, or use --device cpu."
+            )
+        if settings.device == "auto" and device == "cpu":
+            log.warning("no CUDA execution provider available; --device auto is using the CPU")
+        self.info = EngineInfo(
+            pid=os.getpid(),
+            device="cuda" if provider == CUDA_EP else "cpu",
+            execution_provider=provider,
+            models=_model_names(self._ocr),
+            warmup_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def run(self, image: np.ndarray, options: JobOptions) -> dict[str, Any]:
+        """OCR one BGR image; boxes are in the coordinates of `image`."""
+        if self.settings.debug_delay_ms:
+            time.sleep(self.settings.debug_delay_ms / 1000)
+        min_score = self.settings.min_score if options.min_score is None else options.min_score
+        out = self._ocr(
+            image,
+            use_det=options.use_det,
+            use_cls=options.use_cls,
+            use_rec=options.use_rec,
+            return_word_box=False,
+            return_single_char_box=False,
+            text_score=min_score,
+            box_thresh=0.5,
+            unclip_ratio=1.6,
+        )
+        elapse = list(getattr(out, "elapse_list", []) or [])
+        elapse += [None] * (3 - len(elapse))
+        lines: list[tuple[str, float, list[float]]] = []
+        txts = getattr(out, "txts", None)
+        scores = getattr(out, "scores", None)
+        boxes = getattr(out, "boxes", None)
+        if txts is not None and scores is not None:
+            for i, (text, score) in enumerate(zip(txts, scores, strict=False)):
+                box: list[float] = []
+                if options.return_boxes and boxes is not None and i < len(boxes):
+                    box = [float(v) for v in np.asarray(boxes[i]).reshape(-1)[:8]]
+                lines.append((str(text), float(score), box))
+        return {
+            "lines": lines,
+            "det_ms": (elapse[0] or 0.0) * 1000,
+            "cls_ms": (elapse[1] or 0.0) * 1000,
+            "rec_ms": (elapse[2] or 0.0) * 1000,
+        }

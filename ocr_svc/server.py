@@ -1,0 +1,174 @@
+"""`ocrmesh serve ocr`: start the server, warm the workers, serve, drain on SIGTERM, stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from types import TracebackType
+
+from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
+
+from mesh import config as mesh_config
+from mesh import lifecycle, logs
+from ocr_svc.admission import AdmissionQueue
+from ocr_svc.config import OcrConfig
+from ocr_svc.engine import EngineSettings, EngineStartError
+from ocr_svc.guardrails import Limits
+from ocr_svc.metrics import OcrMetrics
+from ocr_svc.recognizer import Recognizer
+from ocr_svc.servicer import InstanceFacts, OcrServicer
+from ocr_svc.workers import PoolSettings, WorkerPool
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ocr_pb2.DESCRIPTOR.services_by_name["OcrService"].full_name
+
+
+class OcrInstance:
+    """One OCR service instance; `async with` starts it warm and drains it on exit."""
+
+    def __init__(self, config: OcrConfig) -> None:
+        self.config = config
+        self.instance_id = config.resolved_instance_id
+        self.address = ""
+        self.metrics_url = ""
+        limits = Limits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
+        self.queue = AdmissionQueue(config.queue_capacity)
+        self.pool = WorkerPool(
+            engine=EngineSettings(
+                device=config.device,
+                threads=config.threads_per_worker,
+                cuda_device_id=config.cuda_device_id,
+                min_score=config.min_score,
+                max_side=config.max_side,
+                debug_delay_ms=config.debug_delay_ms,
+            ),
+            limits=limits,
+            settings=PoolSettings(
+                size=config.worker_count,
+                recycle_after_jobs=config.recycle_after_jobs,
+                max_worker_rss_bytes=config.max_worker_rss_mb * 2**20,
+                job_timeout_s=config.job_timeout_s,
+            ),
+            queue=self.queue,
+        )
+        self.metrics = OcrMetrics(lambda: (len(self.queue), self.pool.busy, self.pool.counters))
+        self.recognizer = Recognizer(self.pool, self.queue, limits, self.metrics)
+        self.server = lifecycle.new_server(max_receive_bytes=config.max_image_bytes + 2**20)
+        self.health = lifecycle.Health(self.server, [SERVICE_NAME])
+        self.servicer = OcrServicer(
+            self.recognizer,
+            InstanceFacts(
+                self.instance_id,
+                config.device,
+                "",
+                (),
+                config.worker_count,
+                config.threads_per_worker,
+            ),
+        )
+        ocr_pb2_grpc.add_OcrServiceServicer_to_server(self.servicer, self.server)
+        lifecycle.enable_reflection(self.server, [SERVICE_NAME])
+
+    async def start(self) -> None:
+        """Listen (health NOT_SERVING), warm every worker, then report SERVING."""
+        c = self.config
+        self.address = lifecycle.bind(self.server, c.host, c.port)
+        await self.health.set(False)
+        await self.server.start()
+        if c.metrics_port >= 0:
+            port = self.metrics.serve(c.host, c.metrics_port)
+            self.metrics_url = f"http://{c.host}:{port}/metrics"
+        try:
+            await self.pool.start()
+        except BaseException:
+            await self.server.stop(0)
+            self.metrics.close()
+            raise
+        info = self.pool.info
+        assert info is not None
+        self.servicer.facts = InstanceFacts(
+            self.instance_id,
+            info.device,
+            info.execution_provider,
+            tuple(info.models),
+            c.worker_count,
+            c.threads_per_worker,
+        )
+        self.recognizer.serving = True
+        await self.health.set(True)
+        lifecycle.write_ready_file(
+            c.ready_file,
+            {
+                "address": self.address,
+                "metrics": self.metrics_url,
+                "instance_id": self.instance_id,
+                "execution_provider": info.execution_provider,
+                "device": info.device,
+            },
+        )
+        log.info(
+            "serving",
+            extra={
+                "address": self.address,
+                "provider": info.execution_provider,
+                "workers": c.worker_count,
+            },
+        )
+
+    async def drain(self) -> None:
+        """Stop taking work (health NOT_SERVING), let in-flight requests finish, stop workers."""
+        self.recognizer.serving = False
+        await self.health.set(False)
+        await self.server.stop(self.config.grace_s)
+        await self.pool.close()
+        self.metrics.close()
+
+    async def __aenter__(self) -> OcrInstance:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.drain()
+
+
+async def serve(config: OcrConfig) -> int:
+    """Run one instance until SIGINT/SIGTERM."""
+    logs.setup("ocr", config.log_level)
+    instance = OcrInstance(config)
+    try:
+        await instance.start()
+    except EngineStartError as exc:
+        print(f"ocrmesh: the OCR engine could not start: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ocrmesh: {exc}", file=sys.stderr)
+        return 2
+    info = instance.servicer.facts
+    print(
+        f"OCR service {instance.instance_id} listening on {instance.address} "
+        f"({config.worker_count} workers x {config.threads_per_worker} thread, "
+        f"{info.execution_provider}); metrics {instance.metrics_url or 'off'}",
+        flush=True,
+    )
+    signame = await lifecycle.wait_for_stop_signal()
+    print(f"{signame}: draining (up to {config.grace_s:.0f}s for in-flight requests)", flush=True)
+    await instance.drain()
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mesh_config.add_arguments(parser, OcrConfig)
+
+
+def run(ns: argparse.Namespace) -> int:
+    try:
+        config = mesh_config.load(OcrConfig, ns)
+    except mesh_config.ConfigError as exc:
+        print(f"ocrmesh serve ocr: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config))

@@ -1,0 +1,235 @@
+"""OcrService servicer: converts protobuf to and from the recognizer's plain values, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import status_pb2
+from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
+
+from mesh import __version__, errors
+from ocr_svc.engine import JobOptions
+from ocr_svc.recognizer import Recognition, Recognizer
+
+Context = grpc.aio.ServicerContext  # type: ignore[type-arg]
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What GetInfo and served_by report about this instance."""
+
+    instance_id: str
+    device: str
+    execution_provider: str
+    models: tuple[str, ...]
+    workers: int
+    threads_per_worker: int
+
+
+def job_options(options: ocr_pb2.RecognizeOptions) -> JobOptions:
+    """Unset fields take defaults, so nothing from one request carries into the next."""
+    return JobOptions(
+        use_det=options.use_det if options.HasField("use_det") else True,
+        use_cls=options.use_cls if options.HasField("use_cls") else True,
+        use_rec=options.use_rec if options.HasField("use_rec") else True,
+        return_boxes=options.return_boxes if options.HasField("return_boxes") else True,
+        min_score=options.min_score if options.HasField("min_score") else None,
+    )
+
+
+def to_result(rec: Recognition, facts: InstanceFacts) -> ocr_pb2.OcrResult:
+    lines = [
+        ocr_pb2.TextLine(
+            text=text,
+            score=score,
+            box=[ocr_pb2.Point(x=box[i], y=box[i + 1]) for i in range(0, len(box) - 1, 2)],
+        )
+        for text, score, box in rec.lines
+    ]
+    t = rec.timing_ms
+    return ocr_pb2.OcrResult(
+        text="\n".join(line.text for line in lines),
+        lines=lines,
+        width=rec.width,
+        height=rec.height,
+        timing=ocr_pb2.Timing(
+            queue_ms=t["queue"],
+            decode_ms=t["decode"],
+            det_ms=t["det"],
+            cls_ms=t["cls"],
+            rec_ms=t["rec"],
+            total_ms=t["total"],
+        ),
+        served_by=ocr_pb2.ServedBy(
+            instance_id=facts.instance_id,
+            device=facts.device,
+            execution_provider=facts.execution_provider,
+            models=list(facts.models),
+            worker_pid=rec.worker_pid,
+            version=__version__,
+        ),
+    )
+
+
+class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
+    """gRPC face of a Recognizer."""
+
+    def __init__(self, recognizer: Recognizer, facts: InstanceFacts) -> None:
+        self.recognizer = recognizer
+        self.facts = facts
+
+    async def Recognize(
+        self, request: ocr_pb2.RecognizeRequest, context: Context
+    ) -> ocr_pb2.RecognizeResponse:
+        try:
+            rec = await self.recognizer.recognize(
+                request.image, job_options(request.options), context.time_remaining()
+            )
+        except errors.RichError as exc:
+            await errors.abort(context, exc)
+            raise  # unreachable: abort raises
+        return ocr_pb2.RecognizeResponse(result=to_result(rec, self.facts))
+
+    async def RecognizeStream(
+        self, request_iterator: AsyncIterator[ocr_pb2.RecognizeStreamRequest], context: Context
+    ) -> ocr_pb2.RecognizeStreamResponse:
+        limit = self.recognizer.limits.max_bytes
+        header: ocr_pb2.RecognizeStreamHeader | None = None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for message in request_iterator:
+                part = message.WhichOneof("part")
+                if part == "header":
+                    if header is not None or chunks:
+                        raise _stream_error("the header must be the first message, sent once")
+                    header = message.header
+                    if header.total_bytes > limit:
+                        raise _too_big(header.total_bytes, limit)
+                elif part == "chunk":
+                    size += len(message.chunk)
+                    if size > limit:
+                        raise _too_big(size, limit)
+                    chunks.append(message.chunk)
+            options = header.options if header is not None else ocr_pb2.RecognizeOptions()
+            rec = await self.recognizer.recognize(
+                b"".join(chunks), job_options(options), context.time_remaining()
+            )
+        except errors.RichError as exc:
+            await errors.abort(context, exc)
+            raise
+        return ocr_pb2.RecognizeStreamResponse(result=to_result(rec, self.facts))
+
+    async def RecognizeBatch(
+        self, request_iterator: AsyncIterator[ocr_pb2.RecognizeBatchRequest], context: Context
+    ) -> AsyncIterator[ocr_pb2.RecognizeBatchResponse]:
+        # At most one item per worker in flight per stream: the stream is its own backpressure,
+        # and a batch client cannot fill the queue that other callers share.
+        room = asyncio.Semaphore(self.facts.workers)
+        results: asyncio.Queue[ocr_pb2.RecognizeBatchResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(item: ocr_pb2.RecognizeBatchRequest) -> None:
+            try:
+                rec = await self.recognizer.recognize(
+                    item.image,
+                    job_options(item.options),
+                    context.time_remaining(),
+                    wait_for_room=True,
+                )
+                reply = ocr_pb2.RecognizeBatchResponse(
+                    item_id=item.item_id,
+                    status=status_pb2.Status(code=0, message="OK"),
+                    result=to_result(rec, self.facts),
+                )
+            except errors.RichError as exc:
+                reply = ocr_pb2.RecognizeBatchResponse(item_id=item.item_id, status=exc.status)
+            finally:
+                room.release()
+            await results.put(reply)
+
+        async def read_items() -> None:
+            async for item in request_iterator:
+                await room.acquire()
+                task = asyncio.create_task(one(item))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            await results.put(None)
+
+        reader = asyncio.create_task(read_items())
+        try:
+            while (reply := await results.get()) is not None:
+                yield reply
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def GetInfo(
+        self, request: ocr_pb2.GetInfoRequest, context: Context
+    ) -> ocr_pb2.GetInfoResponse:
+        r = self.recognizer
+        c = r.counters
+        limits = r.limits
+        return ocr_pb2.GetInfoResponse(
+            instance_id=self.facts.instance_id,
+            version=__version__,
+            device=self.facts.device,
+            execution_provider=self.facts.execution_provider,
+            models=list(self.facts.models),
+            workers=self.facts.workers,
+            threads_per_worker=self.facts.threads_per_worker,
+            queue_capacity=r.queue.capacity,
+            queue_depth=len(r.queue),
+            in_flight=r.pool.busy,
+            limits=ocr_pb2.Limits(
+                max_image_bytes=limits.max_bytes,
+                max_image_pixels=limits.max_pixels,
+                formats=list(limits.formats),
+                max_side=r.pool.engine.max_side,
+            ),
+            counters=ocr_pb2.Counters(
+                accepted=c.accepted,
+                completed=c.completed,
+                rejected_busy=c.rejected_busy,
+                rejected_invalid=c.rejected_invalid,
+                dropped_expired=c.dropped_expired,
+                dropped_cancelled=c.dropped_cancelled,
+                worker_restarts=c.worker_restarts,
+                retried=c.retried,
+                failed=c.failed,
+            ),
+            worker_infos=[
+                ocr_pb2.WorkerInfo(
+                    pid=s.pid, jobs_done=s.jobs_done, rss_bytes=s.rss_bytes(), state=s.state
+                )
+                for s in r.pool.slots()
+            ],
+            uptime_seconds=time.time() - r.started,
+            serving=r.serving,
+        )
+
+
+def _stream_error(message: str) -> errors.RichError:
+    return errors.bad_request(message, [errors.FieldViolation("header", message, "STREAM_ORDER")])
+
+
+def _too_big(size: int, limit: int) -> errors.RichError:
+    description = (
+        f"image is {size} bytes; the limit is {limit} bytes: compress or scale it down first"
+    )
+    return errors.bad_request(
+        f"invalid image: {description}",
+        [errors.FieldViolation("image", description, "TOO_MANY_BYTES")],
+        reason="IMAGE_TOO_MANY_BYTES",
+    )

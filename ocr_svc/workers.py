@@ -1,0 +1,318 @@
+"""The pool of engine worker processes: spawn, warm, feed from the queue, recycle, respawn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import psutil
+
+from ocr_svc.admission import AdmissionQueue, Ticket
+from ocr_svc.engine import EngineInfo, EngineSettings, EngineStartError
+from ocr_svc.guardrails import Limits
+from ocr_svc.worker_process import Job, worker_main
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2  # a job whose worker died is retried once on another worker
+
+
+class WorkerDied(Exception):
+    """The worker process ended (crash, kill, OOM) or was killed for being stuck."""
+
+
+class JobFailed(Exception):
+    """A job could not be completed; `kind` says why: rejected, expired, crashed, error."""
+
+    def __init__(self, kind: str, message: str, detail: tuple[str, str, str] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.detail = detail  # (reason, field, description) for rejected images
+
+
+@dataclass
+class Counters:
+    """Totals since start; read by GetInfo and the metrics collector."""
+
+    accepted: int = 0
+    completed: int = 0
+    rejected_busy: int = 0
+    rejected_invalid: int = 0
+    dropped_expired: int = 0
+    dropped_cancelled: int = 0
+    worker_restarts: int = 0
+    worker_recycles: int = 0
+    retried: int = 0
+    failed: int = 0
+
+
+@dataclass
+class Slot:
+    """One worker position; its process is replaced when it dies or is recycled."""
+
+    index: int
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    jobs_done: int = 0
+    state: str = "starting"
+    crashes_in_a_row: int = 0
+    info: EngineInfo | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0 if self.process else 0
+
+    def rss_bytes(self) -> int:
+        if not self.pid:
+            return 0
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+
+@dataclass
+class PoolSettings:
+    """How the pool runs its workers."""
+
+    size: int
+    recycle_after_jobs: int = 0
+    max_worker_rss_bytes: int = 0
+    job_timeout_s: float = 120.0
+    start_timeout_s: float = 300.0
+
+
+@dataclass
+class WorkerPool:
+    """Runs `size` worker processes that pull tickets from `queue` in order."""
+
+    engine: EngineSettings
+    limits: Limits
+    settings: PoolSettings
+    queue: AdmissionQueue
+    counters: Counters = field(default_factory=Counters)
+    busy: int = 0
+    ewma_service_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._slots = [Slot(i) for i in range(self.settings.size)]
+        self._threads = ThreadPoolExecutor(
+            max_workers=2 * self.settings.size + 2, thread_name_prefix="ocr-pipe"
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.info: EngineInfo | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn every worker and wait until all are warm; raises EngineStartError on failure."""
+        try:
+            await asyncio.gather(*(self._spawn(slot) for slot in self._slots))
+        except BaseException:
+            await self.close()
+            raise
+        self.info = self._slots[0].info
+        self._tasks = [asyncio.create_task(self._run_slot(s)) for s in self._slots]
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop feeding workers, ask them to exit, kill any that do not."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(self._stop_process(s, timeout_s) for s in self._slots))
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots)
+
+    # -- processes -------------------------------------------------------------------------
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+
+    async def _spawn(self, slot: Slot) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(child, self.engine, self.limits),
+            name=f"ocr-worker-{slot.index}",
+            daemon=True,
+        )
+        slot.state = "starting"
+        await self._call(proc.start)
+        child.close()
+        slot.process, slot.conn, slot.jobs_done = proc, parent, 0
+        try:
+            message = await asyncio.wait_for(
+                self._call(parent.recv), timeout=self.settings.start_timeout_s
+            )
+        except (EOFError, OSError, TimeoutError) as exc:
+            await self._stop_process(slot, 1.0)
+            raise EngineStartError(
+                f"worker {slot.index} exited or hung while loading the models ({exc!r}); "
+                "check memory and the logs above"
+            ) from None
+        if message[0] != "ready":
+            await self._stop_process(slot, 1.0)
+            raise EngineStartError(message[1])
+        slot.info = message[1]
+        slot.state = "idle"
+        log.info(
+            "worker ready",
+            extra={
+                "worker": slot.index,
+                "pid": slot.pid,
+                "provider": slot.info.execution_provider,
+                "warmup_ms": round(slot.info.warmup_ms),
+            },
+        )
+
+    async def _stop_process(self, slot: Slot, timeout_s: float) -> None:
+        proc, conn = slot.process, slot.conn
+        slot.state = "stopped"
+        if proc is None:
+            return
+        if conn is not None and proc.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        await self._call(proc.join, timeout_s)
+        if proc.is_alive():
+            proc.kill()
+            await self._call(proc.join, 5.0)
+        if conn is not None:
+            conn.close()
+        slot.process, slot.conn = None, None
+
+    async def _replace(self, slot: Slot, why: str) -> None:
+        """Stop the slot's process and start a fresh one, backing off if it keeps failing."""
+        await self._stop_process(slot, 5.0)
+        while not self._closing:
+            delay = min(10.0, 0.5 * (2 ** max(0, slot.crashes_in_a_row - 1)))
+            if slot.crashes_in_a_row:
+                await asyncio.sleep(delay)
+            try:
+                await self._spawn(slot)
+                log.warning("worker replaced", extra={"worker": slot.index, "why": why})
+                return
+            except EngineStartError as exc:
+                slot.crashes_in_a_row += 1
+                log.error(
+                    "worker failed to restart", extra={"worker": slot.index, "error": str(exc)}
+                )
+
+    # -- the work loop ---------------------------------------------------------------------
+
+    async def _run_slot(self, slot: Slot) -> None:
+        while not self._closing:
+            if slot.process is None or not slot.process.is_alive():
+                self.counters.worker_restarts += 1
+                await self._replace(slot, "process was not alive")
+                continue
+            ticket = await self.queue.take()
+            now = time.monotonic()
+            if ticket.abandoned:
+                self.counters.dropped_cancelled += 1
+                continue
+            if ticket.expired(now):
+                self.counters.dropped_expired += 1
+                ticket.future.set_exception(JobFailed("expired", "deadline passed while queued"))
+                continue
+            ticket.started_at = ticket.started_at or now
+            ticket.attempts += 1
+            slot.state = "busy"
+            self.busy += 1
+            try:
+                reply = await self._exchange(slot, ticket)
+            except WorkerDied as exc:
+                slot.crashes_in_a_row += 1
+                self.counters.worker_restarts += 1
+                self._after_crash(ticket, str(exc))
+                await self._replace(slot, str(exc))
+                continue
+            finally:
+                self.busy -= 1
+            slot.crashes_in_a_row = 0
+            slot.jobs_done += 1
+            slot.state = "idle"
+            self._deliver(ticket, reply)
+            await self._maybe_recycle(slot)
+
+    async def _exchange(self, slot: Slot, ticket: Ticket) -> tuple[Any, ...]:
+        conn, proc = slot.conn, slot.process
+        assert conn is not None and proc is not None
+        try:
+            await self._call(conn.send, Job(ticket.job_id, ticket.data, ticket.options))
+            receiving = asyncio.ensure_future(self._call(conn.recv))
+            try:
+                reply: tuple[Any, ...] = await asyncio.wait_for(
+                    asyncio.shield(receiving), timeout=self.settings.job_timeout_s
+                )
+            except TimeoutError:
+                proc.kill()
+                with contextlib.suppress(EOFError, OSError):
+                    await receiving
+                raise WorkerDied(
+                    f"worker {slot.index} was stuck for {self.settings.job_timeout_s:.0f}s"
+                ) from None
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
+            raise WorkerDied(f"worker {slot.index} (pid {proc.pid}) died: {exc!r}") from None
+        return reply
+
+    def _after_crash(self, ticket: Ticket, why: str) -> None:
+        if ticket.abandoned:
+            return
+        if ticket.attempts < MAX_ATTEMPTS:
+            self.counters.retried += 1
+            log.warning("retrying job on another worker", extra={"job": ticket.job_id, "why": why})
+            self.queue.requeue(ticket)
+            return
+        self.counters.failed += 1
+        ticket.future.set_exception(
+            JobFailed("crashed", f"the worker died twice while processing this image ({why})")
+        )
+
+    def _deliver(self, ticket: Ticket, reply: tuple[Any, ...]) -> None:
+        kind = reply[0]
+        if kind == "ok":
+            service_s = time.monotonic() - (ticket.started_at or time.monotonic())
+            self.ewma_service_s = 0.8 * self.ewma_service_s + 0.2 * service_s
+            self.counters.completed += 1
+            result = reply[2]
+        if ticket.abandoned:
+            return
+        if kind == "ok":
+            ticket.future.set_result(result)
+        elif kind == "rejected":
+            self.counters.rejected_invalid += 1
+            _, _, reason, field_name, description = reply
+            ticket.future.set_exception(
+                JobFailed("rejected", description, (reason, field_name, description))
+            )
+        else:
+            self.counters.failed += 1
+            ticket.future.set_exception(JobFailed("error", str(reply[2])))
+
+    async def _maybe_recycle(self, slot: Slot) -> None:
+        s = self.settings
+        why = ""
+        if s.recycle_after_jobs and slot.jobs_done >= s.recycle_after_jobs:
+            why = f"recycled after {slot.jobs_done} jobs"
+        elif s.max_worker_rss_bytes and slot.rss_bytes() > s.max_worker_rss_bytes:
+            why = f"recycled at RSS {slot.rss_bytes() // 2**20} MiB"
+        if why:
+            self.counters.worker_recycles += 1
+            slot.state = "retiring"
+            await self._replace(slot, why)
