@@ -36,6 +36,7 @@ TOP = [
     Command(
         "info", "describe an OCR instance", "mesh.ocr_commands", "add_info_arguments", "run_info"
     ),
+    Command("eval", "measure OCR accuracy (CER) on a labelled manifest", "bench.eval"),
     Command("up", "run the whole mesh locally and print its URLs", "deploy.supervisor"),
 ]
 BENCH = [

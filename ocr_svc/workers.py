@@ -147,7 +147,7 @@ class WorkerPool:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(child, self.engine, self.limits),
+            args=(child, self.engine, self.limits, logging.getLevelName(logging.getLogger().level)),
             name=f"ocr-worker-{slot.index}",
             daemon=True,
         )

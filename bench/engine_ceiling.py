@@ -1,0 +1,169 @@
+"""`ocrmesh bench engine`: the raw engine ceiling with the service's worker layout, no gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from bench.durations import parse_duration
+from ocr_svc.admission import AdmissionQueue, Ticket
+from ocr_svc.config import default_workers
+from ocr_svc.engine import EngineSettings, JobOptions
+from ocr_svc.guardrails import Limits
+from ocr_svc.workers import PoolSettings, WorkerPool
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of unsorted values (0 when empty)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+async def measure_engine(
+    image: bytes,
+    workers: int,
+    threads: int,
+    concurrency: int,
+    duration_s: float,
+    total: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Closed-loop OCR of `image` straight on the worker pool; returns throughput and latency."""
+    queue = AdmissionQueue(capacity=max(concurrency, 1) * 2)
+    pool = WorkerPool(
+        engine=EngineSettings(device=device, threads=threads),
+        limits=Limits(),
+        settings=PoolSettings(size=workers),
+        queue=queue,
+    )
+    started_pool = time.perf_counter()
+    await pool.start()
+    warm_s = time.perf_counter() - started_pool
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    stop_at = 0.0
+    launched = 0
+
+    async def one() -> None:
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        t0 = time.perf_counter()
+        queue.offer(Ticket(data=image, options=JobOptions(), deadline=None, future=future))
+        await future
+        latencies.append(time.perf_counter() - t0)
+
+    # One untimed image per worker: the first real image pays one-off allocations.
+    await asyncio.gather(*(one() for _ in range(workers)))
+    latencies.clear()
+
+    with Progress(
+        TextColumn("engine ceiling"),
+        BarColumn(),
+        TextColumn("{task.completed} images"),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("run", total=total or duration_s)
+        t_start = time.perf_counter()
+        stop_at = t_start + duration_s
+
+        async def client() -> None:
+            nonlocal launched
+            while True:
+                if total and launched >= total:
+                    return
+                if not total and time.perf_counter() >= stop_at:
+                    return
+                launched += 1
+                await one()
+                bar.update(
+                    task,
+                    completed=len(latencies) if total else min(duration_s, time.perf_counter() - t_start),
+                )
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t_start
+    info = pool.info
+    await pool.close()
+    return {
+        "kind": "engine-ceiling",
+        "workers": workers,
+        "threads_per_worker": threads,
+        "concurrency": concurrency,
+        "execution_provider": info.execution_provider if info else "",
+        "count": len(latencies),
+        "elapsed_s": elapsed,
+        "images_per_s": len(latencies) / elapsed if elapsed else 0.0,
+        "latency_s": {
+            "mean": statistics.fmean(latencies) if latencies else 0.0,
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+        },
+        "warmup_s": warm_s,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="image file to recognise repeatedly")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core)")
+    parser.add_argument("--threads-per-worker", type=int, default=1, help="ORT threads per worker")
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=0,
+        help="images in flight (0: 2 per worker, enough to keep workers busy)",
+    )
+    parser.add_argument("-z", "--duration", default="20s", help="how long to run (e.g. 30s, 1m)")
+    parser.add_argument("-n", "--total", type=int, default=0, help="stop after this many images")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-o", "--output", type=Path, help="also write the JSON result here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(ns: argparse.Namespace) -> int:
+    if not ns.image.is_file():
+        print(f"ocrmesh bench engine: no such file: {ns.image}", file=sys.stderr)
+        return 2
+    workers = ns.workers or default_workers()
+    result = asyncio.run(
+        measure_engine(
+            ns.image.read_bytes(),
+            workers,
+            ns.threads_per_worker,
+            ns.concurrency or 2 * workers,
+            parse_duration(ns.duration),
+            ns.total,
+            ns.device,
+            progress=not ns.no_progress,
+        )
+    )
+    result["image"] = str(ns.image)
+    text = json.dumps(result, indent=2)
+    if ns.output:
+        ns.output.parent.mkdir(parents=True, exist_ok=True)
+        ns.output.write_text(text)
+    if ns.json:
+        print(text)
+    else:
+        lat = result["latency_s"]
+        print(
+            f"engine ceiling: {result['images_per_s']:.2f} images/s "
+            f"({result['count']} images in {result['elapsed_s']:.1f}s, {workers} workers x "
+            f"{ns.threads_per_worker} thread, {result['execution_provider']}); latency mean "
+            f"{lat['mean'] * 1000:.0f} ms, p50 {lat['p50'] * 1000:.0f} ms, p95 {lat['p95'] * 1000:.0f} ms"
+        )
+    return 0

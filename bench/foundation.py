@@ -1,0 +1,295 @@
+"""`ocrmesh bench foundation`: engine ceiling vs service, overload at -c 64, large images, peak RSS."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from ocrmesh.ocr.v1 import ocr_pb2
+from rich.console import Console
+from rich.table import Table
+
+from bench.durations import parse_duration
+from bench.engine_ceiling import measure_engine
+from bench.loadgen import LoadOptions, run_load
+from mesh import __version__
+
+RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RssSampler:
+    """Samples the summed RSS of a process and its children in a background thread."""
+
+    def __init__(self, pid: int, every_s: float = 0.1) -> None:
+        self.pid = pid
+        self.every_s = every_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def tree_rss(self) -> int:
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, self.tree_rss())
+
+    def __enter__(self) -> RssSampler:
+        self.peak = self.tree_rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    address: str
+
+
+@contextlib.contextmanager
+def ocr_service(workdir: Path, *args: str) -> Iterator[Service]:
+    """A real `ocrmesh serve ocr` subprocess on a free loopback port."""
+    ready = workdir / f"ready-{time.monotonic_ns()}.json"
+    log = (workdir / "service.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mesh.cli",
+            "serve",
+            "ocr",
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "warning",
+            *args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the OCR service did not start; see {workdir / 'service.log'}")
+            time.sleep(0.1)
+        yield Service(proc, json.loads(ready.read_text())["address"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _recognize_request(image: Path) -> bytes:
+    return ocr_pb2.RecognizeRequest(image=image.read_bytes(), filename=image.name).SerializeToString()
+
+
+async def _load(
+    address: str, image: Path, concurrency: int, duration_s: float, honor: bool = True
+) -> dict[str, Any]:
+    options = LoadOptions(
+        call=RECOGNIZE,
+        concurrency=concurrency,
+        duration=duration_s,
+        timeout=120.0,
+        honor_retry_info=honor,
+        name=f"c{concurrency}",
+    )
+    return await run_load(options, address, _recognize_request(image), progress=sys.stderr.isatty())
+
+
+def _summary(report: dict[str, Any], peak_rss: int) -> dict[str, Any]:
+    codes = report.get("statusCodeDistribution") or {}
+    ok = int(codes.get("OK", 0))
+    seconds = report["total"] / 1e9
+    pcts = {int(d["percentage"]): d["latency"] / 1e9 for d in report.get("latencyDistribution") or []}
+    return {
+        "calls": report["count"],
+        "ok": ok,
+        "status_codes": codes,
+        "ok_per_s": ok / seconds if seconds else 0.0,
+        "avg_s": report["average"] / 1e9,
+        "p50_ok_s": pcts.get(50, 0.0),
+        "p95_ok_s": pcts.get(95, 0.0),
+        "other_failures": sum(v for k, v in codes.items() if k not in ("OK", "ResourceExhausted")),
+        "peak_rss_mib": peak_rss / 2**20,
+    }
+
+
+async def run_foundation(image: Path, large: Path, duration_s: float, workdir: Path) -> dict[str, Any]:
+    console = Console(stderr=True)
+    results: dict[str, Any] = {}
+    console.print(f"[bold]1/5[/] engine ceiling: 2 workers x 1 thread, in-process, {duration_s:.0f}s")
+    photo = await asyncio.to_thread(image.read_bytes)
+    engine = await measure_engine(photo, 2, 1, 4, duration_s, progress=sys.stderr.isatty())
+    results["engine"] = engine
+    with ocr_service(workdir, "--workers", "2", "--threads-per-worker", "1") as svc:
+        await _load(svc.address, image, 2, 3.0)  # warm-up, not reported
+        console.print(f"[bold]2/5[/] service at -c 4 for {duration_s:.0f}s")
+        with RssSampler(svc.proc.pid) as rss:
+            results["c4"] = _summary(await _load(svc.address, image, 4, duration_s), rss.peak)
+        console.print(f"[bold]3/5[/] service at -c 64 for {duration_s:.0f}s (clients honour RetryInfo)")
+        with RssSampler(svc.proc.pid) as rss:
+            results["c64"] = _summary(await _load(svc.address, image, 64, duration_s), rss.peak)
+        console.print(f"[bold]4/5[/] service at -c 64 for {duration_s:.0f}s (ghz-style: retry at once)")
+        with RssSampler(svc.proc.pid) as rss:
+            results["c64_hammer"] = _summary(
+                await _load(svc.address, image, 64, duration_s, honor=False), rss.peak
+            )
+        console.print(f"[bold]5/5[/] service at -c 16 with {large.name} for {duration_s:.0f}s")
+        with RssSampler(svc.proc.pid) as rss:
+            results["large_c16"] = _summary(await _load(svc.address, large, 16, duration_s), rss.peak)
+    per_image_s = 2 / engine["images_per_s"] if engine["images_per_s"] else 1.0
+    queue_capacity, workers = 4, 2
+    results["bounds"] = {
+        "service_time_s": per_image_s,
+        # An accepted request waits for at most queue_capacity/workers jobs per worker, then runs.
+        "p95_bound_s": (queue_capacity / workers + 1) * per_image_s,
+    }
+    results["ratio_c4_vs_engine"] = results["c4"]["ok_per_s"] / engine["images_per_s"]
+    results["meta"] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "ocrmesh": __version__,
+        "python": platform.python_version(),
+        "cpus": psutil.cpu_count(),
+        "machine": platform.machine(),
+        "image": image.name,
+        "large": large.name,
+        "duration_s": duration_s,
+    }
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    e, m, b = results["engine"], results["meta"], results["bounds"]
+    rows = [
+        (
+            "engine ceiling (in-process, -c 4)",
+            f"{e['images_per_s']:.2f}",
+            f"{e['latency_s']['p50']:.2f}",
+            f"{e['latency_s']['p95']:.2f}",
+            "-",
+            "-",
+            "-",
+        ),
+    ]
+    for key, label in (
+        ("c4", f"service -c 4 ({m['image']})"),
+        ("c64", "service -c 64, clients honour RetryInfo"),
+        ("c64_hammer", "service -c 64, ghz-style (retry at once)"),
+        ("large_c16", f"service -c 16 ({m['large']})"),
+    ):
+        r = results[key]
+        codes = ", ".join(f"{k} {v}" for k, v in sorted(r["status_codes"].items()))
+        rows.append(
+            (
+                label,
+                f"{r['ok_per_s']:.2f}",
+                f"{r['p50_ok_s']:.2f}",
+                f"{r['p95_ok_s']:.2f}",
+                codes,
+                str(r["other_failures"]),
+                f"{r['peak_rss_mib']:.0f}",
+            )
+        )
+    lines = [
+        f"# Foundation benchmark ({m['date']})",
+        "",
+        f"ocrmesh {m['ocrmesh']}, Python {m['python']}, {m['cpus']} CPUs ({m['machine']}), "
+        f"2 workers x 1 ONNX Runtime thread, CPU execution provider, {m['duration_s']:.0f}s per run. "
+        "Reproduce with `make bench` (`ocrmesh bench foundation`).",
+        "",
+        "| run | OK images/s | p50 OK (s) | p95 OK (s) | status codes "
+        "| failures other than RESOURCE_EXHAUSTED | peak RSS, service + workers (MiB) |",
+        "|---|---|---|---|---|---|---|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        f"- Service vs engine ceiling at -c 4: **{results['ratio_c4_vs_engine']:.3f}x** (target >= 0.95).",
+        f"- Service time per image (from the engine ceiling): {b['service_time_s']:.2f}s; bound for accepted "
+        f"requests' p95 = (queue 4 / workers 2 + 1) x service time = **{b['p95_bound_s']:.2f}s**; "
+        f"measured p95 at -c 64: {results['c64']['p95_ok_s']:.2f}s (honouring RetryInfo) and "
+        f"{results['c64_hammer']['p95_ok_s']:.2f}s (ghz-style).",
+        f"- Peak RSS at -c 64: {results['c64']['peak_rss_mib']:.0f} / "
+        f"{results['c64_hammer']['peak_rss_mib']:.0f} MiB (target <= 1536 MiB; peer HTTP OCR servers "
+        "reach 5.3-6.6 GiB at 64 concurrent clients). Large image at -c 16: "
+        f"{results['large_c16']['peak_rss_mib']:.0f} MiB.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    corpus = ROOT.parent / "shared" / "ocr-corpus"
+    parser.add_argument("--image", type=Path, default=corpus / "real" / "rapidocr_ch_en_num.jpg")
+    parser.add_argument("--large", type=Path, default=corpus / "large" / "large_4000x3000.jpg")
+    parser.add_argument("-z", "--duration", default="30s", help="length of each run")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results", help="folder for foundation-DATE.json and .md"
+    )
+
+
+def run(ns: argparse.Namespace) -> int:
+    for path in (ns.image, ns.large):
+        if not path.is_file():
+            print(f"ocrmesh bench foundation: no such file: {path}", file=sys.stderr)
+            return 2
+    ns.out.mkdir(parents=True, exist_ok=True)
+    workdir = ns.out / "raw"
+    workdir.mkdir(exist_ok=True)
+    results = asyncio.run(run_foundation(ns.image, ns.large, parse_duration(ns.duration), workdir))
+    stamp = dt.date.today().isoformat()
+    (ns.out / f"foundation-{stamp}.json").write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    (ns.out / f"foundation-{stamp}.md").write_text(text)
+    table = Table(title="foundation benchmark")
+    for col in ("run", "OK/s", "p95 OK s", "other failures", "peak RSS MiB"):
+        table.add_column(col)
+    for key in ("c4", "c64", "c64_hammer", "large_c16"):
+        r = results[key]
+        table.add_row(
+            key,
+            f"{r['ok_per_s']:.2f}",
+            f"{r['p95_ok_s']:.2f}",
+            str(r["other_failures"]),
+            f"{r['peak_rss_mib']:.0f}",
+        )
+    Console().print(table)
+    print(
+        f"engine ceiling {results['engine']['images_per_s']:.2f} img/s; service/engine at -c 4 = "
+        f"{results['ratio_c4_vs_engine']:.3f}; report: {ns.out / f'foundation-{stamp}.md'}"
+    )
+    return 0

@@ -1,0 +1,159 @@
+"""The OCR service under stress: overload sheds at once, dead work is skipped, crashes recover.
+
+These use the test-only `--debug-delay-ms` flag so each job takes a known time on a 2-core box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from ocrmesh.ocr.v1 import ocr_pb2
+
+from mesh import balancer, errors
+from mesh.ocr_client import OcrClient
+from tests.corpus import CORPUS
+from tests.integration.ocr_fixtures import ROOT, running_ocr, stop
+
+PHOTO = (CORPUS / "real" / "rapidocr_ch_en_num.jpg").read_bytes()
+
+
+async def _timed(coro):  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    try:
+        return await coro, time.monotonic() - started
+    except grpc.aio.AioRpcError as exc:
+        return exc, time.monotonic() - started
+
+
+async def test_overload_sheds_excess_at_once_and_serves_the_rest(tmp_path: Path) -> None:
+    # 1 worker + 1 queue slot: of 6 simultaneous callers, 2 are accepted.
+    with running_ocr(
+        tmp_path, "--workers", "1", "--queue-depth", "1", "--debug-delay-ms", "1500"
+    ) as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            outcomes = await asyncio.gather(
+                *(_timed(client.recognize(PHOTO, timeout=60)) for _ in range(6))
+            )
+            info = await client.info()
+    ok = [(r, t) for r, t in outcomes if isinstance(r, ocr_pb2.OcrResult)]
+    shed = [(r, t) for r, t in outcomes if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(ok) == 2 and len(shed) == 4, [type(r).__name__ for r, _ in outcomes]
+    for result, _ in ok:
+        assert "正品促销" in result.text
+    for exc, elapsed in shed:
+        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        delay = errors.retry_delay_s(errors.from_call_error(exc))
+        assert delay is not None and 0.05 <= delay <= 10
+        assert elapsed < 1.0, "rejection must be immediate, not after waiting"
+    assert info.counters.rejected_busy == 4 and info.counters.completed >= 2
+
+
+async def test_expired_and_cancelled_requests_are_never_computed(tmp_path: Path) -> None:
+    with running_ocr(
+        tmp_path, "--workers", "1", "--queue-depth", "4", "--debug-delay-ms", "1500"
+    ) as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            before = (await client.info()).counters
+            blocker = asyncio.ensure_future(client.recognize(PHOTO, timeout=60))
+            await asyncio.sleep(0.3)  # the only worker is now busy for ~1.5 s
+            # Expires while queued behind the blocker.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.recognize(PHOTO, timeout=0.5)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # Cancelled by its caller while queued.
+            doomed = asyncio.ensure_future(client.recognize(PHOTO, timeout=60))
+            await asyncio.sleep(0.3)
+            doomed.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            assert "正品促销" in (await blocker).text
+            await asyncio.sleep(0.5)
+            after = (await client.info()).counters
+    # Only the blocker ran: neither the expired nor the cancelled request reached a worker.
+    assert after.completed - before.completed == 1
+    assert after.dropped_expired - before.dropped_expired == 1
+    assert after.dropped_cancelled - before.dropped_cancelled == 1
+
+
+async def test_killed_worker_is_replaced_and_its_request_retried(tmp_path: Path) -> None:
+    with running_ocr(tmp_path, "--workers", "2", "--debug-delay-ms", "2000") as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            call = asyncio.ensure_future(_timed(client.recognize(PHOTO, timeout=90)))
+            await asyncio.sleep(0.5)
+            info = await client.info()
+            busy = [w.pid for w in info.worker_infos if w.state == "busy"]
+            assert len(busy) == 1, info.worker_infos
+            os.kill(busy[0], signal.SIGKILL)
+            result, elapsed = await call
+            assert isinstance(result, ocr_pb2.OcrResult), result
+            assert "正品促销" in result.text and result.served_by.worker_pid != busy[0]
+            assert elapsed < 60
+            # The pool is back to full strength and keeps serving.
+            for _ in range(100):
+                info = await client.info()
+                if all(w.state == "idle" and w.pid for w in info.worker_infos):
+                    break
+                await asyncio.sleep(0.2)
+            assert busy[0] not in [w.pid for w in info.worker_infos]
+            assert info.counters.worker_restarts >= 1 and info.counters.retried == 1
+            again = await client.recognize(PHOTO, timeout=60)
+            assert "正品促销" in again.text
+
+
+async def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    with running_ocr(
+        tmp_path, "--workers", "1", "--queue-depth", "2", "--debug-delay-ms", "1500"
+    ) as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            calls = [asyncio.ensure_future(client.recognize(PHOTO, timeout=60)) for _ in range(2)]
+            await asyncio.sleep(0.5)
+            svc.proc.send_signal(signal.SIGTERM)
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, ocr_pb2.OcrResult) for r in results), results
+        assert svc.proc.wait(30) == 0
+        assert "draining" in svc.log_text()
+
+
+def test_device_cuda_without_a_gpu_fails_clearly(tmp_path: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has a CUDA execution provider; the no-GPU path cannot be shown")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mesh.cli",
+            "serve",
+            "ocr",
+            "--port",
+            "0",
+            "--device",
+            "cuda",
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        stop(proc)  # type: ignore[arg-type]
+    assert proc.returncode == 2
+    assert "--device cuda" in stderr and "CUDAExecutionProvider" in stderr
+    assert "--device cpu" in stderr  # says what to do instead

@@ -1,0 +1,246 @@
+"""The OCR service over real gRPC on loopback: results, bad input, health, streaming, batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
+
+from mesh import balancer, errors
+from mesh.ocr_client import UNARY_LIMIT_BYTES, OcrClient
+from tests.corpus import CORPUS
+from tests.integration.ocr_fixtures import OcrProcess, running_ocr
+
+PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
+BAD = CORPUS / "bad"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OcrProcess]:
+    with running_ocr(tmp_path_factory.mktemp("ocr"), "--workers", "2") as svc:
+        yield svc
+
+
+async def _health(address: str) -> int:
+    async with balancer.direct_channel(address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="ocrmesh.ocr.v1.OcrService"), timeout=5
+        )
+        return int(reply.status)
+
+
+async def test_recognizes_chinese_and_english_with_boxes_and_timings(service: OcrProcess) -> None:
+    async with balancer.direct_channel(service.address) as channel:
+        result = await OcrClient(channel).recognize(PHOTO.read_bytes(), PHOTO.name, timeout=60)
+    assert "正品促销" in result.text
+    assert "假一赔十" in result.text
+    assert "10.0" in result.text  # digits and Latin characters come through too
+    assert (result.width, result.height) == (323, 430)
+    assert len(result.lines) >= 15
+    for line in result.lines:
+        assert len(line.box) == 4
+        assert all(0 <= p.x <= 323 + 5 and 0 <= p.y <= 430 + 5 for p in line.box)
+        assert 0.0 < line.score <= 1.0
+    t = result.timing
+    assert t.det_ms > 0 and t.rec_ms > 0 and t.decode_ms > 0
+    assert t.total_ms >= t.det_ms + t.rec_ms
+    assert result.served_by.execution_provider == "CPUExecutionProvider"
+    assert result.served_by.device == "cpu"
+    assert len(result.served_by.models) == 3
+    assert result.served_by.worker_pid > 0
+
+
+async def test_get_info_and_health(service: OcrProcess) -> None:
+    assert await _health(service.address) == health_pb2.HealthCheckResponse.SERVING
+    async with balancer.direct_channel(service.address) as channel:
+        info = await OcrClient(channel).info()
+    assert info.serving
+    assert info.workers == 2 and len(info.worker_infos) == 2
+    assert all(w.pid > 0 and w.rss_bytes > 0 for w in info.worker_infos)
+    assert info.execution_provider == "CPUExecutionProvider"
+    assert info.queue_capacity == 4
+    assert info.limits.max_image_pixels == 40_000_000
+
+
+EXPECTED_REJECTS = {
+    "empty.png": "EMPTY",
+    "random_bytes.png": "NOT_AN_IMAGE",
+    "truncated.jpg": "TRUNCATED",
+    "bomb_header_30000x30000.png": "TOO_MANY_PIXELS",
+    "bomb_valid_30000x30000_1bit.png": "TOO_MANY_PIXELS",
+}
+
+
+async def test_every_bad_file_gets_invalid_argument_with_details(service: OcrProcess) -> None:
+    peak = [service.tree_rss_bytes()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], service.tree_rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    baseline = peak[0]
+    try:
+        async with balancer.direct_channel(service.address) as channel:
+            client = OcrClient(channel)
+            for name, reason in EXPECTED_REJECTS.items():
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await client.recognize((BAD / name).read_bytes(), name, timeout=60)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+                status = errors.from_call_error(caught.value)
+                violations = errors.field_violations(status)
+                assert violations and violations[0].reason == reason, (name, violations)
+                assert violations[0].field == "image" and violations[0].description
+    finally:
+        done.set()
+        sampler.join()
+    # The 30000x30000 bombs were never decoded: decoding one would add 0.9-2.7 GB.
+    assert peak[0] - baseline < 300 * 2**20, (baseline, peak[0])
+    assert await _health(service.address) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("grayscale_text.png", "Grayscale"),
+        ("transparent_text.png", "Transparent"),
+        ("tiny_1x1.png", ""),
+    ],
+)
+async def test_valid_edge_images_are_read(service: OcrProcess, name: str, expected: str) -> None:
+    async with balancer.direct_channel(service.address) as channel:
+        result = await OcrClient(channel).recognize((BAD / name).read_bytes(), name, timeout=60)
+    assert expected in result.text
+    if not expected:
+        assert result.lines == [] and (result.width, result.height) == (1, 1)
+
+
+async def test_large_image_streams_in_chunks(service: OcrProcess) -> None:
+    large = CORPUS / "large" / "large_4000x3000.jpg"
+    data = large.read_bytes()
+    assert len(data) < UNARY_LIMIT_BYTES  # the stream is used below explicitly
+    async with balancer.direct_channel(service.address) as channel:
+        stub = ocr_pb2_grpc.OcrServiceStub(channel)
+
+        async def parts():  # type: ignore[no-untyped-def]
+            yield ocr_pb2.RecognizeStreamRequest(
+                header=ocr_pb2.RecognizeStreamHeader(filename=large.name, total_bytes=len(data))
+            )
+            for i in range(0, len(data), 256 * 1024):
+                yield ocr_pb2.RecognizeStreamRequest(chunk=data[i : i + 256 * 1024])
+
+        reply = await stub.RecognizeStream(parts(), timeout=120)
+    assert (reply.result.width, reply.result.height) == (4000, 3000)
+    assert "STUDENT" in reply.result.text.upper()
+
+
+async def test_stream_rejects_oversize_upload_early(service: OcrProcess) -> None:
+    async with balancer.direct_channel(service.address) as channel:
+        stub = ocr_pb2_grpc.OcrServiceStub(channel)
+
+        async def parts():  # type: ignore[no-untyped-def]
+            yield ocr_pb2.RecognizeStreamRequest(
+                header=ocr_pb2.RecognizeStreamHeader(total_bytes=10**9)
+            )
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RecognizeStream(parts(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        errors.field_violations(errors.from_call_error(caught.value))[0].reason == "TOO_MANY_BYTES"
+    )
+
+
+async def test_batch_returns_a_status_per_item(service: OcrProcess) -> None:
+    items = [
+        ocr_pb2.RecognizeBatchRequest(item_id="photo", image=PHOTO.read_bytes()),
+        ocr_pb2.RecognizeBatchRequest(item_id="empty", image=b""),
+        ocr_pb2.RecognizeBatchRequest(
+            item_id="gray", image=(BAD / "grayscale_text.png").read_bytes()
+        ),
+    ]
+
+    async def requests():  # type: ignore[no-untyped-def]
+        for item in items:
+            yield item
+
+    async with balancer.direct_channel(service.address) as channel:
+        stub = ocr_pb2_grpc.OcrServiceStub(channel)
+        replies = {r.item_id: r async for r in stub.RecognizeBatch(requests(), timeout=120)}
+    assert set(replies) == {"photo", "empty", "gray"}
+    assert replies["photo"].status.code == 0 and "正品促销" in replies["photo"].result.text
+    assert replies["empty"].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert errors.field_violations(replies["empty"].status)[0].reason == "EMPTY"
+    assert "Grayscale" in replies["gray"].result.text
+
+
+async def test_per_request_options_do_not_leak(service: OcrProcess) -> None:
+    """A request that turns detection off must not change what the next request gets."""
+    data = PHOTO.read_bytes()
+    async with balancer.direct_channel(service.address) as channel:
+        client = OcrClient(channel)
+        before = await client.recognize(data, timeout=60)
+        # Both workers get a no-detection job, then the defaults again.
+        await asyncio.gather(
+            *(
+                client.recognize(
+                    data, options=ocr_pb2.RecognizeOptions(use_det=False, min_score=0.0), timeout=60
+                )
+                for _ in range(2)
+            )
+        )
+        after = await asyncio.gather(*(client.recognize(data, timeout=60) for _ in range(2)))
+    assert len(before.lines) >= 15
+    for result in after:
+        assert [line.text for line in result.lines] == [line.text for line in before.lines]
+
+
+def test_metrics_endpoint_exposes_queue_and_stage_latency(service: OcrProcess) -> None:
+    import urllib.request
+
+    body = urllib.request.urlopen(service.metrics, timeout=5).read().decode()
+    assert "ocrmesh_ocr_queue_depth" in body
+    assert "ocrmesh_ocr_in_flight" in body
+    assert "ocrmesh_ocr_rejected_busy_total" in body
+    assert 'ocrmesh_ocr_stage_seconds_bucket{le="0.5",stage="det"}' in body
+
+
+def test_ready_file_and_log_lines_are_json(service: OcrProcess) -> None:
+    lines = [ln for ln in service.log_text().splitlines() if ln.startswith("{")]
+    assert lines, service.log_text()
+    records = [json.loads(ln) for ln in lines]
+    assert any(r.get("msg") == "serving" for r in records)
+    rpcs = [r for r in records if r.get("msg") == "rpc"]
+    assert rpcs and all("request_id" in r and "code" in r for r in rpcs)
+
+
+def test_help_for_every_command() -> None:
+    import subprocess
+    import sys
+
+    for args in (
+        ["--help"],
+        ["serve", "ocr", "--help"],
+        ["ocr", "--help"],
+        ["info", "--help"],
+        ["bench", "engine", "--help"],
+        ["up", "--help"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mesh.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=60,
+        )
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert "usage:" in proc.stdout, args
