@@ -1,0 +1,236 @@
+"""`ocrmesh serve auth`: open the store, load keys, serve AuthService, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+
+from auth_svc.accounts import Accounts
+from auth_svc.config import AuthConfig
+from auth_svc.keys import Jwks, KeyLoadError, KeyRing, KeysChanged
+from auth_svc.metrics import AuthMetrics
+from auth_svc.passwords import PasswordHasher
+from auth_svc.servicer import AuthServicer
+from auth_svc.store import AuthStore, StoreError, StoreUnavailable
+from auth_svc.throttle import LoginThrottle, ThrottlePolicy
+from auth_svc.tokens import Sessions, TokenSettings
+from mesh import config as mesh_config
+from mesh import lifecycle, logs
+from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+# Every AuthService method but WhoAmI is called without an access token.
+PUBLIC_AUTH_METHODS = PUBLIC_METHODS | {
+    f"/{SERVICE_NAME}/{name}" for name in ("Register", "Login", "Refresh", "Logout", "GetJwks")
+}
+VERIFY_LEEWAY_S = 30.0
+_HOUSEKEEPING_S = 3600.0
+
+
+class AuthInstance:
+    """One auth service instance; `async with` starts it ready and drains it on exit.
+
+    `on_keys_changed(jwks)` is awaited whenever the published JWKS changes (first at start):
+    the hook for publishing it to etcd (`auth_svc.keys.publish_jwks`).
+    """
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_keys_changed: KeysChanged | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.instance_id = config.resolved_instance_id
+        self.address = ""
+        self.metrics_url = ""
+        self.store = AuthStore.open(config.db_url, schema=config.db_schema)
+        self.hasher = PasswordHasher(
+            config.bcrypt_cost, config.bcrypt_workers, max_waiting=config.bcrypt_queue
+        )
+        self.keyring = KeyRing(
+            self.store,
+            clock=clock,
+            rotate_after_s=config.key_rotation_s,
+            publish_ahead_s=config.key_publish_s,
+            keep_after_retire_s=config.access_ttl_s + VERIFY_LEEWAY_S + config.key_check_s,
+            passphrase=config.key_passphrase(),
+        )
+        self.verifier = TokenVerifier(
+            issuer=config.issuer, audience=config.audience, leeway_s=VERIFY_LEEWAY_S, clock=clock
+        )
+        self.keyring.add_listener(self._keys_changed)
+        if on_keys_changed is not None:
+            self.keyring.add_listener(on_keys_changed)
+        self.throttle = LoginThrottle(
+            _policy(config.throttle_user_failures, config),
+            _policy(config.throttle_address_failures, config),
+            clock=clock,
+        )
+        self.metrics = AuthMetrics(
+            lambda: (
+                self.hasher.pending,
+                self.throttle.tracked_keys,
+                len(self.keyring.jwks()["keys"]),
+            )
+        )
+        settings = TokenSettings(
+            config.issuer, config.audience, config.access_ttl_s, config.refresh_ttl_s
+        )
+        self.sessions = Sessions(self.store, self.keyring, settings, clock)
+        self.accounts = Accounts(
+            self.store, self.hasher, self.throttle, self.sessions, self.metrics, clock
+        )
+        self.server = lifecycle.new_server(
+            interceptors=[AuthInterceptor(self.verifier, PUBLIC_AUTH_METHODS)]
+        )
+        self.health = lifecycle.Health(self.server, [SERVICE_NAME])
+        self.servicer = AuthServicer(self.accounts, self.keyring.jwks, config.trust_forwarded_for)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(self.servicer, self.server)
+        lifecycle.enable_reflection(self.server, [SERVICE_NAME])
+        self._maintenance: asyncio.Task[None] | None = None
+
+    async def _keys_changed(self, jwks: Jwks) -> None:
+        self.verifier.update_jwks(jwks)
+
+    def jwks(self) -> Jwks:
+        return self.keyring.jwks()
+
+    async def start(self) -> None:
+        """Listen (health NOT_SERVING), open and migrate the store, load keys, then SERVING."""
+        c = self.config
+        self.address = lifecycle.bind(self.server, c.host, c.port)
+        await self.health.set(False)
+        await self.server.start()
+        try:
+            await self._open_store()
+            await self.hasher.start()
+            await self.keyring.sync()
+            if c.metrics_port >= 0:
+                port = self.metrics.serve(c.host, c.metrics_port)
+                self.metrics_url = f"http://{c.host}:{port}/metrics"
+        except BaseException:
+            await self.server.stop(0)
+            await self._close_resources()
+            raise
+        self._maintenance = asyncio.create_task(self._maintain(), name="auth-maintenance")
+        await self.health.set(True)
+        lifecycle.write_ready_file(
+            c.ready_file,
+            {"address": self.address, "metrics": self.metrics_url, "instance_id": self.instance_id},
+        )
+        log.info(
+            "serving",
+            extra={
+                "address": self.address,
+                "db": self.store.backend,
+                "kid": self.keyring.signer().kid,
+                "bcrypt_cost": c.bcrypt_cost,
+            },
+        )
+
+    async def _open_store(self) -> None:
+        """Migrate, retrying an unreachable database for up to `db_wait_s`."""
+        deadline = time.monotonic() + self.config.db_wait_s
+        delay = 0.2
+        while True:
+            try:
+                await self.store.migrate(self.clock())
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"{exc} (gave up after {self.config.db_wait_s:.0f}s)") from exc
+                log.warning("database not reachable yet; retrying", extra={"why": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _maintain(self) -> None:
+        """Reload/rotate keys every `key_check_s`; drop long-expired refresh tokens hourly."""
+        last_cleanup = 0.0
+        while True:
+            await asyncio.sleep(self.config.key_check_s)
+            try:
+                await self.keyring.sync()
+                now = self.clock()
+                if now - last_cleanup >= _HOUSEKEEPING_S:
+                    await self.store.delete_refresh_tokens_expired_before(now - 86400.0)
+                    last_cleanup = now
+            except (StoreUnavailable, KeyLoadError) as exc:
+                log.error("key maintenance failed; will retry", extra={"why": str(exc)})
+
+    async def drain(self) -> None:
+        """Health NOT_SERVING, let in-flight calls finish (grace), then close everything."""
+        await self.health.set(False)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
+        await self.server.stop(self.config.grace_s)
+        await self._close_resources()
+
+    async def _close_resources(self) -> None:
+        self.hasher.close()
+        await self.store.close()
+        self.metrics.close()
+
+    async def __aenter__(self) -> AuthInstance:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.drain()
+
+
+def _policy(free_failures: int, config: AuthConfig) -> ThrottlePolicy:
+    return ThrottlePolicy(
+        free_failures=free_failures,
+        base_lockout_s=config.throttle_base_s,
+        max_lockout_s=config.throttle_max_s,
+    )
+
+
+async def serve(config: AuthConfig) -> int:
+    """Run one instance until SIGINT/SIGTERM."""
+    logs.setup("auth", config.log_level)
+    try:
+        instance = AuthInstance(config)
+        await instance.start()
+    except (StoreError, KeyLoadError, mesh_config.ConfigError, OSError) as exc:
+        print(f"ocrmesh serve auth: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"auth service {instance.instance_id} listening on {instance.address} "
+        f"(db {instance.store.backend}, bcrypt cost {config.bcrypt_cost}); "
+        f"metrics {instance.metrics_url or 'off'}",
+        flush=True,
+    )
+    signame = await lifecycle.wait_for_stop_signal()
+    print(f"{signame}: draining (up to {config.grace_s:.0f}s for in-flight requests)", flush=True)
+    await instance.drain()
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mesh_config.add_arguments(parser, AuthConfig)
+
+
+def run(ns: argparse.Namespace) -> int:
+    try:
+        config = mesh_config.load(AuthConfig, ns)
+    except mesh_config.ConfigError as exc:
+        print(f"ocrmesh serve auth: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config))

@@ -1,0 +1,144 @@
+"""ocrmesh.auth.v1.AuthService over gRPC: protobuf in, `Accounts` call, protobuf out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+
+from auth_svc.accounts import Accounts
+from auth_svc.keys import Jwks
+from auth_svc.store import UserRecord
+from auth_svc.tokens import TokenPair
+from mesh import errors
+from mesh.token_verify import current_claims
+
+T = TypeVar("T")
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+FORWARDED_FOR = "x-forwarded-for"
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(round(seconds * 1e9))
+    return stamp
+
+
+def user_message(user: UserRecord) -> auth_pb2.User:
+    return auth_pb2.User(
+        user_id=user.user_id, username=user.username, created_at=timestamp(user.created_at)
+    )
+
+
+def pair_message(pair: TokenPair) -> auth_pb2.TokenPair:
+    return auth_pb2.TokenPair(
+        access_token=pair.access_token,
+        access_expires_at=timestamp(pair.access_expires_at),
+        refresh_token=pair.refresh_token,
+        refresh_expires_at=timestamp(pair.refresh_expires_at),
+        token_type="Bearer",
+    )
+
+
+def jwks_message(jwks: Jwks) -> auth_pb2.GetJwksResponse:
+    keys = [
+        auth_pb2.Jwk(
+            kid=k["kid"],
+            kty=k["kty"],
+            crv=k["crv"],
+            x=k["x"],
+            y=k["y"],
+            alg=k["alg"],
+            use=k["use"],
+        )
+        for k in jwks["keys"]
+    ]
+    return auth_pb2.GetJwksResponse(keys=keys, jwks_json=json.dumps(jwks, sort_keys=True))
+
+
+def client_address(
+    peer: str, metadata: Iterable[tuple[str, Any]] | None, trust_forwarded_for: bool
+) -> str:
+    """The caller's IP: the first x-forwarded-for hop when trusted, else the peer without port."""
+    if trust_forwarded_for:
+        for key, value in metadata or ():
+            if key == FORWARDED_FOR and isinstance(value, str) and value.strip():
+                return value.split(",")[0].strip()[:64]
+    if peer.startswith("ipv4:"):
+        return peer[5:].rsplit(":", 1)[0]
+    if peer.startswith("ipv6:"):
+        return peer[5:].rsplit(":", 1)[0].strip("[]")
+    return peer  # unix sockets and the like: the whole peer string
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
+    """Converts protobuf to `Accounts` calls and back; refusals go out with rich details."""
+
+    def __init__(
+        self, accounts: Accounts, jwks: Callable[[], Jwks], trust_forwarded_for: bool = False
+    ) -> None:
+        self._accounts = accounts
+        self._jwks = jwks
+        self._trust_forwarded_for = trust_forwarded_for
+
+    async def _answer(self, context: Context, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except errors.RichError as exc:
+            await errors.abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def Register(
+        self, request: auth_pb2.RegisterRequest, context: Context
+    ) -> auth_pb2.RegisterResponse:
+        user = await self._answer(
+            context, self._accounts.register(request.username, request.password)
+        )
+        return auth_pb2.RegisterResponse(user=user_message(user))
+
+    async def Login(
+        self, request: auth_pb2.LoginRequest, context: Context
+    ) -> auth_pb2.LoginResponse:
+        address = client_address(
+            context.peer(), context.invocation_metadata(), self._trust_forwarded_for
+        )
+        user, pair = await self._answer(
+            context, self._accounts.login(request.username, request.password, address)
+        )
+        return auth_pb2.LoginResponse(user=user_message(user), tokens=pair_message(pair))
+
+    async def Refresh(
+        self, request: auth_pb2.RefreshRequest, context: Context
+    ) -> auth_pb2.RefreshResponse:
+        pair = await self._answer(context, self._accounts.refresh(request.refresh_token))
+        return auth_pb2.RefreshResponse(tokens=pair_message(pair))
+
+    async def Logout(
+        self, request: auth_pb2.LogoutRequest, context: Context
+    ) -> auth_pb2.LogoutResponse:
+        revoked = await self._answer(
+            context, self._accounts.logout(request.refresh_token, request.all_sessions)
+        )
+        return auth_pb2.LogoutResponse(revoked_sessions=revoked)
+
+    async def WhoAmI(
+        self, request: auth_pb2.WhoAmIRequest, context: Context
+    ) -> auth_pb2.WhoAmIResponse:
+        claims = current_claims.get()
+        user = await self._answer(context, self._accounts.whoami(claims))
+        assert claims is not None  # whoami refused a call without claims
+        return auth_pb2.WhoAmIResponse(
+            user=user_message(user),
+            token_expires_at=timestamp(float(claims["exp"])),
+            token_id=str(claims["jti"]),
+        )
+
+    async def GetJwks(
+        self, request: auth_pb2.GetJwksRequest, context: Context
+    ) -> auth_pb2.GetJwksResponse:
+        return jwks_message(self._jwks())

@@ -1,0 +1,324 @@
+"""Local verification of ES256 access tokens against a JWKS, and the server interceptor using it."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mesh import errors
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "ES256"
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti")
+PUBLIC_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
+_MAX_TOKEN_BYTES = 8192
+_ACCEPTED_TYP = frozenset({"JWT", "AT+JWT", "APPLICATION/AT+JWT"})
+
+Claims = dict[str, Any]
+
+current_claims: contextvars.ContextVar[Claims | None] = contextvars.ContextVar(
+    "current_claims", default=None
+)
+
+
+class TokenError(Exception):
+    """An access token that cannot be accepted; `reason` is a stable machine-readable code."""
+
+    reason = "TOKEN_INVALID"
+
+
+class TokenMissing(TokenError):
+    reason = "TOKEN_MISSING"
+
+
+class TokenExpired(TokenError):
+    reason = "TOKEN_EXPIRED"
+
+
+class TokenInvalid(TokenError):
+    reason = "TOKEN_INVALID"
+
+
+def _b64url_int(value: object, what: str) -> int:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is missing")
+    raw = jwt.utils.base64url_decode(value.encode("ascii"))
+    if len(raw) != 32:
+        raise ValueError(f"{what} is not a 32-byte P-256 coordinate")
+    return int.from_bytes(raw, "big")
+
+
+def public_key_from_jwk(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
+    """A P-256 public key from an EC JWK (private parts are ignored); ValueError otherwise."""
+    if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
+        raise ValueError("not an EC P-256 key")
+    if jwk.get("alg", ALGORITHM) != ALGORITHM or jwk.get("use", "sig") != "sig":
+        raise ValueError("not an ES256 signing key")
+    x = _b64url_int(jwk.get("x"), "x")
+    y = _b64url_int(jwk.get("y"), "y")
+    # Raises ValueError when the point is not on the curve.
+    return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+
+
+def parse_jwks(jwks: Mapping[str, Any] | str | bytes) -> dict[str, ec.EllipticCurvePublicKey]:
+    """kid -> public key for every usable ES256 key; ValueError when the document is not a JWKS.
+
+    Keys this verifier cannot use (RSA, other curves, no kid) are skipped with a warning.
+    """
+    doc: Any = json.loads(jwks) if isinstance(jwks, str | bytes) else jwks
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("keys"), list):
+        raise ValueError('a JWKS is a JSON object with a "keys" list')
+    keys: dict[str, ec.EllipticCurvePublicKey] = {}
+    for entry in doc["keys"]:
+        kid = entry.get("kid") if isinstance(entry, Mapping) else None
+        if not isinstance(kid, str) or not kid:
+            log.warning("JWKS entry without a kid skipped")
+            continue
+        try:
+            keys[kid] = public_key_from_jwk(entry)
+        except ValueError as exc:
+            log.warning("JWKS key skipped", extra={"kid": kid, "why": str(exc)})
+    return keys
+
+
+class TokenVerifier:
+    """Verifies ES256 access tokens locally: signature by `kid` from the JWKS, iss, aud, exp.
+
+    Only ES256 is accepted (no `none`, no HS*, no RS*), whatever the token's header says. Public
+    key objects are built once per JWKS update; recently verified tokens are cached (the
+    signature check is the cost) and still re-checked for expiry on every use.
+    """
+
+    def __init__(
+        self,
+        jwks: Mapping[str, Any] | str | bytes | None = None,
+        *,
+        issuer: str,
+        audience: str,
+        leeway_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = 4096,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway_s = leeway_s
+        self._clock = clock
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, Claims] = OrderedDict()
+        self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._jwt = jwt.PyJWT()
+        if jwks is not None:
+            self.update_jwks(jwks)
+
+    @property
+    def kids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    def update_jwks(self, jwks: Mapping[str, Any] | str | bytes) -> None:
+        """Replace the trusted keys (rotation); a bad document raises and keeps the old keys."""
+        self._keys = parse_jwks(jwks)
+        self._cache.clear()
+
+    def verify(self, token: str) -> Claims:
+        """The token's claims, or TokenExpired / TokenInvalid saying why not."""
+        if len(token) > _MAX_TOKEN_BYTES:
+            raise TokenInvalid("token too large")
+        cached = self._cache.get(token)
+        if cached is not None:
+            self._check_times(cached)
+            return dict(cached)
+        claims = self._verify_signature(token)
+        self._check_times(claims)
+        self._cache[token] = claims
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return dict(claims)
+
+    def _verify_signature(self, token: str) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise TokenInvalid("malformed token") from None
+        alg = header.get("alg")
+        if alg != ALGORITHM:
+            raise TokenInvalid(f"algorithm {alg!r} is not accepted (only {ALGORITHM})")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.upper() not in _ACCEPTED_TYP):
+            raise TokenInvalid(f"token type {typ!r} is not an access token")
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise TokenInvalid("unknown signing key (kid)")
+        try:
+            claims: Claims = self._jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={
+                    "require": list(REQUIRED_CLAIMS),
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise TokenInvalid("bad signature") from None
+        except jwt.InvalidAudienceError:
+            raise TokenInvalid("wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise TokenInvalid("wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenInvalid(f"claim {exc.claim!r} is missing") from None
+        except jwt.InvalidTokenError as exc:
+            raise TokenInvalid(f"malformed token ({type(exc).__name__})") from None
+        for name in ("exp", "iat"):
+            if not isinstance(claims[name], int | float) or isinstance(claims[name], bool):
+                raise TokenInvalid(f"claim {name!r} is not a number")
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise TokenInvalid("claim 'sub' is not a user id")
+        return claims
+
+    def _check_times(self, claims: Claims) -> None:
+        now = self._clock()
+        if now > claims["exp"] + self.leeway_s:
+            raise TokenExpired("access token expired")
+        if claims["iat"] > now + self.leeway_s:
+            raise TokenInvalid("token issued in the future")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and nbf > now + self.leeway_s:
+            raise TokenInvalid("token not valid yet")
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    """The token in `authorization: Bearer <token>` metadata; TokenMissing when there is none."""
+    for key, value in metadata or ():
+        if key != "authorization":
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        scheme, _, token = text.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        raise TokenMissing("authorization metadata is not 'Bearer <token>'")
+    raise TokenMissing("missing access token: send metadata 'authorization: Bearer <token>'")
+
+
+def unauthenticated(error: TokenError) -> errors.RichError:
+    """UNAUTHENTICATED with ErrorInfo reason TOKEN_MISSING / TOKEN_EXPIRED / TOKEN_INVALID."""
+    message = str(error)
+    if isinstance(error, TokenInvalid):
+        message = f"invalid access token: {error}"
+    return errors.simple(grpc.StatusCode.UNAUTHENTICATED, message, reason=error.reason)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Requires a valid access token on every method outside `public_methods`.
+
+    The verified claims are in `current_claims` while the handler runs; a missing, expired or
+    forged token ends the call with UNAUTHENTICATED before the handler sees it.
+    """
+
+    def __init__(
+        self, verifier: TokenVerifier, public_methods: Iterable[str] = PUBLIC_METHODS
+    ) -> None:
+        self.verifier = verifier
+        self.public_methods = frozenset(public_methods)
+
+    def check(self, metadata: Iterable[tuple[str, Any]] | None) -> Claims:
+        """The claims of the call's bearer token, or a TokenError."""
+        return self.verifier.verify(bearer_token(metadata))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method in self.public_methods:
+            return handler
+        try:
+            claims: Claims | None = self.check(handler_call_details.invocation_metadata)
+            refusal: errors.RichError | None = None
+        except TokenError as exc:
+            claims, refusal = None, unauthenticated(exc)
+        return _wrap(handler, claims, refusal)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, claims: Claims | None, refusal: errors.RichError | None
+) -> grpc.RpcMethodHandler:
+    """The same handler, run with `claims` in the contextvar, or refused with `refusal`."""
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary(request: Any, context: Any) -> Any:
+            if refusal is not None:
+                await errors.abort(context, refusal)
+            token = current_claims.set(claims)
+            try:
+                return await inner(request, context)
+            finally:
+                current_claims.reset(token)
+
+        make = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return make(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    inner_stream = handler.unary_stream or handler.stream_stream
+
+    async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+        if refusal is not None:
+            await errors.abort(context, refusal)
+        token = current_claims.set(claims)
+        try:
+            async for item in inner_stream(request, context):
+                yield item
+        finally:
+            current_claims.reset(token)
+
+    async def writing(request: Any, context: Any) -> None:
+        # Handlers that send with `await context.write(...)` are coroutines, not generators.
+        if refusal is not None:
+            await errors.abort(context, refusal)
+        token = current_claims.set(claims)
+        try:
+            await inner_stream(request, context)
+        finally:
+            current_claims.reset(token)
+
+    make_stream = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return make_stream(
+        writing if inspect.iscoroutinefunction(inner_stream) else streaming,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
