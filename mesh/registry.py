@@ -20,7 +20,7 @@ class RecordError(ValueError):
 
 
 def _check_name(kind: str, name: str) -> str:
-    if not name or "/" in name or name.strip() != name or not name.isprintable():
+    if not name or "/" in name or not name.isprintable() or any(c.isspace() for c in name):
         raise RecordError(f"bad {kind} name {name!r}: non-empty, printable, no '/' or spaces")
     return name
 

@@ -1,0 +1,87 @@
+"""aetcd clients with bounded calls and fast reconnects, shared by registration and discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
+
+import aetcd
+import grpc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ETCD_ERRORS: tuple[type[BaseException], ...] = (
+    aetcd.ClientError,
+    grpc.RpcError,
+    TimeoutError,
+    OSError,
+)
+"""What an etcd call can raise when etcd is down, frozen, restarted or compacted."""
+
+# grpc's default reconnect backoff grows to 120 s, so a channel that saw a long outage would
+# keep failing fast long after etcd is back. Keep reconnect attempts within about a second.
+_CHANNEL_OPTIONS = {
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+    "grpc.enable_retries": 0,
+}
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """("host", port) pairs from "h1:2379,h2:2379", ["h1:2379"] or "http://h1:2379"."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    parsed: list[tuple[str, int]] = []
+    for item in items:
+        text = item.strip().removeprefix("http://").rstrip("/")
+        if not text:
+            continue
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"bad etcd endpoint {item!r}: expected host:port")
+        parsed.append((host.strip("[]"), int(port)))
+    if not parsed:
+        raise ValueError("no etcd endpoints given")
+    return tuple(parsed)
+
+
+class ClientFactory:
+    """Makes a fresh aetcd.Client per connection attempt, rotating over the endpoints.
+
+    A failed aetcd watch iterator never resumes by itself; callers re-create the watch on a
+    fresh client, which also moves on to the next endpoint of a cluster.
+    """
+
+    def __init__(self, endpoints: str | Sequence[str], call_timeout: float = 1.0) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.call_timeout = call_timeout
+        self._next = 0
+
+    def new(self) -> aetcd.Client:
+        host, port = self.endpoints[self._next % len(self.endpoints)]
+        self._next += 1
+        return aetcd.Client(
+            host=host,
+            port=port,
+            timeout=self.call_timeout,
+            options=dict(_CHANNEL_OPTIONS),
+        )
+
+
+async def bounded(call: Awaitable[T], timeout: float) -> T:
+    """Await an etcd call for at most `timeout` seconds (TimeoutError after)."""
+    return await asyncio.wait_for(call, timeout)
+
+
+async def close_quietly(client: aetcd.Client | None, timeout: float) -> None:
+    """Close a client within `timeout`; a failure to close only gets a debug line."""
+    if client is None:
+        return
+    try:
+        await asyncio.wait_for(client.close(), timeout)
+    except ETCD_ERRORS as exc:
+        log.debug("closing etcd client failed", extra={"error": repr(exc)})
