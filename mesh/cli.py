@@ -36,6 +36,8 @@ TOP = [
     Command(
         "info", "describe an OCR instance", "mesh.ocr_commands", "add_info_arguments", "run_info"
     ),
+    Command("status", "services, instances and their health, from etcd", "mesh.status_command"),
+    Command("config", "get or set live settings kept in etcd", "mesh.config_command"),
     Command("eval", "measure OCR accuracy (CER) on a labelled manifest", "bench.eval"),
     Command("up", "run the whole mesh locally and print its URLs", "deploy.supervisor"),
 ]

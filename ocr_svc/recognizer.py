@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from mesh import errors
-from ocr_svc.admission import AdmissionQueue, Ticket, retry_after_s
+from ocr_svc.admission import AdmissionQueue, Ticket, admit, retry_after_s
 from ocr_svc.engine import JobOptions
 from ocr_svc.guardrails import ImageRejected, Limits, inspect
 from ocr_svc.metrics import OcrMetrics
@@ -92,6 +92,10 @@ class Recognizer:
                 reason="NOT_SERVING",
                 retry_after_s=1.0,
             )
+        if not wait_for_room and not admit(len(self.queue), self.queue.capacity):
+            # Full: say so before spending anything on the image (a rejection storm stays cheap).
+            self.counters.rejected_busy += 1
+            raise self.busy_error()
         self.check_image(data)
         deadline = None if time_remaining is None else received + time_remaining
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

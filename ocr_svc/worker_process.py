@@ -22,6 +22,7 @@ class Job:
     job_id: int
     data: bytes
     options: JobOptions
+    limits: Limits | None = None  # the limits in force when the job was queued (live settings)
 
 
 def _memory_trimmer() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -46,7 +47,7 @@ def handle(engine: Engine, limits: Limits, job: Job) -> tuple[Any, ...]:
     """Run one job; returns the message to send back."""
     started = time.perf_counter()
     try:
-        image = decode(job.data, limits, max_side=engine.settings.max_side)
+        image = decode(job.data, job.limits or limits, max_side=engine.settings.max_side)
     except ImageRejected as exc:
         return ("rejected", job.job_id, exc.reason, exc.field, exc.description)
     decode_ms = (time.perf_counter() - started) * 1000

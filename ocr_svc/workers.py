@@ -254,7 +254,7 @@ class WorkerPool:
         conn, proc = slot.conn, slot.process
         assert conn is not None and proc is not None
         try:
-            await self._call(conn.send, Job(ticket.job_id, ticket.data, ticket.options))
+            await self._call(conn.send, Job(ticket.job_id, ticket.data, ticket.options, self.limits))
             receiving = asyncio.ensure_future(self._call(conn.recv))
             try:
                 reply: tuple[Any, ...] = await asyncio.wait_for(
