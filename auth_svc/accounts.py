@@ -12,8 +12,8 @@ import grpc
 
 from auth_svc.metrics import AuthMetrics
 from auth_svc.passwords import HasherBusy, PasswordHasher, PasswordRejected, password_bytes
-from auth_svc.store import AuthStore, StoreUnavailable, UsernameTaken, UserRecord
-from auth_svc.throttle import LoginThrottle, Throttled
+from auth_svc.store import AuthStore, StoreError, StoreUnavailable, UsernameTaken, UserRecord
+from auth_svc.throttle import BUSY, LoginThrottle, Throttled
 from auth_svc.tokens import RefreshRejected, Sessions, TokenPair
 from auth_svc.usernames import UsernameRejected, normalise_username
 from mesh import errors
@@ -42,6 +42,11 @@ async def _store_errors() -> AsyncIterator[None]:
             "the account database is unavailable; retry shortly",
             reason="STORE_UNAVAILABLE",
             retry_after_s=1.0,
+        ) from None
+    except StoreError as exc:
+        log.exception("account database error", extra={"why": str(exc)})
+        raise errors.simple(
+            grpc.StatusCode.INTERNAL, "account database error", reason="STORE_ERROR"
         ) from None
 
 
@@ -131,9 +136,9 @@ class Accounts:
         except Throttled as exc:
             self._metrics.outcome("login", "throttled")
             raise errors.retry_later(
-                f"too many failed logins; retry in {exc.retry_after_s:.0f}s",
+                str(exc),
                 exc.retry_after_s,
-                reason="LOGIN_THROTTLED",
+                reason="LOGIN_BUSY" if exc.why == BUSY else "LOGIN_THROTTLED",
             ) from None
         succeeded: bool | None = None
         try:

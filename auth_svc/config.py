@@ -48,7 +48,7 @@ class AuthConfig:
         7 * 86400.0, help="make a new signing key when the newest is this old (0: never)"
     )
     key_publish_s: float = setting(
-        120.0, help="a new signing key is in the JWKS this long before it signs tokens"
+        120.0, help="a new key is in the JWKS this long before it signs (>= --key-check-s)"
     )
     key_check_s: float = setting(
         30.0, help="reload signing keys from the database (and rotate when due) this often"
@@ -83,6 +83,9 @@ class AuthConfig:
             raise ConfigError("key timings must be positive (--key-rotation-s 0 means never)")
         if self.key_rotation_s and self.key_rotation_s <= self.key_publish_s + self.access_ttl_s:
             raise ConfigError("--key-rotation-s must exceed --key-publish-s + --access-ttl-s")
+        if self.key_rotation_s and self.key_publish_s < self.key_check_s:
+            # Every instance must have loaded a new key before any instance signs with it.
+            raise ConfigError("--key-publish-s must be at least --key-check-s")
         if self.throttle_user_failures < 1 or self.throttle_address_failures < 1:
             raise ConfigError("throttle failure counts must be at least 1")
         if self.throttle_base_s <= 0 or self.throttle_max_s < self.throttle_base_s:

@@ -74,8 +74,8 @@ class AuthInstance:
         if on_keys_changed is not None:
             self.keyring.add_listener(on_keys_changed)
         self.throttle = LoginThrottle(
-            _policy(config.throttle_user_failures, config),
-            _policy(config.throttle_address_failures, config),
+            _policy(config.throttle_user_failures, config, limit_parallel=True),
+            _policy(config.throttle_address_failures, config, limit_parallel=False),
             clock=clock,
         )
         self.metrics = AuthMetrics(
@@ -166,7 +166,7 @@ class AuthInstance:
                 if now - last_cleanup >= _HOUSEKEEPING_S:
                     await self.store.delete_refresh_tokens_expired_before(now - 86400.0)
                     last_cleanup = now
-            except (StoreUnavailable, KeyLoadError) as exc:
+            except (StoreError, KeyLoadError) as exc:
                 log.error("key maintenance failed; will retry", extra={"why": str(exc)})
 
     async def drain(self) -> None:
@@ -194,11 +194,12 @@ class AuthInstance:
         await self.drain()
 
 
-def _policy(free_failures: int, config: AuthConfig) -> ThrottlePolicy:
+def _policy(free_failures: int, config: AuthConfig, limit_parallel: bool) -> ThrottlePolicy:
     return ThrottlePolicy(
         free_failures=free_failures,
         base_lockout_s=config.throttle_base_s,
         max_lockout_s=config.throttle_max_s,
+        limit_parallel=limit_parallel,
     )
 
 

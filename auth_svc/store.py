@@ -7,9 +7,11 @@ of failing. Unique user names are enforced by the database itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,19 @@ class KeyRecord:
 _UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
 
 
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Driver errors as StoreUnavailable (retry) or StoreError; IntegrityError passes through."""
+    try:
+        yield
+    except sa.exc.IntegrityError:
+        raise
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+    except sa.exc.DBAPIError as exc:
+        raise StoreError(f"database error: {type(exc.orig).__name__}") from exc
+
+
 def _user(row: sa.Row[Any]) -> UserRecord:
     return UserRecord(row.user_id, row.username, row.password_hash, row.created_at)
 
@@ -154,13 +169,12 @@ def _sqlite_file(url: sa.URL) -> Path | None:
 
 
 def _prepare_sqlite(engine: AsyncEngine) -> None:
-    """WAL, busy timeout, foreign keys; and BEGIN issued by us (IMMEDIATE for writes)."""
+    """Busy timeout, foreign keys; and BEGIN issued by us (IMMEDIATE for writes)."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # the driver's implicit BEGINs off: we send our own
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -178,6 +192,7 @@ class AuthStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.backend = engine.dialect.name
+        self._file = self.backend == "sqlite" and _sqlite_file(engine.url) is not None
 
     @classmethod
     def open(cls, url: str, *, schema: str = "") -> AuthStore:
@@ -212,26 +227,46 @@ class AuthStore:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        try:
+        with _translated():
             async with self.engine.connect() as conn:
                 yield conn
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        try:
+        with _translated():
             async with self.engine.connect() as conn:
                 await conn.execution_options(**{_WRITE: True})
                 async with conn.begin():
                     yield conn
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     # -- schema ---------------------------------------------------------------------------
 
+    async def _use_wal(self) -> None:
+        """Put a SQLite file in WAL mode (persistent; readers then never block the writer).
+
+        Done once, outside any transaction, and retried: the switch needs an exclusive lock and
+        SQLite answers "locked" at once, without waiting, if another connection could deadlock.
+        """
+        for attempt in range(40):
+            try:
+                with _translated():
+                    async with self.engine.connect() as conn:
+                        raw = await conn.get_raw_connection()
+                        driver: Any = raw.driver_connection
+                        async with driver.execute("PRAGMA journal_mode") as cursor:
+                            row = await cursor.fetchone()
+                        if row and str(row[0]).lower() != "wal":
+                            await driver.execute("PRAGMA journal_mode=WAL")
+                return
+            except (StoreUnavailable, sqlite3.OperationalError) as exc:
+                if attempt == 39:
+                    raise StoreUnavailable(f"cannot switch SQLite to WAL: {exc}") from exc
+                await asyncio.sleep(min(0.5, 0.02 * (attempt + 1)))
+
     async def migrate(self, now: float) -> int:
         """Create or upgrade the schema to SCHEMA_VERSION; returns the version found before."""
+        if self.backend == "sqlite" and self._file:
+            await self._use_wal()
         async with self._write() as conn:
             if self.backend == "postgresql":
                 await conn.execute(

@@ -23,8 +23,12 @@ class ThrottlePolicy:
     max_lockout_s: float = 900.0
     # Failures older than this are forgotten (the count starts again).
     forget_after_s: float = 3600.0
+    # Cap attempts in flight at the failures still free (per user name: parallel guesses then
+    # get no more tries than sequential ones). Off for addresses, where a proxy or NAT carries
+    # many users' logins at once; the bcrypt waiting line bounds those.
+    limit_parallel: bool = True
     # Retry hint when the key is not locked but as many attempts as allowed are in flight.
-    busy_retry_s: float = 1.0
+    busy_retry_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -46,18 +50,24 @@ def current(attempts: Attempts, now: float, policy: ThrottlePolicy) -> Attempts:
     return attempts
 
 
-def decide(attempts: Attempts, in_flight: int, now: float, policy: ThrottlePolicy) -> float:
-    """Seconds to wait before trying again; 0.0 means go ahead.
+LOCKED = "locked"
+BUSY = "busy"
 
-    Locked keys wait out the lockout. Otherwise no more attempts may run at once than failures
-    are still free (at least one), so parallel guesses get no more tries than sequential ones.
+
+def decide(
+    attempts: Attempts, in_flight: int, now: float, policy: ThrottlePolicy
+) -> tuple[float, str]:
+    """(seconds to wait, LOCKED or BUSY); (0.0, "") means go ahead.
+
+    Locked keys wait out the lockout. With `limit_parallel`, no more attempts may run at once
+    than failures are still free (at least one).
     """
     attempts = current(attempts, now, policy)
     if now < attempts.locked_until:
-        return attempts.locked_until - now
-    if in_flight >= max(1, policy.free_failures - attempts.failures):
-        return policy.busy_retry_s
-    return 0.0
+        return attempts.locked_until - now, LOCKED
+    if policy.limit_parallel and in_flight >= max(1, policy.free_failures - attempts.failures):
+        return policy.busy_retry_s, BUSY
+    return 0.0, ""
 
 
 def lockout_s(failures: int, policy: ThrottlePolicy) -> float:
@@ -82,12 +92,18 @@ def after_failure(attempts: Attempts, now: float, policy: ThrottlePolicy) -> Att
 
 
 class Throttled(Exception):
-    """Login refused for now; `retry_after_s` says when to come back, `key_kind` why."""
+    """Login refused for now: `retry_after_s` says when to come back, `key_kind` ("user" or
+    "address") and `why` (LOCKED or BUSY) say why."""
 
-    def __init__(self, retry_after_s: float, key_kind: str) -> None:
-        super().__init__(f"too many failed logins; retry in {retry_after_s:.1f}s")
+    def __init__(self, retry_after_s: float, key_kind: str, why: str = LOCKED) -> None:
+        if why == BUSY:
+            text = "too many login attempts for this user at once"
+        else:
+            text = "too many failed logins"
+        super().__init__(f"{text}; retry in {retry_after_s:.1f}s")
         self.retry_after_s = retry_after_s
         self.key_kind = key_kind
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,7 @@ class _Table:
         self.attempts: OrderedDict[str, Attempts] = OrderedDict()
         self.in_flight: dict[str, int] = {}
 
-    def decide(self, key: str, now: float) -> float:
+    def decide(self, key: str, now: float) -> tuple[float, str]:
         return decide(self.attempts.get(key, FRESH), self.in_flight.get(key, 0), now, self.policy)
 
     def begin(self, key: str) -> None:
@@ -151,11 +167,12 @@ class LoginThrottle:
     def begin(self, username: str, address: str) -> Ticket:
         """Admit one attempt or raise Throttled with the longer of the two waits."""
         now = self._clock()
-        user_wait = self._users.decide(username, now)
-        address_wait = self._addresses.decide(address, now) if address else 0.0
+        user_wait, user_why = self._users.decide(username, now)
+        address_wait, address_why = self._addresses.decide(address, now) if address else (0.0, "")
         if user_wait or address_wait:
-            kind = "user" if user_wait >= address_wait else "address"
-            raise Throttled(max(user_wait, address_wait), kind)
+            if user_wait >= address_wait:
+                raise Throttled(user_wait, "user", user_why)
+            raise Throttled(address_wait, "address", address_why)
         self._users.begin(username)
         if address:
             self._addresses.begin(address)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import inspect
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
-import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from mesh import errors
 
@@ -30,6 +34,8 @@ PUBLIC_METHODS = frozenset(
     }
 )
 _MAX_TOKEN_BYTES = 8192
+_B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _ACCEPTED_TYP = frozenset({"JWT", "AT+JWT", "APPLICATION/AT+JWT"})
 
 Claims = dict[str, Any]
@@ -57,10 +63,30 @@ class TokenInvalid(TokenError):
     reason = "TOKEN_INVALID"
 
 
+def _b64decode(segment: str) -> bytes:
+    """Unpadded base64url, strictly: other characters or a bad length make the token invalid."""
+    if not _B64URL.match(segment) or len(segment) % 4 == 1:
+        raise TokenInvalid("malformed token")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _json_object(raw: bytes, part: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise TokenInvalid(f"malformed token {part}") from None
+    if not isinstance(value, dict):
+        raise TokenInvalid(f"malformed token {part}")
+    return value
+
+
 def _b64url_int(value: object, what: str) -> int:
     if not isinstance(value, str):
         raise ValueError(f"{what} is missing")
-    raw = jwt.utils.base64url_decode(value.encode("ascii"))
+    try:
+        raw = _b64decode(value)
+    except TokenInvalid:
+        raise ValueError(f"{what} is not base64url") from None
     if len(raw) != 32:
         raise ValueError(f"{what} is not a 32-byte P-256 coordinate")
     return int.from_bytes(raw, "big")
@@ -124,7 +150,6 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._cache: OrderedDict[str, Claims] = OrderedDict()
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
-        self._jwt = jwt.PyJWT()
         if jwks is not None:
             self.update_jwks(jwks)
 
@@ -153,44 +178,43 @@ class TokenVerifier:
         return dict(claims)
 
     def _verify_signature(self, token: str) -> Claims:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise TokenInvalid("malformed token") from None
+        """JWS compact serialisation, ES256 only: header, then signature, then claims."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise TokenInvalid("malformed token")
+        header_b64, payload_b64, signature_b64 = parts
+        header = _json_object(_b64decode(header_b64), "header")
         alg = header.get("alg")
         if alg != ALGORITHM:
             raise TokenInvalid(f"algorithm {alg!r} is not accepted (only {ALGORITHM})")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.upper() not in _ACCEPTED_TYP):
             raise TokenInvalid(f"token type {typ!r} is not an access token")
+        if "crit" in header:
+            raise TokenInvalid("critical header extensions are not supported")
         kid = header.get("kid")
         key = self._keys.get(kid) if isinstance(kid, str) else None
         if key is None:
             raise TokenInvalid("unknown signing key (kid)")
+        signature = _b64decode(signature_b64)
+        if len(signature) != 64:  # ES256 signatures are r || s, 32 bytes each
+            raise TokenInvalid("bad signature")
+        der = encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        )
         try:
-            claims: Claims = self._jwt.decode(
-                token,
-                key,
-                algorithms=[ALGORITHM],
-                audience=self.audience,
-                issuer=self.issuer,
-                options={
-                    "require": list(REQUIRED_CLAIMS),
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidSignatureError:
+            key.verify(der, f"{header_b64}.{payload_b64}".encode("ascii"), _ECDSA_SHA256)
+        except InvalidSignature:
             raise TokenInvalid("bad signature") from None
-        except jwt.InvalidAudienceError:
-            raise TokenInvalid("wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise TokenInvalid("wrong issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise TokenInvalid(f"claim {exc.claim!r} is missing") from None
-        except jwt.InvalidTokenError as exc:
-            raise TokenInvalid(f"malformed token ({type(exc).__name__})") from None
+        claims = _json_object(_b64decode(payload_b64), "payload")
+        for name in REQUIRED_CLAIMS:
+            if name not in claims:
+                raise TokenInvalid(f"claim {name!r} is missing")
+        if claims["iss"] != self.issuer:
+            raise TokenInvalid("wrong issuer")
+        aud = claims["aud"]
+        if not (aud == self.audience or (isinstance(aud, list) and self.audience in aud)):
+            raise TokenInvalid("wrong audience")
         for name in ("exp", "iat"):
             if not isinstance(claims[name], int | float) or isinstance(claims[name], bool):
                 raise TokenInvalid(f"claim {name!r} is not a number")

@@ -260,6 +260,17 @@ async def test_parallel_guesses_get_no_extra_tries(stub: auth_pb2_grpc.AuthServi
     assert len(codes) == 12
     assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= 3
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 9
+    status = await refused(login(stub, "parallel"))
+    assert errors.error_reason(status) == "LOGIN_THROTTLED"  # three failures: locked
+
+
+async def test_many_users_log_in_at_once_from_one_address(
+    stub: auth_pb2_grpc.AuthServiceStub,
+) -> None:
+    names = [f"crowd{i}" for i in range(40)]
+    await asyncio.gather(*(register(stub, name) for name in names))
+    done = await asyncio.gather(*(login(stub, name) for name in names))
+    assert len({d.user.user_id for d in done}) == 40
 
 
 async def test_per_address_throttle(db: Database) -> None:

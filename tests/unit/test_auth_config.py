@@ -43,6 +43,7 @@ def test_flags_beat_environment() -> None:
         ("--db-schema", "x; drop"),
         ("--throttle-user-failures", "0"),
         ("--key-rotation-s", "100"),
+        ("--key-publish-s", "10", "--key-check-s", "30"),
     ],
 )
 def test_invalid(argv: tuple[str, ...]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from auth_svc.throttle import (
+    BUSY,
     FRESH,
+    LOCKED,
     LoginThrottle,
     Throttled,
     ThrottlePolicy,
@@ -36,30 +38,37 @@ def test_decide_after_failures() -> None:
     state = FRESH
     for _ in range(2):
         state = after_failure(state, 100.0, POLICY)
-        assert decide(state, 0, 100.0, POLICY) == 0.0
+        assert decide(state, 0, 100.0, POLICY) == (0.0, "")
     state = after_failure(state, 100.0, POLICY)  # third failure: locked 1 s
-    assert decide(state, 0, 100.5, POLICY) == pytest.approx(0.5)
-    assert decide(state, 0, 101.0, POLICY) == 0.0
+    wait, why = decide(state, 0, 100.5, POLICY)
+    assert wait == pytest.approx(0.5) and why == LOCKED
+    assert decide(state, 0, 101.0, POLICY) == (0.0, "")
     state = after_failure(state, 101.0, POLICY)  # fourth: 2 s
-    assert decide(state, 0, 101.0, POLICY) == pytest.approx(2.0)
-    assert decide(state, 0, 101.0 + 600.0, POLICY) == 0.0  # forgotten
+    wait, why = decide(state, 0, 101.0, POLICY)
+    assert wait == pytest.approx(2.0) and why == LOCKED
+    assert decide(state, 0, 101.0 + 600.0, POLICY) == (0.0, "")  # forgotten
 
 
 def test_parallel_attempts_limited_to_free_failures() -> None:
-    assert decide(FRESH, 2, 0.0, POLICY) == 0.0
-    assert decide(FRESH, 3, 0.0, POLICY) == POLICY.busy_retry_s
+    assert decide(FRESH, 2, 0.0, POLICY) == (0.0, "")
+    assert decide(FRESH, 3, 0.0, POLICY) == (POLICY.busy_retry_s, BUSY)
     two = after_failure(after_failure(FRESH, 0.0, POLICY), 0.0, POLICY)
-    assert decide(two, 1, 0.0, POLICY) == POLICY.busy_retry_s
+    assert decide(two, 1, 0.0, POLICY) == (POLICY.busy_retry_s, BUSY)
+    unlimited = ThrottlePolicy(free_failures=3, limit_parallel=False)
+    assert decide(FRESH, 1000, 0.0, unlimited) == (0.0, "")
 
 
 def test_throttle_per_user_and_per_address() -> None:
     clock = Clock()
-    throttle = LoginThrottle(POLICY, ThrottlePolicy(free_failures=5), clock=clock)
+    throttle = LoginThrottle(
+        POLICY, ThrottlePolicy(free_failures=5, limit_parallel=False), clock=clock
+    )
     for _ in range(3):
         throttle.finish(throttle.begin("alice", "10.0.0.1"), succeeded=False)
     with pytest.raises(Throttled) as locked:
         throttle.begin("alice", "10.0.0.2")  # another address: the user is still locked
     assert locked.value.key_kind == "user" and locked.value.retry_after_s == pytest.approx(1.0)
+    assert locked.value.why == LOCKED and "failed logins" in str(locked.value)
     # Another user from the first address: 3 of 5 address failures used.
     throttle.finish(throttle.begin("bob", "10.0.0.1"), succeeded=False)
     throttle.finish(throttle.begin("carol", "10.0.0.1"), succeeded=False)
@@ -76,8 +85,9 @@ def test_throttle_per_user_and_per_address() -> None:
 def test_unknown_outcome_only_releases() -> None:
     throttle = LoginThrottle(POLICY, POLICY, clock=Clock())
     tickets = [throttle.begin("alice", "") for _ in range(3)]
-    with pytest.raises(Throttled):
+    with pytest.raises(Throttled) as busy:
         throttle.begin("alice", "")
+    assert busy.value.why == BUSY and "at once" in str(busy.value)
     for ticket in tickets:
         throttle.finish(ticket, succeeded=None)
     assert throttle.tracked_keys == 0

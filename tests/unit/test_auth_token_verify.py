@@ -230,3 +230,43 @@ def test_verification_rate(key: keys.SigningKey) -> None:
         verifier.verify(token)
     rate = len(tokens) / (time.perf_counter() - started)
     assert rate > 1000, f"{rate:.0f} verifications/s"
+
+
+def raw_token(key: keys.SigningKey, header: dict[str, Any], body: Any) -> str:
+    """A token signed correctly over whatever header and body the test wants."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(body).encode())}"
+    der = key.private_key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    return f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def test_hand_built_token_is_accepted(verifier: TokenVerifier, key: keys.SigningKey) -> None:
+    header = {"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}
+    assert verifier.verify(raw_token(key, header, claims()))["sub"] == "u1"
+    assert verifier.verify(raw_token(key, header, claims(aud=["other", AUD])))["sub"] == "u1"
+
+
+def test_structural_tricks_are_rejected(verifier: TokenVerifier, key: keys.SigningKey) -> None:
+    header = {"alg": "ES256", "kid": key.kid}
+    good = raw_token(key, header, claims())
+    h, p, s = good.split(".")
+    cases = {
+        "padded": f"{h}.{p}.{s}==",
+        "extra segment": f"{h}.{p}.{s}.{s}",
+        "der signature": f"{h}.{p}.{b64(b'0' * 70)}",
+        "bad characters": f"{h}.{p}+/.{s}",
+        "crit header": raw_token(key, {**header, "crit": ["b64"], "b64": False}, claims()),
+        "id token typ": raw_token(key, {**header, "typ": "JOSE+JSON"}, claims()),
+        "list payload": raw_token(key, header, [claims()]),
+        "aud list without us": raw_token(key, header, claims(aud=["other"])),
+        "numeric sub": raw_token(key, header, claims(sub=42)),
+        "string exp": raw_token(key, header, claims(exp="never")),
+        "bool exp": raw_token(key, header, claims(exp=True)),
+    }
+    for name, token in cases.items():
+        with pytest.raises(TokenInvalid):
+            verifier.verify(token)
+            pytest.fail(name)
