@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
@@ -108,13 +109,27 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 finish(context, started, error)
                 request_id.reset(token)
 
+        async def stream_by_writes(request: Any, context: Any) -> None:
+            # Handlers such as grpc.health.v1 Watch are coroutines that call context.write.
+            token = request_id.set(rid)
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                await inner_stream(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(context, started, error)
+                request_id.reset(token)
+
         make_stream = (
             grpc.unary_stream_rpc_method_handler
             if handler.unary_stream
             else grpc.stream_stream_rpc_method_handler
         )
         return make_stream(
-            stream_response,
+            stream_by_writes if inspect.iscoroutinefunction(inner_stream) else stream_response,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

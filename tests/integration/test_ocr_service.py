@@ -244,3 +244,13 @@ def test_help_for_every_command() -> None:
         )
         assert proc.returncode == 0, (args, proc.stderr)
         assert "usage:" in proc.stdout, args
+
+
+async def test_health_watch_streams_through_the_interceptors(service: OcrProcess) -> None:
+    async with balancer.direct_channel(service.address) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="ocrmesh.ocr.v1.OcrService"), timeout=5
+        )
+        first = await stream.read()
+        stream.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
