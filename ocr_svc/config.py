@@ -50,6 +50,14 @@ class OcrConfig:
     grace_s: float = setting(20.0, help="on SIGTERM, time given to in-flight requests")
     metrics_port: int = setting(0, help="Prometheus /metrics port (0: a free one, -1: off)")
     ready_file: Path | None = setting(None, help="write {address, metrics} JSON here once serving")
+    etcd: str = setting("", help="etcd endpoints (host:port,...) to register in; empty: standalone",
+                        env="OCRMESH_ETCD")
+    advertise: str = setting("", help="address clients should dial (default: the bound host:port)")
+    lease_ttl_s: int = setting(5, help="registry lease TTL in seconds (kept alive every TTL/3)")
+    drain_linger_s: float = setting(1.0, help="after leaving the registry, keep serving this long so "
+                                    "clients see the change before the instance says NOT_SERVING")
+    zone: str = setting("", help="zone label published in the registry")
+    weight: int = setting(100, help="balancing weight published in the registry")
     log_level: str = setting("info", help="log level", env="OCRMESH_LOG_LEVEL")
     debug_delay_ms: int = setting(0, help="TEST ONLY: sleep this long in the worker per job")
 

@@ -6,12 +6,17 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from types import TracebackType
 
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
+from mesh import __version__, lifecycle, logs
 from mesh import config as mesh_config
-from mesh import lifecycle, logs
+from mesh.lease import Registration
+from mesh.live_config import LiveConfig
+from mesh.registry import Instance
+from ocr_svc import live_settings
 from ocr_svc.admission import AdmissionQueue
 from ocr_svc.config import OcrConfig
 from ocr_svc.engine import EngineSettings, EngineStartError
@@ -24,6 +29,7 @@ from ocr_svc.workers import PoolSettings, WorkerPool
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ocr_pb2.DESCRIPTOR.services_by_name["OcrService"].full_name
+REGISTRY_SERVICE = "ocr"
 
 
 class OcrInstance:
@@ -34,6 +40,8 @@ class OcrInstance:
         self.instance_id = config.resolved_instance_id
         self.address = ""
         self.metrics_url = ""
+        self.registration: Registration | None = None
+        self.live: LiveConfig | None = None
         limits = Limits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
         self.queue = AdmissionQueue(config.queue_capacity)
         self.pool = WorkerPool(
@@ -99,6 +107,13 @@ class OcrInstance:
         )
         self.recognizer.serving = True
         await self.health.set(True)
+        if c.etcd:
+            self.live = LiveConfig(
+                c.etcd, REGISTRY_SERVICE, live_settings.TABLE, live_settings.base_values(self),
+                lambda values: live_settings.apply(self, values),
+            )
+            await self.live.start()
+            await self._register(info.device, info.execution_provider)
         lifecycle.write_ready_file(
             c.ready_file,
             {
@@ -118,8 +133,38 @@ class OcrInstance:
             },
         )
 
+    async def _register(self, device: str, provider: str) -> None:
+        """Publish this warm instance under a lease; keeps trying in the background if etcd is away."""
+        c = self.config
+        self.registration = Registration(
+            c.etcd,
+            Instance(
+                service=REGISTRY_SERVICE,
+                id=self.instance_id,
+                address=c.advertise or self.address,
+                version=__version__,
+                device=device,
+                slots=c.worker_count,
+                zone=c.zone,
+                weight=c.weight,
+                started_at=time.time(),
+                extra={"execution_provider": provider, "metrics": self.metrics_url,
+                       "queue_capacity": c.queue_capacity},
+            ),
+            ttl=c.lease_ttl_s,
+        )
+        await self.registration.start()
+        if not await self.registration.wait_registered(5.0):
+            log.warning("etcd not reachable yet; serving anyway and registering when it is",
+                        extra={"etcd": c.etcd})
+
     async def drain(self) -> None:
-        """Stop taking work (health NOT_SERVING), let in-flight requests finish, stop workers."""
+        """Leave the registry, stop taking work (NOT_SERVING), let in-flight requests finish, stop."""
+        if self.live is not None:
+            await self.live.close()
+        if self.registration is not None:
+            await self.registration.close()
+            await asyncio.sleep(self.config.drain_linger_s)
         self.recognizer.serving = False
         await self.health.set(False)
         await self.server.stop(self.config.grace_s)

@@ -1,0 +1,80 @@
+"""Live settings through real etcd: `ocrmesh config set` reaches a running OCR instance in < 2 s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aetcd
+import grpc
+import pytest
+
+from etcd.launcher import EtcdProcess
+from mesh import balancer, errors
+from mesh.live_config import config_key
+from mesh.ocr_client import OcrClient
+from tests.corpus import CORPUS
+from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture
+from tests.integration.ocr_fixtures import ROOT, running_ocr
+
+__all__ = ["etcd_client_fixture", "etcd_fixture"]
+PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "config", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+async def _capacity_becomes(client: OcrClient, value: int, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if (await client.info()).queue_capacity == value:
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"queue capacity did not become {value} within {timeout}s")
+
+
+async def test_config_set_applies_live_and_bad_values_are_rejected(
+    tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client
+) -> None:
+    with running_ocr(tmp_path, "--workers", "1", "--etcd", etcd.endpoint) as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            assert (await client.info()).queue_capacity == 2
+            proc = _cli("--etcd", etcd.endpoint, "set", "ocr", "queue_depth=7", "max_image_pixels=100000")
+            assert proc.returncode == 0, proc.stderr
+            took = await _capacity_becomes(client, 7, timeout=2.0)
+            info = await client.info()
+            assert info.limits.max_image_pixels == 100_000
+            # The new pixel limit is enforced at once: the 323x430 photo (139k px) is now too big.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.recognize(PHOTO.read_bytes(), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (
+                errors.field_violations(errors.from_call_error(caught.value))[0].reason == "TOO_MANY_PIXELS"
+            )
+            # A bad value written behind the CLI's back is rejected by the instance; 7 stays.
+            await etcd_client.put(config_key("ocr").encode(), json.dumps({"queue_depth": "lots"}).encode())
+            await asyncio.sleep(1.5)
+            assert (await client.info()).queue_capacity == 7
+            assert "live settings rejected" in svc.log_text()
+            # The CLI refuses bad values before they reach etcd.
+            bad = _cli("--etcd", etcd.endpoint, "set", "ocr", "queue_depth=-3")
+            assert bad.returncode == 2 and "at least 0" in bad.stderr
+            # Unsetting goes back to the instance's own value.
+            assert (
+                _cli("--etcd", etcd.endpoint, "unset", "ocr", "queue_depth", "max_image_pixels").returncode
+                == 0
+            )
+            await _capacity_becomes(client, 2, timeout=2.0)
+    assert took < 2.0
