@@ -128,6 +128,7 @@ async def _load(
         timeout=120.0,
         honor_retry_info=honor,
         name=f"c{concurrency}",
+        duration_stop="wait",  # calls still running at the end finish and count (no cut-off "Canceled")
     )
     return await run_load(options, address, _recognize_request(image), progress=sys.stderr.isatty())
 

@@ -26,6 +26,7 @@ class Ticket:
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     attempts: int = 0
+    heavy: bool = False  # a large image: ONNX Runtime needs several hundred MiB for it
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -39,6 +40,23 @@ class Ticket:
 def admit(queued: int, capacity: int) -> bool:
     """Whether one more request may wait for a worker."""
     return queued < capacity
+
+
+def is_heavy(width: int, height: int, heavy_pixels: int, engine_side: int = 2000) -> bool:
+    """Whether an image is big enough that its detection pass dominates memory.
+
+    The engine scales images so the long side is at most `engine_side`, so the memory follows the
+    working size, not the upload's size (a 4000x3000 photo and a 2000x1500 one cost the same).
+    """
+    if heavy_pixels <= 0 or width <= 0 or height <= 0:
+        return False
+    scale = min(1.0, engine_side / max(width, height))
+    return width * height * scale * scale >= heavy_pixels
+
+
+def heavy_may_start(running_heavy: int, limit: int) -> bool:
+    """Whether one more heavy job may run now (limit 0: no limit)."""
+    return limit <= 0 or running_heavy < limit
 
 
 def retry_after_s(queued: int, busy: int, workers: int, service_s: float) -> float:

@@ -28,34 +28,40 @@ class OcrConfig:
 
     host: str = setting("127.0.0.1", help="address to listen on")
     port: int = setting(50051, help="gRPC port (0 picks a free one)")
-    instance_id: str = setting(
-        "", help="instance id in responses and the registry (default: random)"
-    )
+    instance_id: str = setting("", help="instance id in responses and the registry (default: random)")
     workers: int = setting(0, help="engine worker processes (0: one per core)")
     threads_per_worker: int = setting(1, help="ONNX Runtime intra-op threads per worker")
     device: str = setting("auto", help="execution device", choices=("auto", "cpu", "cuda"))
     cuda_device_id: int = setting(0, help="GPU index for --device cuda")
     queue_depth: int = setting(-1, help="requests allowed to wait for a worker (-1: 2 per worker)")
     max_image_bytes: int = setting(20 * 1024 * 1024, help="largest accepted upload in bytes")
-    max_image_pixels: int = setting(
-        40_000_000, help="largest accepted image in pixels (from header)"
-    )
+    max_image_pixels: int = setting(40_000_000, help="largest accepted image in pixels (from header)")
     max_side: int = setting(4096, help="longer images are scaled down to this side before OCR")
     min_score: float = setting(0.5, help="drop lines whose recognition score is lower")
     recycle_after_jobs: int = setting(2000, help="replace a worker after this many jobs (0: never)")
-    max_worker_rss_mb: int = setting(
-        1024, help="replace a worker whose RSS exceeds this (0: never)"
+    max_worker_rss_mb: int = setting(1024, help="replace a worker whose RSS exceeds this (0: never)")
+    heavy_pixels: int = setting(
+        3_000_000,
+        help="images whose working size reaches this many pixels "
+        "count as heavy (several hundred MiB per job; 0: none are)",
+    )
+    max_heavy_jobs: int = setting(
+        -1, help="heavy images processed at once (-1: half the workers, at least 1; 0: no limit)"
     )
     job_timeout_s: float = setting(120.0, help="kill a worker stuck on one job for this long")
     grace_s: float = setting(20.0, help="on SIGTERM, time given to in-flight requests")
     metrics_port: int = setting(0, help="Prometheus /metrics port (0: a free one, -1: off)")
     ready_file: Path | None = setting(None, help="write {address, metrics} JSON here once serving")
-    etcd: str = setting("", help="etcd endpoints (host:port,...) to register in; empty: standalone",
-                        env="OCRMESH_ETCD")
+    etcd: str = setting(
+        "", help="etcd endpoints (host:port,...) to register in; empty: standalone", env="OCRMESH_ETCD"
+    )
     advertise: str = setting("", help="address clients should dial (default: the bound host:port)")
     lease_ttl_s: int = setting(5, help="registry lease TTL in seconds (kept alive every TTL/3)")
-    drain_linger_s: float = setting(1.0, help="after leaving the registry, keep serving this long so "
-                                    "clients see the change before the instance says NOT_SERVING")
+    drain_linger_s: float = setting(
+        1.0,
+        help="after leaving the registry, keep serving this long so "
+        "clients see the change before the instance says NOT_SERVING",
+    )
     zone: str = setting("", help="zone label published in the registry")
     weight: int = setting(100, help="balancing weight published in the registry")
     log_level: str = setting("info", help="log level", env="OCRMESH_LOG_LEVEL")
@@ -76,6 +82,10 @@ class OcrConfig:
     @property
     def worker_count(self) -> int:
         return self.workers or default_workers()
+
+    @property
+    def heavy_job_limit(self) -> int:
+        return max(1, self.worker_count // 2) if self.max_heavy_jobs < 0 else self.max_heavy_jobs
 
     @property
     def queue_capacity(self) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from mesh import errors
-from ocr_svc.admission import AdmissionQueue, Ticket, admit, retry_after_s
+from ocr_svc.admission import AdmissionQueue, Ticket, admit, is_heavy, retry_after_s
 from ocr_svc.engine import JobOptions
 from ocr_svc.guardrails import ImageRejected, Limits, inspect
 from ocr_svc.metrics import OcrMetrics
@@ -45,9 +45,7 @@ def _bad_image(exc: ImageRejected | tuple[str, str, str]) -> errors.RichError:
 class Recognizer:
     """Admits requests into the bounded queue and waits for the worker pool to answer them."""
 
-    def __init__(
-        self, pool: WorkerPool, queue: AdmissionQueue, limits: Limits, metrics: OcrMetrics
-    ):
+    def __init__(self, pool: WorkerPool, queue: AdmissionQueue, limits: Limits, metrics: OcrMetrics):
         self.pool = pool
         self.queue = queue
         self.limits = limits
@@ -59,13 +57,17 @@ class Recognizer:
     def counters(self) -> Any:
         return self.pool.counters
 
-    def check_image(self, data: bytes) -> None:
-        """Header-only checks in the server process; raises INVALID_ARGUMENT with BadRequest."""
+    def check_image(self, data: bytes) -> bool:
+        """Header-only checks in the server process; returns whether the image is heavy.
+
+        Raises INVALID_ARGUMENT with BadRequest for anything that must not reach a worker.
+        """
         try:
-            inspect(data, self.limits)
+            header = inspect(data, self.limits)
         except ImageRejected as exc:
             self.counters.rejected_invalid += 1
             raise _bad_image(exc) from None
+        return is_heavy(header.width, header.height, self.pool.settings.heavy_pixels)
 
     def busy_error(self) -> errors.RichError:
         delay = retry_after_s(
@@ -96,10 +98,10 @@ class Recognizer:
             # Full: say so before spending anything on the image (a rejection storm stays cheap).
             self.counters.rejected_busy += 1
             raise self.busy_error()
-        self.check_image(data)
+        heavy = self.check_image(data)
         deadline = None if time_remaining is None else received + time_remaining
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(data=data, options=options, deadline=deadline, future=future)
+        ticket = Ticket(data=data, options=options, deadline=deadline, future=future, heavy=heavy)
         while not self.queue.offer(ticket):
             busy = self.busy_error()
             if not wait_for_room:
@@ -107,9 +109,7 @@ class Recognizer:
                 raise busy
             delay = errors.retry_delay_s(busy.status) or 0.1
             if deadline is not None and time.monotonic() + delay >= deadline:
-                raise errors.simple(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed waiting for room"
-                )
+                raise errors.simple(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed waiting for room")
             await asyncio.sleep(delay)
         self.counters.accepted += 1
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -59,6 +59,8 @@ class OcrInstance:
                 recycle_after_jobs=config.recycle_after_jobs,
                 max_worker_rss_bytes=config.max_worker_rss_mb * 2**20,
                 job_timeout_s=config.job_timeout_s,
+                heavy_pixels=config.heavy_pixels,
+                max_heavy_jobs=config.heavy_job_limit,
             ),
             queue=self.queue,
         )
@@ -109,7 +111,10 @@ class OcrInstance:
         await self.health.set(True)
         if c.etcd:
             self.live = LiveConfig(
-                c.etcd, REGISTRY_SERVICE, live_settings.TABLE, live_settings.base_values(self),
+                c.etcd,
+                REGISTRY_SERVICE,
+                live_settings.TABLE,
+                live_settings.base_values(self),
                 lambda values: live_settings.apply(self, values),
             )
             await self.live.start()
@@ -148,15 +153,19 @@ class OcrInstance:
                 zone=c.zone,
                 weight=c.weight,
                 started_at=time.time(),
-                extra={"execution_provider": provider, "metrics": self.metrics_url,
-                       "queue_capacity": c.queue_capacity},
+                extra={
+                    "execution_provider": provider,
+                    "metrics": self.metrics_url,
+                    "queue_capacity": c.queue_capacity,
+                },
             ),
             ttl=c.lease_ttl_s,
         )
         await self.registration.start()
         if not await self.registration.wait_registered(5.0):
-            log.warning("etcd not reachable yet; serving anyway and registering when it is",
-                        extra={"etcd": c.etcd})
+            log.warning(
+                "etcd not reachable yet; serving anyway and registering when it is", extra={"etcd": c.etcd}
+            )
 
     async def drain(self) -> None:
         """Leave the registry, stop taking work (NOT_SERVING), let in-flight requests finish, stop."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from ocr_svc.admission import AdmissionQueue, Ticket
+from ocr_svc.admission import AdmissionQueue, Ticket, heavy_may_start
 from ocr_svc.engine import EngineInfo, EngineSettings, EngineStartError
 from ocr_svc.guardrails import Limits
 from ocr_svc.worker_process import Job, worker_main
@@ -88,6 +88,8 @@ class PoolSettings:
     max_worker_rss_bytes: int = 0
     job_timeout_s: float = 120.0
     start_timeout_s: float = 300.0
+    heavy_pixels: int = 3_000_000
+    max_heavy_jobs: int = 0  # 0: no limit
 
 
 @dataclass
@@ -110,6 +112,8 @@ class WorkerPool:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self.heavy_running = 0
+        self._heavy_done = asyncio.Event()
         self.info: EngineInfo | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -156,9 +160,7 @@ class WorkerPool:
         child.close()
         slot.process, slot.conn, slot.jobs_done = proc, parent, 0
         try:
-            message = await asyncio.wait_for(
-                self._call(parent.recv), timeout=self.settings.start_timeout_s
-            )
+            message = await asyncio.wait_for(self._call(parent.recv), timeout=self.settings.start_timeout_s)
         except (EOFError, OSError, TimeoutError) as exc:
             await self._stop_process(slot, 1.0)
             raise EngineStartError(
@@ -209,9 +211,7 @@ class WorkerPool:
                 return
             except EngineStartError as exc:
                 slot.crashes_in_a_row += 1
-                log.error(
-                    "worker failed to restart", extra={"worker": slot.index, "error": str(exc)}
-                )
+                log.error("worker failed to restart", extra={"worker": slot.index, "error": str(exc)})
 
     # -- the work loop ---------------------------------------------------------------------
 
@@ -230,10 +230,13 @@ class WorkerPool:
                 self.counters.dropped_expired += 1
                 ticket.future.set_exception(JobFailed("expired", "deadline passed while queued"))
                 continue
-            ticket.started_at = ticket.started_at or now
+            if ticket.heavy and not await self._wait_for_heavy_room(ticket):
+                continue
+            ticket.started_at = ticket.started_at or time.monotonic()
             ticket.attempts += 1
             slot.state = "busy"
             self.busy += 1
+            self.heavy_running += int(ticket.heavy)
             try:
                 reply = await self._exchange(slot, ticket)
             except WorkerDied as exc:
@@ -244,11 +247,31 @@ class WorkerPool:
                 continue
             finally:
                 self.busy -= 1
+                if ticket.heavy:
+                    self.heavy_running -= 1
+                    self._heavy_done.set()
             slot.crashes_in_a_row = 0
             slot.jobs_done += 1
             slot.state = "idle"
             self._deliver(ticket, reply)
             await self._maybe_recycle(slot)
+
+    async def _wait_for_heavy_room(self, ticket: Ticket) -> bool:
+        """Hold a heavy ticket until fewer than max_heavy_jobs heavy jobs run; False if it died waiting.
+
+        Bounds memory: each heavy job makes its worker grow by several hundred MiB for a while.
+        """
+        while not heavy_may_start(self.heavy_running, self.settings.max_heavy_jobs):
+            self._heavy_done.clear()
+            await self._heavy_done.wait()
+            if ticket.abandoned:
+                self.counters.dropped_cancelled += 1
+                return False
+            if ticket.expired(time.monotonic()):
+                self.counters.dropped_expired += 1
+                ticket.future.set_exception(JobFailed("expired", "deadline passed while queued"))
+                return False
+        return True
 
     async def _exchange(self, slot: Slot, ticket: Ticket) -> tuple[Any, ...]:
         conn, proc = slot.conn, slot.process
@@ -298,9 +321,7 @@ class WorkerPool:
         elif kind == "rejected":
             self.counters.rejected_invalid += 1
             _, _, reason, field_name, description = reply
-            ticket.future.set_exception(
-                JobFailed("rejected", description, (reason, field_name, description))
-            )
+            ticket.future.set_exception(JobFailed("rejected", description, (reason, field_name, description)))
         else:
             self.counters.failed += 1
             ticket.future.set_exception(JobFailed("error", str(reply[2])))

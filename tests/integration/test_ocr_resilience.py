@@ -35,14 +35,10 @@ async def _timed(coro):  # type: ignore[no-untyped-def]
 
 async def test_overload_sheds_excess_at_once_and_serves_the_rest(tmp_path: Path) -> None:
     # 1 worker + 1 queue slot: of 6 simultaneous callers, 2 are accepted.
-    with running_ocr(
-        tmp_path, "--workers", "1", "--queue-depth", "1", "--debug-delay-ms", "1500"
-    ) as svc:
+    with running_ocr(tmp_path, "--workers", "1", "--queue-depth", "1", "--debug-delay-ms", "1500") as svc:
         async with balancer.direct_channel(svc.address) as channel:
             client = OcrClient(channel)
-            outcomes = await asyncio.gather(
-                *(_timed(client.recognize(PHOTO, timeout=60)) for _ in range(6))
-            )
+            outcomes = await asyncio.gather(*(_timed(client.recognize(PHOTO, timeout=60)) for _ in range(6)))
             info = await client.info()
     ok = [(r, t) for r, t in outcomes if isinstance(r, ocr_pb2.OcrResult)]
     shed = [(r, t) for r, t in outcomes if isinstance(r, grpc.aio.AioRpcError)]
@@ -58,9 +54,7 @@ async def test_overload_sheds_excess_at_once_and_serves_the_rest(tmp_path: Path)
 
 
 async def test_expired_and_cancelled_requests_are_never_computed(tmp_path: Path) -> None:
-    with running_ocr(
-        tmp_path, "--workers", "1", "--queue-depth", "4", "--debug-delay-ms", "1500"
-    ) as svc:
+    with running_ocr(tmp_path, "--workers", "1", "--queue-depth", "4", "--debug-delay-ms", "1500") as svc:
         async with balancer.direct_channel(svc.address) as channel:
             client = OcrClient(channel)
             before = (await client.info()).counters
@@ -112,9 +106,7 @@ async def test_killed_worker_is_replaced_and_its_request_retried(tmp_path: Path)
 
 
 async def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
-    with running_ocr(
-        tmp_path, "--workers", "1", "--queue-depth", "2", "--debug-delay-ms", "1500"
-    ) as svc:
+    with running_ocr(tmp_path, "--workers", "1", "--queue-depth", "2", "--debug-delay-ms", "1500") as svc:
         async with balancer.direct_channel(svc.address) as channel:
             client = OcrClient(channel)
             calls = [asyncio.ensure_future(client.recognize(PHOTO, timeout=60)) for _ in range(2)]
@@ -157,3 +149,29 @@ def test_device_cuda_without_a_gpu_fails_clearly(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--device cuda" in stderr and "CUDAExecutionProvider" in stderr
     assert "--device cpu" in stderr  # says what to do instead
+
+
+async def test_heavy_images_run_one_at_a_time_while_light_ones_share_workers(tmp_path: Path) -> None:
+    # With --heavy-pixels this low the photo counts as heavy: two of them on two free workers
+    # must run one after the other (the second waits about one job's time), bounding memory.
+    with running_ocr(
+        tmp_path,
+        "--workers",
+        "2",
+        "--debug-delay-ms",
+        "1500",
+        "--heavy-pixels",
+        "100000",
+        "--max-heavy-jobs",
+        "1",
+    ) as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            heavy = await asyncio.gather(*(client.recognize(PHOTO, timeout=60) for _ in range(2)))
+    waits = sorted(r.timing.queue_ms for r in heavy)
+    assert waits[0] < 700 and waits[1] >= 1200, waits
+    with running_ocr(tmp_path, "--workers", "2", "--debug-delay-ms", "1500", "--heavy-pixels", "0") as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            light = await asyncio.gather(*(client.recognize(PHOTO, timeout=60) for _ in range(2)))
+    assert max(r.timing.queue_ms for r in light) < 700, [r.timing.queue_ms for r in light]

@@ -68,3 +68,14 @@ async def test_ticket_state() -> None:
     assert not t.abandoned
     t.future.cancel()
     assert t.abandoned
+
+
+def test_heavy_follows_the_engine_working_size_not_the_upload() -> None:
+    from ocr_svc.admission import heavy_may_start, is_heavy
+
+    assert is_heavy(4000, 3000, heavy_pixels=3_000_000)  # works at 2000x1500 = 3.0 Mpx
+    assert is_heavy(2000, 1500, heavy_pixels=3_000_000)  # the same cost as the 12 Mpx photo
+    assert not is_heavy(1920, 1200, heavy_pixels=3_000_000)  # 2.3 Mpx
+    assert not is_heavy(8000, 100, heavy_pixels=3_000_000)  # long strip: 2000x25 working size
+    assert not is_heavy(4000, 3000, heavy_pixels=0)  # gating off
+    assert heavy_may_start(0, 1) and not heavy_may_start(1, 1) and heavy_may_start(5, 0)
