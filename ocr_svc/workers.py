@@ -7,6 +7,7 @@ import contextlib
 import logging
 import multiprocessing
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -113,7 +114,7 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.heavy_running = 0
-        self._heavy_done = asyncio.Event()
+        self._heavy_waiters: deque[asyncio.Future[None]] = deque()
         self.info: EngineInfo | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -230,13 +231,12 @@ class WorkerPool:
                 self.counters.dropped_expired += 1
                 ticket.future.set_exception(JobFailed("expired", "deadline passed while queued"))
                 continue
-            if ticket.heavy and not await self._wait_for_heavy_room(ticket):
+            if ticket.heavy and not await self._acquire_heavy(ticket):
                 continue
             ticket.started_at = ticket.started_at or time.monotonic()
             ticket.attempts += 1
             slot.state = "busy"
             self.busy += 1
-            self.heavy_running += int(ticket.heavy)
             try:
                 reply = await self._exchange(slot, ticket)
             except WorkerDied as exc:
@@ -248,30 +248,48 @@ class WorkerPool:
             finally:
                 self.busy -= 1
                 if ticket.heavy:
-                    self.heavy_running -= 1
-                    self._heavy_done.set()
+                    self._release_heavy()
             slot.crashes_in_a_row = 0
             slot.jobs_done += 1
             slot.state = "idle"
             self._deliver(ticket, reply)
             await self._maybe_recycle(slot)
 
-    async def _wait_for_heavy_room(self, ticket: Ticket) -> bool:
-        """Hold a heavy ticket until fewer than max_heavy_jobs heavy jobs run; False if it died waiting.
+    async def _acquire_heavy(self, ticket: Ticket) -> bool:
+        """Wait for a heavy-job permit, first come first served; False if the ticket died waiting.
 
         Bounds memory: each heavy job makes its worker grow by several hundred MiB for a while.
+        A freed permit goes straight to the oldest waiter, so no heavy ticket can starve.
         """
-        while not heavy_may_start(self.heavy_running, self.settings.max_heavy_jobs):
-            self._heavy_done.clear()
-            await self._heavy_done.wait()
+        limit = self.settings.max_heavy_jobs
+        if not self._heavy_waiters and heavy_may_start(self.heavy_running, limit):
+            self.heavy_running += 1
+            return True
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._heavy_waiters.append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release_heavy()
+            raise
+        if ticket.abandoned or ticket.expired(time.monotonic()):
+            self._release_heavy()
             if ticket.abandoned:
                 self.counters.dropped_cancelled += 1
-                return False
-            if ticket.expired(time.monotonic()):
+            else:
                 self.counters.dropped_expired += 1
                 ticket.future.set_exception(JobFailed("expired", "deadline passed while queued"))
-                return False
+            return False
         return True
+
+    def _release_heavy(self) -> None:
+        self.heavy_running -= 1
+        while self._heavy_waiters and heavy_may_start(self.heavy_running, self.settings.max_heavy_jobs):
+            waiter = self._heavy_waiters.popleft()
+            if not waiter.done():
+                self.heavy_running += 1
+                waiter.set_result(None)
 
     async def _exchange(self, slot: Slot, ticket: Ticket) -> tuple[Any, ...]:
         conn, proc = slot.conn, slot.process
