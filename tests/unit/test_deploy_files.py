@@ -1,0 +1,938 @@
+"""Offline checks of deploy/: Dockerfiles, compose, Kubernetes manifests and the settings they name."""
+
+# No Docker engine and no cluster are needed. What this cannot check offline: that the images
+# build (base images and wheels are fetched by `docker build`), that the containers start, that
+# the CUDA image finds a GPU, and that a real cluster admits the manifests (admission webhooks,
+# storage classes, the NVIDIA device plugin, the CNI enforcing NetworkPolicies).
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+from yamllint import linter
+from yamllint.config import YamlLintConfig
+
+from deploy.kustomize_render import containers, pod_specs, render, resource_id, split_image
+from mesh import config as mesh_config
+from mesh.cli import SERVE
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+DOCKER = DEPLOY / "docker"
+K8S = DEPLOY / "k8s"
+COMPOSE = DEPLOY / "compose.yaml"
+OVERLAYS = {"cpu": K8S / "overlays" / "cpu", "gpu": K8S / "overlays" / "gpu"}
+SECRET_TEMPLATE = K8S / "base" / "postgres-secret.example.yaml"
+DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
+
+# Oldest Kubernetes minor the manifests promise to work on (grpc probes, autoscaling/v2,
+# policy/v1), and the newest whose schemas kubernetes-validate ships.
+K8S_VERSIONS = ("1.30", latest_version())
+# Third-party images the deploy files may use; everything else must be built by our Dockerfiles.
+THIRD_PARTY = {"quay.io/coreos/etcd", "registry.k8s.io/etcd", "postgres"}
+# onnxruntime-gpu release (major.minor) -> CUDA major its PyPI wheels link (checked with readelf
+# on the wheel: 1.31.1 needs libcudart.so.13 and cuDNN 9). Add a row when bumping ORT_GPU_VERSION.
+ORT_GPU_CUDA_MAJOR = {"1.31": 13}
+WORKER_PEAK_MIB = 900  # a worker after a large image (~800 MiB measured) plus headroom
+PARENT_MIB = 200  # the OCR server process: gRPC, admission queue, metrics
+SHUTDOWN_MARGIN_S = 5  # after the drain: worker pool and metrics shutdown
+
+KNOWN_INSTRUCTIONS = {
+    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
+    "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}
+SECRET_NAME = re.compile(r"(?i)(password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key)")
+PLACEHOLDER = re.compile(r"(?i)placeholder|change-me|replace")
+SECRET_ASSIGNMENT = re.compile(
+    r"(?i)(?<![{$\w])([A-Z0-9_.-]*(?:password|passwd|passphrase|secret|token|api[_-]?key))\s*[:=][ \t]*"
+    r"[\"']?([^\s\"']*)"
+)
+# Names that look secret but are not: an etcd cluster's identifier, a Kubernetes switch.
+NOT_SECRETS = {"ETCD_INITIAL_CLUSTER_TOKEN", "automountServiceAccountToken"}
+URL_CREDENTIALS = re.compile(r"://[^/\s:@]+:([^@\s]+)@")
+
+
+# ---------------------------------------------------------------- the services' own settings
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What `ocrmesh serve NAME` reads: its config class, parser and gRPC service name."""
+
+    name: str
+    configs: tuple[type, ...]
+    parser: argparse.ArgumentParser
+    grpc_service: str | None
+
+    @property
+    def config(self) -> type:
+        assert len(self.configs) == 1, f"serve {self.name}: one config dataclass, not {self.configs}"
+        return self.configs[0]
+
+    def load(self, args: list[str], env: Mapping[str, str]) -> Any:
+        """The config the service would run with: flags (as `serve` parses them), then env."""
+        try:
+            ns = self.parser.parse_args(args)
+        except (SystemExit, argparse.ArgumentError):
+            pytest.fail(f"`ocrmesh serve {self.name}` does not accept {args}")
+        return mesh_config.load(self.config, ns, environ=env)
+
+    @property
+    def env_names(self) -> set[str]:
+        return set().union(*(mesh_config.env_names(c) for c in self.configs))
+
+
+def _is_config(value: Any) -> bool:
+    return (
+        isinstance(value, type) and dataclasses.is_dataclass(value) and bool(dataclasses.fields(value))
+        and all("help" in f.metadata for f in dataclasses.fields(value))
+    )
+
+
+def _config_classes(module: Any) -> tuple[type, ...]:
+    """Config dataclasses (fields built with mesh.config.setting) a serve module uses."""
+    names = dict(vars(module))
+    for value in list(names.values()):  # `from x import config` style: one level down
+        if isinstance(value, type(module)) and value.__name__.split(".")[0] != "mesh":
+            names.update(vars(value))
+    return tuple(sorted({v for v in names.values() if _is_config(v)}, key=lambda c: c.__name__))
+
+
+def _services() -> dict[str, ServiceSettings]:
+    services = {}
+    for command in SERVE:
+        module = importlib.import_module(command.module)
+        add, _ = command.load()
+        parser = argparse.ArgumentParser(prog=f"ocrmesh serve {command.name}", exit_on_error=False,
+                                         allow_abbrev=False)
+        add(parser)
+        services[command.name] = ServiceSettings(
+            command.name, _config_classes(module), parser, getattr(module, "SERVICE_NAME", None)
+        )
+    return services
+
+
+SERVICES = _services()
+ALL_ENV_NAMES = set().union(*(s.env_names for s in SERVICES.values()))
+
+
+def serve_command(argv: list[str]) -> tuple[ServiceSettings, list[str]]:
+    """(service, its flags) from an `ocrmesh` argument list such as ["serve", "ocr", "--x", "1"]."""
+    assert len(argv) >= 2 and argv[0] == "serve", f"not an `ocrmesh serve` command: {argv}"
+    assert argv[1] in SERVICES, f"`ocrmesh serve {argv[1]}` does not exist"
+    return SERVICES[argv[1]], list(argv[2:])
+
+
+# ---------------------------------------------------------------- Dockerfile parsing and lint
+
+
+@dataclass(frozen=True)
+class Instruction:
+    line: int
+    keyword: str
+    flags: tuple[str, ...]
+    args: str
+
+    def exec_form(self) -> list[str] | None:
+        try:
+            value = json.loads(self.args)
+        except json.JSONDecodeError:
+            return None
+        return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions with continuation lines joined and comments dropped (no heredocs)."""
+    instructions: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue  # a comment inside a continued instruction is dropped, as Docker does
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending.append(line[:-1].strip())
+            continue
+        pending.append(line)
+        joined = " ".join(part for part in pending if part)
+        pending = []
+        keyword, _, rest = joined.partition(" ")
+        flags: list[str] = []
+        rest = rest.strip()
+        run_flags = ("--mount", "--network", "--security")
+        while rest.startswith("--") and (keyword.upper() != "RUN" or rest.startswith(run_flags)):
+            flag, _, rest = rest.partition(" ")
+            flags.append(flag)
+            rest = rest.strip()
+        instructions.append(Instruction(start, keyword.upper(), tuple(flags), rest))
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+def stages(instructions: list[Instruction]) -> list[list[Instruction]]:
+    """Instructions grouped per build stage (each starts with its FROM)."""
+    grouped: list[list[Instruction]] = []
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            grouped.append([])
+        if grouped:
+            grouped[-1].append(ins)
+    return grouped
+
+
+def substitute(text: str, variables: Mapping[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m[1] or m[2], m[0]), text)
+
+
+def global_args(instructions: list[Instruction]) -> dict[str, str]:
+    """ARG defaults declared before the first FROM (usable in FROM lines)."""
+    values: dict[str, str] = {}
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            break
+        if ins.keyword == "ARG":
+            name, _, default = ins.args.partition("=")
+            values[name.strip()] = default.strip()
+    return values
+
+
+def env_of(stage: list[Instruction]) -> dict[str, str]:
+    """The ENV a stage sets (key=value form)."""
+    env: dict[str, str] = {}
+    for ins in stage:
+        if ins.keyword == "ENV":
+            for item in shlex.split(ins.args):
+                key, sep, value = item.partition("=")
+                assert sep, f"line {ins.line}: use ENV key=value"
+                env[key] = value
+    return env
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves `path` (relative to the context) out of the build context."""
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    ignored = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        regex = _pattern_regex(raw.lstrip("!").strip("/"))
+        if any(regex.match(prefix) for prefix in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def package_dirs() -> list[str]:
+    """Source folders of the packages pyproject.toml lists (what `pip install .` needs)."""
+    tool = _pyproject()["tool"]["setuptools"]
+    mapping = tool.get("package-dir", {})
+    dirs = []
+    for package in tool["packages"]:
+        top, _, rest = package.partition(".")
+        base = mapping.get(top, top)
+        dirs.append("/".join([base, *rest.split(".")]) if rest else base)
+    return dirs
+
+
+def dockerfile_problems(text: str, *, check_context: bool = True) -> list[str]:
+    """Hadolint-style findings for one Dockerfile (empty when it is fine)."""
+    problems: list[str] = []
+    instructions = parse_dockerfile(text)
+    args = global_args(instructions)
+    stage_names: set[str] = set()
+    all_stages = stages(instructions)
+    if not all_stages:
+        return ["no FROM"]
+    for ins in instructions:
+        if ins.keyword not in KNOWN_INSTRUCTIONS:
+            problems.append(f"line {ins.line}: unknown or deprecated instruction {ins.keyword}")
+        if ins.keyword == "ADD":
+            problems.append(f"line {ins.line}: ADD (use COPY; never fetch URLs at build time)")
+        if ins.keyword in ("ENV", "ARG"):
+            for item in shlex.split(ins.args):
+                if SECRET_NAME.search(item.partition("=")[0]):
+                    problems.append(f"line {ins.line}: secret-looking {ins.keyword} {item!r}")
+        if ins.keyword == "WORKDIR" and not ins.args.startswith("/"):
+            problems.append(f"line {ins.line}: WORKDIR must be absolute")
+        if ins.keyword == "RUN":
+            problems.extend(_run_problems(ins))
+    for stage in all_stages:
+        head = stage[0]
+        words = substitute(head.args, args).split()
+        image = words[0]
+        if len(words) >= 3 and words[1].upper() == "AS":
+            stage_names.add(words[2])
+        if image in stage_names - {words[2] if len(words) >= 3 else ""}:
+            continue
+        _, tag, digest = split_image(image)
+        if not digest and (not tag or tag == "latest"):
+            problems.append(f"line {head.line}: base image {image!r} is not pinned to a tag")
+        for ins in stage:
+            if ins.keyword == "COPY":
+                problems.extend(_copy_problems(ins, stage_names, check_context))
+    final = all_stages[-1]
+    keywords = [ins.keyword for ins in final]
+    users = [ins for ins in final if ins.keyword == "USER"]
+    if not users:
+        problems.append("final stage: no USER (the image would run as root)")
+    else:
+        user = users[-1].args.split(":")[0]
+        if not user.isdigit() or int(user) == 0:
+            problems.append(f"final stage: USER {users[-1].args!r} must be a numeric non-root uid")
+        for keyword in ("ENTRYPOINT", "CMD"):
+            if keyword in keywords and keywords.index(keyword) < keywords.index("USER"):
+                problems.append(f"final stage: {keyword} comes before USER")
+    health = [ins for ins in final if ins.keyword == "HEALTHCHECK"]
+    if not health:
+        problems.append("final stage: no HEALTHCHECK")
+    elif not health[-1].args.startswith("CMD [") or "--interval" not in " ".join(health[-1].flags):
+        problems.append("final stage: HEALTHCHECK needs --interval and an exec-form CMD")
+    entry = [ins for ins in final if ins.keyword == "ENTRYPOINT"]
+    if not entry or entry[-1].exec_form() != ["ocrmesh"]:
+        problems.append('final stage: ENTRYPOINT must be ["ocrmesh"] (exec form)')
+    cmd = [ins for ins in final if ins.keyword == "CMD"]
+    if not cmd or not (cmd[-1].exec_form() or [""])[0] == "serve":
+        problems.append('final stage: CMD must be an exec-form `serve ...`')
+    return problems
+
+
+def _run_problems(ins: Instruction) -> list[str]:
+    problems = []
+    script = ins.args
+    if re.search(r"\b(curl|wget)\b[^|;&]*\|\s*(ba)?sh", script):
+        problems.append(f"line {ins.line}: piping a download into a shell")
+    if re.search(r"(^|&&|;)\s*cd\s", script):
+        problems.append(f"line {ins.line}: use WORKDIR instead of cd")
+    if re.search(r"\bsudo\b", script):
+        problems.append(f"line {ins.line}: sudo")
+    if "apt-get install" in script:
+        if "--no-install-recommends" not in script or " -y" not in script:
+            problems.append(f"line {ins.line}: apt-get install needs -y --no-install-recommends")
+        if "rm -rf /var/lib/apt/lists/*" not in script:
+            problems.append(f"line {ins.line}: remove /var/lib/apt/lists in the same RUN")
+    if "apt-get update" in script and "apt-get install" not in script:
+        problems.append(f"line {ins.line}: apt-get update without install in the same RUN")
+    if re.search(r"\bpip3? install\b", script) and "--no-cache-dir" not in script and not any(
+        "type=cache" in flag for flag in ins.flags
+    ):
+        problems.append(f"line {ins.line}: pip install without --no-cache-dir or a cache mount")
+    return problems
+
+
+def _copy_problems(ins: Instruction, stage_names: set[str], check_context: bool) -> list[str]:
+    problems = []
+    from_stage = [f.split("=", 1)[1] for f in ins.flags if f.startswith("--from=")]
+    if from_stage:
+        if from_stage[0] not in stage_names:
+            problems.append(f"line {ins.line}: COPY --from={from_stage[0]} is no earlier stage")
+        return problems
+    sources = (ins.exec_form() or ins.args.split())[:-1]
+    if not check_context:
+        return problems
+    patterns = dockerignore_patterns()
+    for source in sources:
+        if not (ROOT / source).exists():
+            problems.append(f"line {ins.line}: COPY source {source!r} does not exist")
+        elif dockerignored(source, patterns):
+            problems.append(f"line {ins.line}: COPY source {source!r} is excluded by .dockerignore")
+    return problems
+
+
+def copied_sources(text: str) -> set[str]:
+    """Local paths the Dockerfile COPYs from the build context."""
+    found = set()
+    for ins in parse_dockerfile(text):
+        if ins.keyword == "COPY" and not any(f.startswith("--from=") for f in ins.flags):
+            found.update(s.strip("/") for s in (ins.exec_form() or ins.args.split())[:-1])
+    return found
+
+
+def image_env(dockerfile: Path) -> dict[str, str]:
+    """The ENV of the image's final stage."""
+    return env_of(stages(parse_dockerfile(dockerfile.read_text(encoding="utf-8")))[-1])
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_lint(dockerfile: Path) -> None:
+    assert dockerfile_problems(dockerfile.read_text(encoding="utf-8")) == []
+
+
+def test_dockerfile_lint_catches_bad_files() -> None:
+    bad = "\n".join([
+        "FROM python AS build",
+        "ADD https://example.invalid/x.tar.gz /x",
+        "RUN cd /x && apt-get install curl",
+        "ENV DB_PASSWORD=hunter2",
+        "MAINTAINER someone",
+        "FROM debian:latest",
+        "COPY --from=nowhere /a /b",
+        'CMD ["serve", "ocr"]',
+        "USER root",
+        'ENTRYPOINT ["ocrmesh"]',
+    ])
+    problems = "\n".join(dockerfile_problems(bad, check_context=False))
+    for expected in ("not pinned", "ADD", "cd", "no-install-recommends", "/var/lib/apt/lists",
+                     "secret-looking", "MAINTAINER", "no earlier stage", "non-root uid",
+                     "CMD comes before USER", "no HEALTHCHECK"):
+        assert expected in problems, f"{expected!r} not reported:\n{problems}"
+
+
+def test_dockerignore_matcher() -> None:
+    patterns = ["**/__pycache__", "tests", "deploy/k8s", "*.egg-info", "!keep/me"]
+    assert dockerignored("__pycache__", patterns) and dockerignored("mesh/__pycache__/x", patterns)
+    assert dockerignored("tests/unit/test_x.py", patterns) and dockerignored("ocrmesh.egg-info", patterns)
+    assert not dockerignored("deploy/docker/healthcheck.py", patterns)
+    assert not dockerignored("mesh/config.py", patterns)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_what_pip_install_needs(dockerfile: Path) -> None:
+    text = dockerfile.read_text(encoding="utf-8")
+    copied = copied_sources(text)
+    readme = _pyproject()["project"].get("readme")
+    needed = ["pyproject.toml", *([readme] if isinstance(readme, str) else []), *package_dirs()]
+    patterns = dockerignore_patterns()
+    for path in needed:
+        covered = any(path == src or path.startswith(src + "/") for src in copied)
+        assert covered, f"{dockerfile.name} does not COPY {path} (pip install . needs it)"
+        init = ROOT / path / "__init__.py"
+        if init.exists():
+            assert not dockerignored(f"{path}/__init__.py", patterns), f".dockerignore drops {path}"
+    extra = "gpu" if dockerfile.name.endswith(".cuda") else "cpu"
+    assert f'".[{extra}]"' in text, f"{dockerfile.name} must install the `{extra}` extra"
+
+
+def test_cuda_base_matches_onnxruntime_gpu() -> None:
+    text = (DOCKER / "Dockerfile.cuda").read_text(encoding="utf-8")
+    instructions = parse_dockerfile(text)
+    version = global_args(instructions).get("ORT_GPU_VERSION", "")
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), "pin onnxruntime-gpu with ARG ORT_GPU_VERSION"
+    assert '"onnxruntime-gpu==${ORT_GPU_VERSION}"' in text
+    major_minor = ".".join(version.split(".")[:2])
+    assert major_minor in ORT_GPU_CUDA_MAJOR, (
+        f"onnxruntime-gpu {version}: check which CUDA/cuDNN its wheel links, then add it here"
+    )
+    base = substitute(stages(instructions)[-1][0].args, global_args(instructions)).split()[0]
+    name, tag, _ = split_image(base)
+    assert name == "nvidia/cuda" and "cudnn-runtime" in tag, f"runtime base must be CUDA+cuDNN: {base}"
+    assert int(tag.split(".")[0]) == ORT_GPU_CUDA_MAJOR[major_minor], f"{base} vs ORT {version}"
+
+
+# ---------------------------------------------------------------- YAML, secrets
+
+
+def yaml_files() -> list[Path]:
+    return sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), ROOT / ".yamllint"])
+
+
+def test_yamllint_clean() -> None:
+    conf = YamlLintConfig(file=str(ROOT / ".yamllint"))
+    found = []
+    for path in yaml_files():
+        for problem in linter.run(path.read_text(encoding="utf-8"), conf, str(path)):
+            found.append(f"{path.relative_to(ROOT)}:{problem.line}:{problem.column} {problem}")
+    assert found == []
+
+
+def deploy_text_files() -> list[Path]:
+    files = [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix not in (".pyc", ".json")]
+    return sorted([*files, ROOT / ".dockerignore"])
+
+
+def test_no_secrets_committed() -> None:
+    found = []
+    for path in deploy_text_files():
+        text = path.read_text(encoding="utf-8")
+        if re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|AKIA[0-9A-Z]{16}", text):
+            found.append(f"{path}: key material")
+        for match in URL_CREDENTIALS.finditer(text):
+            if not match[1].startswith("${") and not PLACEHOLDER.search(match[1]):
+                found.append(f"{path}: password in a URL: {match[0]}")
+        for match in SECRET_ASSIGNMENT.finditer(text):
+            value = match[2]
+            if match[1] in NOT_SECRETS or not value or value.startswith(("${", "$(", "/")):
+                continue
+            if not PLACEHOLDER.search(value):
+                found.append(f"{path}: {match[1]} has a literal value")
+    assert found == []
+
+
+# ---------------------------------------------------------------- compose
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+
+def interpolate(text: str) -> str:
+    """Compose interpolation with a dummy value for every variable; `$$` is a literal `$`."""
+    text = re.sub(r"\$\{[A-Za-z_]\w*(?::?[-?+][^}]*)?\}", "dummy", text)
+    return text.replace("$$", "$")
+
+
+def built_images() -> dict[str, Path]:
+    """Image name -> the Dockerfile that builds it, from the compose `build` sections."""
+    images: dict[str, Path] = {}
+    for name, svc in compose()["services"].items():
+        if "build" in svc:
+            repo = split_image(svc["image"])[0]
+            dockerfile = (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve()
+            assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
+            assert images.setdefault(repo, dockerfile) == dockerfile, f"{repo} built two ways"
+    names = sorted(images)
+    assert len(set(images.values())) == len(names), f"one image name per Dockerfile: {names}"
+    return images
+
+
+def compose_env(svc: Mapping[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+def compose_argv(svc: Mapping[str, Any]) -> list[str] | None:
+    """The `ocrmesh` arguments a compose service runs (through `sh -c 'exec ocrmesh ...'` too)."""
+    entry = svc.get("entrypoint")
+    command = [interpolate(str(c)) for c in svc.get("command") or []]
+    if entry in (None, ["ocrmesh"]):
+        return command
+    assert entry == ["/bin/sh", "-c"] and len(command) == 1, f"unexpected entrypoint {entry}"
+    words = shlex.split(command[0])
+    assert words[:2] == ["exec", "ocrmesh"], "a shell entrypoint must `exec ocrmesh ...`"
+    return words[2:]
+
+
+def duration_s(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    schema = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose())]
+    assert errors == []
+    broken = compose()
+    broken["services"]["ocr"]["replicas"] = 2  # belongs under deploy:
+    assert list(validator.iter_errors(broken)), "the schema must reject unknown service keys"
+
+
+def test_compose_services_and_images() -> None:
+    services = compose()["services"]
+    images = built_images()
+    assert {p.name for p in images.values()} == {p.name for p in DOCKERFILES}, "build every Dockerfile"
+    etcd = [n for n, s in services.items() if split_image(s["image"])[0].endswith("/etcd")]
+    assert len(etcd) == 3, "a 3-node etcd cluster"
+    for name, svc in services.items():
+        repo, tag, _ = split_image(svc["image"])
+        assert repo in images or repo in THIRD_PARTY, f"{name}: image {svc['image']} is not ours or allowed"
+        if repo in THIRD_PARTY:
+            assert tag and tag != "latest", f"{name}: pin {svc['image']}"
+        assert "healthcheck" in svc, f"{name}: no healthcheck"
+        assert not svc.get("ports"), f"{name}: fixed host ports stop it from scaling"
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services and cond.get("condition") == "service_healthy", f"{name} -> {dep}"
+    for svc in ("auth", "ocr"):
+        assert services[svc]["deploy"]["replicas"] >= 2
+    pg = services["postgres"]
+    assert compose_env(pg).get("POSTGRES_PASSWORD") == "dummy", "the password comes from deploy/.env"
+    assert compose()["volumes"].keys() >= {"postgres-data"}
+
+
+def test_compose_ocrmesh_services_read_their_settings() -> None:
+    services = compose()["services"]
+    images = built_images()
+    seen = set()
+    for name, svc in services.items():
+        repo = split_image(svc["image"])[0]
+        if repo not in images:
+            continue
+        service, flags = serve_command(compose_argv(svc) or ["serve", "ocr"])
+        seen.add(service.name)
+        # the image's ENV serves every service (OCR and auth hosts); the service's own must fit it
+        named = {k for k in compose_env(svc) if k.startswith("OCRMESH_")}
+        env = {**image_env(images[repo]), **compose_env(svc)}
+        unread = named - service.env_names
+        assert not unread, f"{name}: not read by `ocrmesh serve {service.name}`: {sorted(unread)}"
+        config = service.load(flags, env)
+        assert config.host in ("0.0.0.0", "::"), f"{name}: listens on {config.host} only"
+        assert str(config.port) in [str(p) for p in svc.get("expose", [])], f"{name}: port not exposed"
+        health = svc["healthcheck"]["test"]
+        assert health[-1] == f"127.0.0.1:{config.port}", f"{name}: healthcheck asks the wrong port"
+        grace = config.grace_s + getattr(config, "drain_linger_s", 0) + SHUTDOWN_MARGIN_S
+        assert duration_s(svc.get("stop_grace_period", "10s")) >= grace, f"{name}: stop_grace_period"
+        if getattr(config, "etcd", ""):
+            hosts = {h.split(":")[0] for h in config.etcd.split(",")}
+            assert hosts <= set(services) and len(hosts) == 3, f"{name}: etcd endpoints {hosts}"
+        if name == "auth":
+            assert config.db_url.startswith("postgresql+asyncpg://") and "@postgres:" in config.db_url
+    assert seen >= {"ocr", "auth"}
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+def k8s_files() -> list[Path]:
+    return sorted(K8S.rglob("*.yaml"))
+
+
+def patch_files() -> set[Path]:
+    found = set()
+    for kfile in K8S.rglob("kustomization.yaml"):
+        for patch in yaml.safe_load(kfile.read_text(encoding="utf-8")).get("patches") or []:
+            if "path" in patch:
+                found.add((kfile.parent / patch["path"]).resolve())
+    return found
+
+
+def manifests() -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every complete resource in deploy/k8s (kustomizations and patch files excluded)."""
+    patches = patch_files()
+    for path in k8s_files():
+        if path.name == "kustomization.yaml" or path.resolve() in patches:
+            continue
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc:
+                yield path, doc
+
+
+def validate_k8s(resource: dict[str, Any], version: str) -> str | None:
+    try:
+        kubernetes_validate.validate(resource, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return f"{'.'.join(map(str, exc.path))}: {exc.message}"
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        return exc.message
+    return None
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_manifests_match_the_kubernetes_schemas(version: str) -> None:
+    errors = []
+    count = 0
+    for path, doc in manifests():
+        count += 1
+        error = validate_k8s(doc, version)
+        if error:
+            errors.append(f"{path.relative_to(ROOT)} {doc['kind']}/{doc['metadata']['name']}: {error}")
+    assert count >= 15 and errors == []
+
+
+RENDERED = {name: render(path) for name, path in OVERLAYS.items()}
+
+
+def by_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def workloads(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in resources if pod_specs(r)]
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    match = selector.get("matchLabels", selector) if selector else {}
+    assert not selector.get("matchExpressions"), "matchExpressions are not checked here"
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"].get("labels") or {})
+
+
+def container_env(container: dict[str, Any], resources: list[dict[str, Any]]) -> dict[str, str]:
+    """Env a container gets: envFrom ConfigMaps, then env (secret values from the template)."""
+    configmaps = by_kind(resources, "ConfigMap")
+    secrets = by_kind(template_secrets(), "Secret")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        ref = source.get("configMapRef") or {}
+        assert ref.get("name") in configmaps, f"ConfigMap {ref} is not in the rendering"
+        env.update(configmaps[ref["name"]]["data"])
+    for item in container.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif "secretKeyRef" in (item.get("valueFrom") or {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert ref["name"] in secrets, f"Secret {ref['name']} is not in the template"
+            env[item["name"]] = secrets[ref["name"]]["stringData"][ref["key"]]
+        else:
+            env[item["name"]] = "from-the-downward-api"
+    return env
+
+
+def template_secrets() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(SECRET_TEMPLATE.read_text(encoding="utf-8")) if d]
+
+
+def ocrmesh_containers(resources: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, container) for each container running one of our images."""
+    for workload in workloads(resources):
+        for container in containers(workload):
+            if split_image(container["image"])[0] in built_images():
+                yield workload, container
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes quantity in base units (cores, bytes)."""
+    text = str(value)
+    suffixes = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix, factor in sorted(suffixes.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_overlay_renders_every_base_resource(overlay: str) -> None:
+    base = {resource_id(r)[:2] + resource_id(r)[3:] for r in render(K8S / "base")}
+    rendered = RENDERED[overlay]
+    assert {resource_id(r)[:2] + resource_id(r)[3:] for r in rendered} == base
+    namespaces = {r["metadata"].get("namespace") for r in rendered}
+    assert namespaces == {"ocrmesh"}
+    for version in K8S_VERSIONS:
+        results = [(r, validate_k8s(r, version)) for r in rendered]
+        errors = [f"{r['kind']}/{r['metadata']['name']}: {error}" for r, error in results if error]
+        assert errors == [], version
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_renderer_agrees_with_kustomize_when_present(overlay: str) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    result = subprocess.run([kubectl, "kustomize", str(OVERLAYS[overlay])], capture_output=True,
+                            text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"kubectl kustomize did not run: {result.stderr.strip()[:200]}")
+    real = {resource_id(r): r for r in yaml.safe_load_all(result.stdout) if r}
+    assert {resource_id(r): r for r in RENDERED[overlay]} == real
+
+
+def test_gpu_overlay_requests_a_gpu_and_the_cuda_image() -> None:
+    gpu = by_kind(RENDERED["gpu"], "Deployment")["ocr"]
+    (container,) = containers(gpu)
+    assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    assert split_image(container["image"])[0] == "ocrmesh-cuda"
+    service, flags = serve_command(container["args"])
+    assert service.load(flags, container_env(container, RENDERED["gpu"])).device == "cuda"
+    assert by_kind(RENDERED["gpu"], "Deployment")["auth"]["spec"]["template"]["spec"]["containers"][0][
+        "image"
+    ].startswith("ocrmesh:")
+    cpu_text = yaml.safe_dump_all(RENDERED["cpu"])
+    assert "nvidia.com/gpu" not in cpu_text and "ocrmesh-cuda" not in cpu_text
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_k8s_images_are_built_or_allowed(overlay: str) -> None:
+    images = built_images()
+    for workload in workloads(RENDERED[overlay]):
+        for container in containers(workload):
+            repo, tag, _ = split_image(container["image"])
+            assert repo in images or repo in THIRD_PARTY, f"{container['image']} is not ours or allowed"
+            assert tag and tag != "latest", f"pin {container['image']}"
+            if "etcd" in repo:
+                major, minor, patch = (int(x) for x in tag.lstrip("v").split(".")[:3])
+                assert (major, minor) > (3, 5) or (minor == 5 and patch >= 17), "etcd 3.5.x needs x >= 17"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_k8s_ocrmesh_containers_read_their_settings(overlay: str) -> None:
+    """Env names, flags, ports, probes, drain timing and sizing all agree with the configs."""
+    resources = RENDERED[overlay]
+    seen = set()
+    for workload, container in ocrmesh_containers(resources):
+        where = f"{overlay}: {workload['kind']}/{workload['metadata']['name']}"
+        service, flags = serve_command(container["args"])
+        seen.add(service.name)
+        env = container_env(container, resources)
+        named = {k for k in env if k.startswith("OCRMESH_")}
+        assert named <= service.env_names, f"{where}: not read: {sorted(named - service.env_names)}"
+        config = service.load(flags, env)
+        assert config.host in ("0.0.0.0", "::"), f"{where}: listens on {config.host} only"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["grpc"] == config.port and ports["metrics"] == config.metrics_port, where
+        template = workload["spec"]["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(config.metrics_port)
+        for probe in ("readinessProbe", "livenessProbe"):
+            grpc = container[probe]["grpc"]
+            assert grpc == {"port": config.port, "service": service.grpc_service}, f"{where}: {probe}"
+        pod = template["spec"]
+        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        sleep_s = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
+        drain = sleep_s + getattr(config, "drain_linger_s", 0.0) + config.grace_s + SHUTDOWN_MARGIN_S
+        assert pod["terminationGracePeriodSeconds"] >= drain, f"{where}: grace period < {drain} s"
+        liveness = container["livenessProbe"]
+        assert liveness["periodSeconds"] * liveness["failureThreshold"] > pod["terminationGracePeriodSeconds"]
+        requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+        assert {"cpu", "memory"} <= set(requests) and "memory" in limits, f"{where}: resources"
+        if service.name == "ocr":
+            assert "startupProbe" in container, f"{where}: OCR warm-up needs a startupProbe"
+            assert quantity(requests["cpu"]) == config.worker_count * config.threads_per_worker, (
+                f"{where}: set OCRMESH_OCR_WORKERS to the CPU request (cpu_count sees the node)"
+            )
+            peak = max(WORKER_PEAK_MIB, config.max_worker_rss_mb) * 2**20
+            assert quantity(limits["memory"]) >= PARENT_MIB * 2**20 + config.worker_count * peak, where
+            assert config.max_worker_rss_mb * 2**20 < quantity(limits["memory"]), where
+            if overlay == "cpu":
+                assert config.device == "cpu"
+    assert seen >= {"ocr", "auth"}
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_k8s_security_contexts(overlay: str) -> None:
+    uid = {name: int(p) for name, p in (
+        (repo, [i for i in parse_dockerfile(path.read_text(encoding="utf-8")) if i.keyword == "USER"][-1]
+         .args.split(":")[0]) for repo, path in built_images().items())}
+    for workload in workloads(RENDERED[overlay]):
+        where = f"{overlay}: {workload['metadata']['name']}"
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod.get("automountServiceAccountToken") is False, where
+        mounts_needed = {"/tmp"}
+        for container in containers(workload):
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            repo = split_image(container["image"])[0]
+            if repo in uid:
+                assert pod["securityContext"]["runAsUser"] == uid[repo], f"{where}: uid != image USER"
+                mounted = {m["mountPath"] for m in container.get("volumeMounts", [])}
+                assert mounts_needed <= mounted, f"{where}: a writable /tmp (emptyDir) is needed"
+
+
+def test_k8s_references_resolve() -> None:
+    """Services, PDBs, HPAs and policies select real pods; ports and names exist."""
+    resources = RENDERED["cpu"]
+    pods = workloads(resources)
+    deployments = by_kind(resources, "Deployment")
+    for service in by_kind(resources, "Service").values():
+        (target,) = [w for w in pods if selects(service["spec"]["selector"], pod_labels(w))]
+        names = {p["name"] for c in containers(target) for p in c["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in names, f"Service {service['metadata']['name']}: {port}"
+    for pdb in by_kind(resources, "PodDisruptionBudget").values():
+        assert [w for w in pods if selects(pdb["spec"]["selector"], pod_labels(w))], pdb["metadata"]
+    for hpa in by_kind(resources, "HorizontalPodAutoscaler").values():
+        target = deployments[hpa["spec"]["scaleTargetRef"]["name"]]
+        assert "replicas" not in target["spec"], "an autoscaled Deployment must not pin replicas"
+        assert hpa["spec"]["minReplicas"] >= 2
+        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    hpas = by_kind(resources, "HorizontalPodAutoscaler").values()
+    autoscaled = {h["spec"]["scaleTargetRef"]["name"] for h in hpas}
+    for workload in pods:
+        if workload["kind"] == "Deployment" and workload["metadata"]["name"] not in autoscaled:
+            assert workload["spec"]["replicas"] >= 2, workload["metadata"]["name"]
+        for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:
+                secret = by_kind(template_secrets(), "Secret")[volume["secret"]["secretName"]]
+                assert {i["key"] for i in volume["secret"]["items"]} <= set(secret["stringData"])
+
+
+def test_k8s_etcd_cluster() -> None:
+    resources = RENDERED["cpu"]
+    etcd = by_kind(resources, "StatefulSet")["etcd"]
+    assert etcd["spec"]["replicas"] == 3
+    headless = by_kind(resources, "Service")[etcd["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    (container,) = containers(etcd)
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    members = [f"etcd-{i}=http://etcd-{i}.{headless['metadata']['name']}:2380" for i in range(3)]
+    assert env["ETCD_INITIAL_CLUSTER"] == ",".join(members)
+    ocr = by_kind(resources, "ConfigMap")["ocrmesh-ocr"]["data"]["OCRMESH_ETCD"]
+    assert ocr == ",".join(f"etcd-{i}.{headless['metadata']['name']}:2379" for i in range(3))
+
+
+def test_k8s_network_policies() -> None:
+    resources = RENDERED["cpu"]
+    policies = list(by_kind(resources, "NetworkPolicy").values())
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
+            and not p["spec"].get("egress")]
+    assert deny and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}, "default deny"
+    dns = [p for p in policies if p["spec"]["podSelector"] == {} and p["spec"].get("egress")]
+    assert dns and {port["port"] for r in dns[0]["spec"]["egress"] for port in r["ports"]} == {53}
+    pods = workloads(resources)
+    etcd_labels = pod_labels(by_kind(resources, "StatefulSet")["etcd"])
+
+    def egress_ports(labels: Mapping[str, str], peer: Mapping[str, str]) -> set[int]:
+        allowed = set()
+        for policy in policies:
+            if policy["spec"]["podSelector"] and selects(policy["spec"]["podSelector"], labels):
+                for rule in policy["spec"].get("egress", []):
+                    if any(selects(t.get("podSelector", {}), peer) for t in rule.get("to", [])):
+                        allowed |= {p["port"] for p in rule["ports"]}
+        return allowed
+
+    for policy in policies:
+        if policy["spec"]["podSelector"]:
+            assert [w for w in pods if selects(policy["spec"]["podSelector"], pod_labels(w))], (
+                f"NetworkPolicy {policy['metadata']['name']} selects no pod"
+            )
+    for workload, container in ocrmesh_containers(resources):
+        if container_env(container, resources).get("OCRMESH_ETCD"):
+            assert 2379 in egress_ports(pod_labels(workload), etcd_labels), workload["metadata"]["name"]
+    assert 2380 in egress_ports(etcd_labels, etcd_labels), "etcd peers"
+
+
+def test_secret_template_is_a_placeholder_outside_the_kustomization() -> None:
+    (secret,) = template_secrets()
+    assert kubernetes_validate.validate(secret, K8S_VERSIONS[0], strict=True)
+    assert all(PLACEHOLDER.search(v) for v in secret["stringData"].values())
+    for overlay in RENDERED.values():
+        assert "Secret" not in {r["kind"] for r in overlay}, "apply -k must never overwrite credentials"
+
+
+def test_every_ocrmesh_env_name_in_deploy_files_is_read_by_a_config() -> None:
+    """The acceptance check: every OCRMESH_* named in compose, k8s or the Dockerfiles is real."""
+    unknown = {}
+    for path in [COMPOSE, *k8s_files(), *DOCKERFILES]:
+        names = set(re.findall(r"\bOCRMESH_[A-Z0-9_]+", path.read_text(encoding="utf-8")))
+        if names - ALL_ENV_NAMES:
+            unknown[str(path.relative_to(ROOT))] = sorted(names - ALL_ENV_NAMES)
+    assert unknown == {}, "named in deploy files but read by no config dataclass"
