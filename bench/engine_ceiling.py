@@ -30,6 +30,93 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+class EngineBench:
+    """A warm worker pool fed in a closed loop, straight, without gRPC; reusable across rounds."""
+
+    def __init__(self, image: bytes, workers: int, threads: int, concurrency: int, device: str = "cpu"):
+        self.image = image
+        self.workers = workers
+        self.threads = threads
+        self.concurrency = concurrency
+        self.queue = AdmissionQueue(capacity=max(concurrency, 1) * 2)
+        self.pool = WorkerPool(
+            engine=EngineSettings(device=device, threads=threads),
+            limits=Limits(),
+            settings=PoolSettings(size=workers),
+            queue=self.queue,
+        )
+        self.latencies: list[float] = []
+        self.elapsed_s = 0.0
+        self.warmup_s = 0.0
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        await self.pool.start()
+        self.warmup_s = time.perf_counter() - started
+        # One untimed image per worker: the first real image pays one-off allocations.
+        await asyncio.gather(*(self._one([]) for _ in range(self.workers)))
+
+    async def _one(self, into: list[float]) -> None:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        t0 = time.perf_counter()
+        self.queue.offer(Ticket(data=self.image, options=JobOptions(), deadline=None, future=future))
+        await future
+        into.append(time.perf_counter() - t0)
+
+    async def run(self, duration_s: float, total: int = 0, progress: bool = False) -> int:
+        """One closed-loop round; adds to the totals and returns the images done in it."""
+        done: list[float] = []
+        launched = 0
+        with Progress(
+            TextColumn("engine ceiling"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}"),
+            TimeRemainingColumn(),
+            disable=not progress,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("run", total=total or duration_s)
+            t_start = time.perf_counter()
+            stop_at = t_start + duration_s
+
+            async def client() -> None:
+                nonlocal launched
+                while (launched < total) if total else (time.perf_counter() < stop_at):
+                    launched += 1
+                    await self._one(done)
+                    bar.update(
+                        task, completed=len(done) if total else min(duration_s, time.perf_counter() - t_start)
+                    )
+
+            await asyncio.gather(*(client() for _ in range(self.concurrency)))
+            self.elapsed_s += time.perf_counter() - t_start
+        self.latencies += done
+        return len(done)
+
+    def result(self) -> dict[str, Any]:
+        lat = self.latencies
+        info = self.pool.info
+        return {
+            "kind": "engine-ceiling",
+            "workers": self.workers,
+            "threads_per_worker": self.threads,
+            "concurrency": self.concurrency,
+            "execution_provider": info.execution_provider if info else "",
+            "count": len(lat),
+            "elapsed_s": self.elapsed_s,
+            "images_per_s": len(lat) / self.elapsed_s if self.elapsed_s else 0.0,
+            "latency_s": {
+                "mean": statistics.fmean(lat) if lat else 0.0,
+                "p50": percentile(lat, 50),
+                "p95": percentile(lat, 95),
+            },
+            "warmup_s": self.warmup_s,
+        }
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
 async def measure_engine(
     image: bytes,
     workers: int,
@@ -41,78 +128,13 @@ async def measure_engine(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Closed-loop OCR of `image` straight on the worker pool; returns throughput and latency."""
-    queue = AdmissionQueue(capacity=max(concurrency, 1) * 2)
-    pool = WorkerPool(
-        engine=EngineSettings(device=device, threads=threads),
-        limits=Limits(),
-        settings=PoolSettings(size=workers),
-        queue=queue,
-    )
-    started_pool = time.perf_counter()
-    await pool.start()
-    warm_s = time.perf_counter() - started_pool
-    latencies: list[float] = []
-    loop = asyncio.get_running_loop()
-    stop_at = 0.0
-    launched = 0
-
-    async def one() -> None:
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        t0 = time.perf_counter()
-        queue.offer(Ticket(data=image, options=JobOptions(), deadline=None, future=future))
-        await future
-        latencies.append(time.perf_counter() - t0)
-
-    # One untimed image per worker: the first real image pays one-off allocations.
-    await asyncio.gather(*(one() for _ in range(workers)))
-    latencies.clear()
-
-    with Progress(
-        TextColumn("engine ceiling"),
-        BarColumn(),
-        TextColumn("{task.completed} images"),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("run", total=total or duration_s)
-        t_start = time.perf_counter()
-        stop_at = t_start + duration_s
-
-        async def client() -> None:
-            nonlocal launched
-            while True:
-                if total and launched >= total:
-                    return
-                if not total and time.perf_counter() >= stop_at:
-                    return
-                launched += 1
-                await one()
-                bar.update(
-                    task,
-                    completed=len(latencies) if total else min(duration_s, time.perf_counter() - t_start),
-                )
-
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t_start
-    info = pool.info
-    await pool.close()
-    return {
-        "kind": "engine-ceiling",
-        "workers": workers,
-        "threads_per_worker": threads,
-        "concurrency": concurrency,
-        "execution_provider": info.execution_provider if info else "",
-        "count": len(latencies),
-        "elapsed_s": elapsed,
-        "images_per_s": len(latencies) / elapsed if elapsed else 0.0,
-        "latency_s": {
-            "mean": statistics.fmean(latencies) if latencies else 0.0,
-            "p50": percentile(latencies, 50),
-            "p95": percentile(latencies, 95),
-        },
-        "warmup_s": warm_s,
-    }
+    bench = EngineBench(image, workers, threads, concurrency, device)
+    await bench.start()
+    try:
+        await bench.run(duration_s, total, progress)
+        return bench.result()
+    finally:
+        await bench.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
