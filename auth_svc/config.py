@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mesh.config import ConfigError, setting
+from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 
 DEFAULT_DB_URL = "sqlite+aiosqlite:///.ocrmesh/auth.db"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
@@ -30,20 +31,16 @@ class AuthConfig:
         help="SQLAlchemy async URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB",
     )
     db_schema: str = setting("", help="PostgreSQL schema to use (search_path); empty: the default")
-    db_wait_s: float = setting(
-        30.0, help="at start, keep retrying an unreachable database this long"
-    )
+    db_wait_s: float = setting(30.0, help="at start, keep retrying an unreachable database this long")
     bcrypt_cost: int = setting(12, help="bcrypt work factor (4-31; each +1 doubles the time)")
-    bcrypt_concurrency: int = setting(
-        0, help="password hashes/checks run at once (0: one per core)"
-    )
+    bcrypt_concurrency: int = setting(0, help="password hashes/checks run at once (0: one per core)")
     bcrypt_queue: int = setting(
         256, help="password checks allowed to wait for a slot; beyond, RESOURCE_EXHAUSTED"
     )
     access_ttl_s: float = setting(900.0, help="access token lifetime in seconds")
     refresh_ttl_s: float = setting(30 * 86400.0, help="refresh token lifetime in seconds")
-    issuer: str = setting("ocrmesh-auth", help="`iss` claim of access tokens")
-    audience: str = setting("ocrmesh", help="`aud` claim of access tokens")
+    issuer: str = setting(DEFAULT_ISSUER, help="`iss` claim of access tokens")
+    audience: str = setting(DEFAULT_AUDIENCE, help="`aud` claim of access tokens")
     key_rotation_s: float = setting(
         7 * 86400.0, help="make a new signing key when the newest is this old (0: never)"
     )
@@ -56,9 +53,7 @@ class AuthConfig:
     key_passphrase_file: Path | None = setting(
         None, help="file holding a passphrase that encrypts private keys in the database"
     )
-    throttle_user_failures: int = setting(
-        5, help="failed logins per user name before exponential lockout"
-    )
+    throttle_user_failures: int = setting(5, help="failed logins per user name before exponential lockout")
     throttle_address_failures: int = setting(
         20, help="failed logins per client address before exponential lockout"
     )
@@ -68,6 +63,20 @@ class AuthConfig:
         False, help="take the client address from x-forwarded-for (only behind a trusted proxy)"
     )
     grace_s: float = setting(10.0, help="on SIGTERM, time given to in-flight requests")
+    etcd: str = setting(
+        "",
+        help="etcd endpoints (host:port,...) to register in and publish the JWKS to; empty: standalone",
+        env="OCRMESH_ETCD",
+    )
+    advertise: str = setting("", help="address clients should dial (default: the bound host:port)")
+    lease_ttl_s: int = setting(5, help="registry lease TTL in seconds (kept alive every TTL/3)")
+    drain_linger_s: float = setting(
+        1.0,
+        help="after leaving the registry, keep serving this long so "
+        "clients see the change before the instance says NOT_SERVING",
+    )
+    zone: str = setting("", help="zone label published in the registry")
+    weight: int = setting(100, help="balancing weight published in the registry")
     metrics_port: int = setting(0, help="Prometheus /metrics port (0: a free one, -1: off)")
     ready_file: Path | None = setting(None, help="write {address, metrics} JSON here once serving")
     log_level: str = setting("info", help="log level", env="OCRMESH_LOG_LEVEL")
@@ -94,6 +103,12 @@ class AuthConfig:
             raise ConfigError("--db-wait-s must be 0 or more")
         if self.db_schema and not _SCHEMA_NAME.match(self.db_schema):
             raise ConfigError("--db-schema must be a lower-case SQL identifier")
+        if self.lease_ttl_s < 1:
+            raise ConfigError("--lease-ttl-s must be at least 1")
+        if self.drain_linger_s < 0:
+            raise ConfigError("--drain-linger-s must be 0 or more")
+        if self.weight < 0:
+            raise ConfigError("--weight must be 0 or more")
         if not self.issuer or not self.audience:
             raise ConfigError("--issuer and --audience must not be empty")
 

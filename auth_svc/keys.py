@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from auth_svc.store import AuthStore, KeyRecord
+from mesh.jwks_source import JWKS_KEY
 
 log = logging.getLogger(__name__)
 
-JWKS_ETCD_KEY = "/ocrmesh/v1/jwks"
+JWKS_ETCD_KEY = JWKS_KEY
 
 Jwks = dict[str, list[dict[str, str]]]
 KeysChanged = Callable[[Jwks], Awaitable[None]]
@@ -68,9 +69,7 @@ def generate(now: float, activates_at: float) -> SigningKey:
 def to_record(key: SigningKey, passphrase: bytes | None) -> KeyRecord:
     """The stored form: PKCS#8 PEM, encrypted when a passphrase is given."""
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     )
     pem = key.private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
@@ -95,9 +94,7 @@ def from_record(record: KeyRecord, passphrase: bytes | None) -> SigningKey:
         )
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyLoadError(f"signing key {record.kid} cannot be read: {exc}") from None
-    if not isinstance(private, ec.EllipticCurvePrivateKey) or not isinstance(
-        private.curve, ec.SECP256R1
-    ):
+    if not isinstance(private, ec.EllipticCurvePrivateKey) or not isinstance(private.curve, ec.SECP256R1):
         raise KeyLoadError(f"signing key {record.kid} is not a P-256 key")
     jwk = public_jwk(private.public_key())
     if jwk["kid"] != record.kid:
@@ -118,9 +115,7 @@ def signer(keys: Sequence[SigningKey], now: float) -> SigningKey | None:
     return ordered[0] if ordered else None
 
 
-def published(
-    keys: Sequence[SigningKey], now: float, keep_after_retire_s: float
-) -> list[SigningKey]:
+def published(keys: Sequence[SigningKey], now: float, keep_after_retire_s: float) -> list[SigningKey]:
     """Keys that belong in the JWKS: pending, signing, or retired less than `keep_after_retire_s`
     ago (a retired key's tokens live at most one access TTL)."""
     ordered = _ordered(keys)
@@ -225,9 +220,7 @@ class KeyRing:
         fresh = [r for r in records if r.kid not in self._keys]
         if fresh:
             # Decrypting PEMs runs a KDF: keep it off the event loop.
-            loaded = await asyncio.to_thread(
-                lambda: [from_record(r, self._passphrase) for r in fresh]
-            )
+            loaded = await asyncio.to_thread(lambda: [from_record(r, self._passphrase) for r in fresh])
             for key in loaded:
                 self._keys[key.kid] = key
         stored = {r.kid for r in records}

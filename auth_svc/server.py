@@ -14,6 +14,7 @@ from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from auth_svc.accounts import Accounts
 from auth_svc.config import AuthConfig
+from auth_svc.jwks_publisher import JwksPublisher
 from auth_svc.keys import Jwks, KeyLoadError, KeyRing, KeysChanged
 from auth_svc.metrics import AuthMetrics
 from auth_svc.passwords import PasswordHasher
@@ -21,26 +22,32 @@ from auth_svc.servicer import AuthServicer
 from auth_svc.store import AuthStore, StoreError, StoreUnavailable
 from auth_svc.throttle import LoginThrottle, ThrottlePolicy
 from auth_svc.tokens import Sessions, TokenSettings
+from mesh import __version__, lifecycle, logs
 from mesh import config as mesh_config
-from mesh import lifecycle, logs
+from mesh.lease import Registration
+from mesh.registry import Instance
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+REGISTRY_SERVICE = "auth"
 # Every AuthService method but WhoAmI is called without an access token.
 PUBLIC_AUTH_METHODS = PUBLIC_METHODS | {
     f"/{SERVICE_NAME}/{name}" for name in ("Register", "Login", "Refresh", "Logout", "GetJwks")
 }
 VERIFY_LEEWAY_S = 30.0
 _HOUSEKEEPING_S = 3600.0
+_ETCD_WAIT_S = 5.0
 
 
 class AuthInstance:
     """One auth service instance; `async with` starts it ready and drains it on exit.
 
-    `on_keys_changed(jwks)` is awaited whenever the published JWKS changes (first at start):
-    the hook for publishing it to etcd (`auth_svc.keys.publish_jwks`).
+    `on_keys_changed(jwks)` is awaited whenever the published JWKS changes (first at start).
+    With `config.etcd` set, the instance itself publishes its JWKS to etcd (`JwksPublisher`) and
+    registers as service `auth` once its store and keys are ready; draining revokes the lease
+    first.
     """
 
     def __init__(
@@ -71,6 +78,11 @@ class AuthInstance:
             issuer=config.issuer, audience=config.audience, leeway_s=VERIFY_LEEWAY_S, clock=clock
         )
         self.keyring.add_listener(self._keys_changed)
+        self.publisher: JwksPublisher | None = None
+        if config.etcd:
+            self.publisher = JwksPublisher(config.etcd)
+            self.keyring.add_listener(self.publisher.publish)
+        self.registration: Registration | None = None
         if on_keys_changed is not None:
             self.keyring.add_listener(on_keys_changed)
         self.throttle = LoginThrottle(
@@ -85,16 +97,10 @@ class AuthInstance:
                 len(self.keyring.jwks()["keys"]),
             )
         )
-        settings = TokenSettings(
-            config.issuer, config.audience, config.access_ttl_s, config.refresh_ttl_s
-        )
+        settings = TokenSettings(config.issuer, config.audience, config.access_ttl_s, config.refresh_ttl_s)
         self.sessions = Sessions(self.store, self.keyring, settings, clock)
-        self.accounts = Accounts(
-            self.store, self.hasher, self.throttle, self.sessions, self.metrics, clock
-        )
-        self.server = lifecycle.new_server(
-            interceptors=[AuthInterceptor(self.verifier, PUBLIC_AUTH_METHODS)]
-        )
+        self.accounts = Accounts(self.store, self.hasher, self.throttle, self.sessions, self.metrics, clock)
+        self.server = lifecycle.new_server(interceptors=[AuthInterceptor(self.verifier, PUBLIC_AUTH_METHODS)])
         self.health = lifecycle.Health(self.server, [SERVICE_NAME])
         self.servicer = AuthServicer(self.accounts, self.keyring.jwks, config.trust_forwarded_for)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self.servicer, self.server)
@@ -114,6 +120,8 @@ class AuthInstance:
         await self.health.set(False)
         await self.server.start()
         try:
+            if self.publisher is not None:
+                await self.publisher.start()
             await self._open_store()
             await self.hasher.start()
             await self.keyring.sync()
@@ -126,9 +134,17 @@ class AuthInstance:
             raise
         self._maintenance = asyncio.create_task(self._maintain(), name="auth-maintenance")
         await self.health.set(True)
+        if c.etcd:
+            await self._join_mesh()
         lifecycle.write_ready_file(
             c.ready_file,
-            {"address": self.address, "metrics": self.metrics_url, "instance_id": self.instance_id},
+            {
+                "address": self.address,
+                "metrics": self.metrics_url,
+                "instance_id": self.instance_id,
+                "kid": self.keyring.signer().kid,
+                "etcd": c.etcd,
+            },
         )
         log.info(
             "serving",
@@ -139,6 +155,37 @@ class AuthInstance:
                 "bcrypt_cost": c.bcrypt_cost,
             },
         )
+
+    async def _join_mesh(self) -> None:
+        """Register under a lease and wait (bounded) for the JWKS to reach etcd.
+
+        Neither waits for ever: if etcd is away the instance serves anyway, and registration and
+        publishing go on in the background until etcd is back.
+        """
+        c = self.config
+        self.registration = Registration(
+            c.etcd,
+            Instance(
+                service=REGISTRY_SERVICE,
+                id=self.instance_id,
+                address=c.advertise or self.address,
+                version=__version__,
+                slots=self.config.bcrypt_workers,
+                zone=c.zone,
+                weight=c.weight,
+                started_at=time.time(),
+                extra={"metrics": self.metrics_url, "db": self.store.backend},
+            ),
+            ttl=c.lease_ttl_s,
+        )
+        await self.registration.start()
+        registered = await self.registration.wait_registered(_ETCD_WAIT_S)
+        published = self.publisher is not None and await self.publisher.wait_published(1.0)
+        if not (registered and published):
+            log.warning(
+                "etcd not reachable yet; serving anyway, registering and publishing the JWKS when it is",
+                extra={"etcd": c.etcd, "registered": registered, "jwks_published": published},
+            )
 
     async def _open_store(self) -> None:
         """Migrate, retrying an unreachable database for up to `db_wait_s`."""
@@ -170,7 +217,12 @@ class AuthInstance:
                 log.error("key maintenance failed; will retry", extra={"why": str(exc)})
 
     async def drain(self) -> None:
-        """Health NOT_SERVING, let in-flight calls finish (grace), then close everything."""
+        """Leave the registry (lease revoked, short linger), NOT_SERVING, let in-flight calls
+        finish (grace), then close everything."""
+        if self.registration is not None:
+            await self.registration.close()
+            self.registration = None
+            await asyncio.sleep(self.config.drain_linger_s)
         await self.health.set(False)
         if self._maintenance is not None:
             self._maintenance.cancel()
@@ -180,6 +232,8 @@ class AuthInstance:
         await self._close_resources()
 
     async def _close_resources(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.close()
         self.hasher.close()
         await self.store.close()
         self.metrics.close()
@@ -215,7 +269,12 @@ async def serve(config: AuthConfig) -> int:
     print(
         f"auth service {instance.instance_id} listening on {instance.address} "
         f"(db {instance.store.backend}, bcrypt cost {config.bcrypt_cost}); "
-        f"metrics {instance.metrics_url or 'off'}",
+        f"metrics {instance.metrics_url or 'off'}"
+        + (
+            f"; registry {REGISTRY_SERVICE}/{instance.instance_id} and JWKS in etcd {config.etcd}"
+            if config.etcd
+            else ""
+        ),
         flush=True,
     )
     signame = await lifecycle.wait_for_stop_signal()

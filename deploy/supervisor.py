@@ -66,16 +66,89 @@ class Child:
             await proc.wait()
 
 
-def ocr_child(index: int, etcd: str, host: str, port: int, workers: int, device: str | None,
-              data_dir: Path) -> Child:
+def ocr_child(
+    index: int,
+    etcd: str,
+    host: str,
+    port: int,
+    workers: int,
+    device: str | None,
+    data_dir: Path,
+    require_auth: bool = False,
+) -> Child:
     name = f"ocr-{index}"
     ready = data_dir / "run" / f"{name}.json"
-    argv = [sys.executable, "-m", "mesh.cli", "serve", "ocr", "--host", host, "--port", str(port),
-            "--instance-id", name, "--workers", str(workers), "--etcd", etcd,
-            "--ready-file", str(ready)]
+    argv = [
+        sys.executable,
+        "-m",
+        "mesh.cli",
+        "serve",
+        "ocr",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--instance-id",
+        name,
+        "--workers",
+        str(workers),
+        "--etcd",
+        etcd,
+        "--ready-file",
+        str(ready),
+    ]
     if device:
         argv += ["--device", device]
+    if require_auth:
+        argv.append("--require-auth")
     return Child(name, argv, ready, data_dir / "logs" / f"{name}.log")
+
+
+def auth_child(index: int, etcd: str, host: str, port: int, data_dir: Path) -> Child:
+    """An auth instance; all of them share one SQLite file (and so one user table and key set)."""
+    name = f"auth-{index}"
+    ready = data_dir / "run" / f"{name}.json"
+    db = f"sqlite+aiosqlite:///{(data_dir / 'auth.db').resolve()}"
+    argv = [
+        sys.executable,
+        "-m",
+        "mesh.cli",
+        "serve",
+        "auth",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--instance-id",
+        name,
+        "--etcd",
+        etcd,
+        "--db",
+        db,
+        "--ready-file",
+        str(ready),
+    ]
+    return Child(name, argv, ready, data_dir / "logs" / f"{name}.log")
+
+
+def auth_ports(first: int, count: int) -> list[int]:
+    """Auth ports count down from `first` (50050, 50049, ...), away from OCR's ports counting up."""
+    return [first - i for i in range(count)]
+
+
+def port_clash(ns: argparse.Namespace) -> str | None:
+    """Why the requested ports cannot all be used, or None."""
+    taken: dict[int, str] = {ns.etcd_port: "etcd"}
+    wanted = [(p, f"ocr-{i + 1}") for i, p in enumerate(range(ns.ocr_port, ns.ocr_port + ns.ocr))]
+    if not ns.no_auth:
+        wanted += [(p, f"auth-{i + 1}") for i, p in enumerate(auth_ports(ns.auth_port, ns.auth))]
+    for port, name in wanted:
+        if not 0 < port < 65536:
+            return f"{name} would get port {port}"
+        if port in taken:
+            return f"{name} and {taken[port]} would both use port {port}; change --ocr-port or --auth-port"
+        taken[port] = name
+    return None
 
 
 async def supervise(children: list[Child], stop: asyncio.Event) -> None:
@@ -84,8 +157,9 @@ async def supervise(children: list[Child], stop: asyncio.Event) -> None:
         for child in children:
             if child.proc is not None and child.proc.returncode is not None and not stop.is_set():
                 delay = min(30.0, 2.0 ** min(child.restarts, 5))
-                console.print(f"[yellow]{child.name} exited ({child.proc.returncode}); "
-                              f"restarting in {delay:.0f}s[/]")
+                console.print(
+                    f"[yellow]{child.name} exited ({child.proc.returncode}); restarting in {delay:.0f}s[/]"
+                )
                 await asyncio.sleep(delay)
                 child.restarts += 1
                 try:
@@ -103,10 +177,30 @@ async def up(ns: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    etcd = EtcdProcess(data_dir=data_dir / "etcd", host=ns.host, client_port=ns.etcd_port,
-                       log_file=data_dir / "logs" / "etcd.log")
-    children: list[Child] = [
-        ocr_child(i + 1, etcd.endpoint, ns.host, ns.ocr_port + i, ns.workers, ns.device, data_dir)
+    etcd = EtcdProcess(
+        data_dir=data_dir / "etcd",
+        host=ns.host,
+        client_port=ns.etcd_port,
+        log_file=data_dir / "logs" / "etcd.log",
+    )
+    auth_on = not ns.no_auth
+    children: list[Child] = []
+    if auth_on:
+        children += [
+            auth_child(i + 1, etcd.endpoint, ns.host, port, data_dir)
+            for i, port in enumerate(auth_ports(ns.auth_port, ns.auth))
+        ]
+    children += [
+        ocr_child(
+            i + 1,
+            etcd.endpoint,
+            ns.host,
+            ns.ocr_port + i,
+            ns.workers,
+            ns.device,
+            data_dir,
+            require_auth=auth_on,
+        )
         for i in range(ns.ocr)
     ]
     started: list[Child] = []
@@ -114,7 +208,12 @@ async def up(ns: argparse.Namespace) -> int:
         console.print(f"starting etcd on {etcd.endpoint} ...")
         await etcd.start()
         for child in children:
-            console.print(f"starting {child.name} (warming its engines) ...")
+            what = (
+                "opening its database, publishing its keys"
+                if child.name.startswith("auth")
+                else ("warming its engines")
+            )
+            console.print(f"starting {child.name} ({what}) ...")
             await child.start()
             started.append(child)
         table = Table(title="ocrmesh is up (Ctrl-C stops everything)")
@@ -122,12 +221,29 @@ async def up(ns: argparse.Namespace) -> int:
             table.add_column(col)
         table.add_row("etcd", etcd.endpoint, f"data {data_dir / 'etcd'}")
         for child in started:
-            details = f"{child.info.get('execution_provider', '')}; metrics {child.info.get('metrics', '')}"
+            metrics = f"metrics {child.info.get('metrics', '')}"
+            if child.name.startswith("auth"):
+                details = f"SQLite {data_dir / 'auth.db'}; {metrics}"
+            else:
+                details = f"{child.info.get('execution_provider', '')}; {metrics}"
+                if auth_on:
+                    details += "; tokens required"
             table.add_row(child.name, child.info.get("address", "?"), details)
         console.print(table)
         exe = Path(sys.executable).parent / "ocrmesh"
-        console.print(f"try:  {exe} ocr ../shared/ocr-corpus/real/rapidocr_ch_en_num.jpg "
-                      f"--target {started[0].info.get('address')}")
+        ocr_address = next(c.info.get("address") for c in started if c.name.startswith("ocr"))
+        image = "../shared/ocr-corpus/real/rapidocr_ch_en_num.jpg"
+        if auth_on:
+            auth_address = next(c.info.get("address") for c in started if c.name.startswith("auth"))
+            account = f"{exe} account --auth-target {auth_address}"
+            console.print(f"auth: {auth_address} (OCR calls need an access token)")
+            console.print(f"try:  {account} register alice")
+            console.print(
+                f"      {exe} ocr {image} --target {ocr_address} --login alice --auth-target {auth_address}"
+            )
+            console.print(f"      or: export OCRMESH_TOKEN=$({account} login alice)")
+        else:
+            console.print(f"try:  {exe} ocr {image} --target {ocr_address}")
         console.print(f"      {exe} status --etcd {etcd.endpoint}")
         console.print(f"logs: {data_dir / 'logs'}")
         await supervise(started, stop)
@@ -149,6 +265,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="OCR device")
     parser.add_argument("--host", default="127.0.0.1", help="address every service listens on")
     parser.add_argument("--ocr-port", type=int, default=50051, help="first OCR port (then +1, +2 ...)")
+    parser.add_argument("--auth", type=int, default=1, help="auth instances to run (they share one database)")
+    parser.add_argument(
+        "--auth-port",
+        type=int,
+        default=50050,
+        help="first auth port (then -1, -2 ..., away from the OCR ports)",
+    )
+    parser.add_argument(
+        "--no-auth", action="store_true", help="run no auth service; OCR then takes calls without a token"
+    )
     parser.add_argument("--etcd-port", type=int, default=2379, help="etcd client port")
     parser.add_argument("--data-dir", type=Path, default=Path(".ocrmesh"), help="etcd data, logs, state")
 
@@ -156,5 +282,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace) -> int:
     if ns.ocr < 1:
         print("ocrmesh up: --ocr must be at least 1", file=sys.stderr)
+        return 2
+    if ns.auth < 1 and not ns.no_auth:
+        print("ocrmesh up: --auth must be at least 1 (or pass --no-auth)", file=sys.stderr)
+        return 2
+    clash = port_clash(ns)
+    if clash:
+        print(f"ocrmesh up: {clash}", file=sys.stderr)
         return 2
     return asyncio.run(up(ns))

@@ -40,6 +40,7 @@ TOP = [
     Command("config", "get or set live settings kept in etcd", "mesh.config_command"),
     Command("eval", "measure OCR accuracy (CER) on a labelled manifest", "bench.eval"),
     Command("up", "run the whole mesh locally and print its URLs", "deploy.supervisor"),
+    Command("account", "register, log in (print an access token) or check a token", "mesh.account_commands"),
 ]
 BENCH = [
     Command("engine", "measure the raw in-process engine ceiling", "bench.engine_ceiling"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mesh.config import ConfigError, setting
+from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 
 
 def default_workers() -> int:
@@ -64,6 +65,13 @@ class OcrConfig:
     )
     zone: str = setting("", help="zone label published in the registry")
     weight: int = setting(100, help="balancing weight published in the registry")
+    require_auth: bool = setting(
+        False,
+        help="require a valid access token on every OcrService call, "
+        "verified with the JWKS the auth service publishes in etcd (needs --etcd)",
+    )
+    auth_issuer: str = setting(DEFAULT_ISSUER, help="with --require-auth: the `iss` tokens must carry")
+    auth_audience: str = setting(DEFAULT_AUDIENCE, help="with --require-auth: the `aud` tokens must carry")
     log_level: str = setting("info", help="log level", env="OCRMESH_LOG_LEVEL")
     debug_delay_ms: int = setting(0, help="TEST ONLY: sleep this long in the worker per job")
 
@@ -78,6 +86,10 @@ class OcrConfig:
             raise ConfigError("image limits must be positive (max side at least 32)")
         if not 0.0 <= self.min_score <= 1.0:
             raise ConfigError("--min-score must be between 0 and 1")
+        if self.require_auth and not self.etcd:
+            raise ConfigError("--require-auth needs --etcd: the token keys (JWKS) come from etcd")
+        if self.require_auth and not (self.auth_issuer and self.auth_audience):
+            raise ConfigError("--auth-issuer and --auth-audience must not be empty")
 
     @property
     def worker_count(self) -> int:

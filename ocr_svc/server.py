@@ -13,9 +13,11 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import __version__, lifecycle, logs
 from mesh import config as mesh_config
+from mesh.jwks_source import JwksAuthInterceptor, JwksSource
 from mesh.lease import Registration
 from mesh.live_config import LiveConfig
 from mesh.registry import Instance
+from mesh.token_verify import TokenVerifier
 from ocr_svc import live_settings
 from ocr_svc.admission import AdmissionQueue
 from ocr_svc.config import OcrConfig
@@ -66,7 +68,17 @@ class OcrInstance:
         )
         self.metrics = OcrMetrics(lambda: (len(self.queue), self.pool.busy, self.pool.counters))
         self.recognizer = Recognizer(self.pool, self.queue, limits, self.metrics)
-        self.server = lifecycle.new_server(max_receive_bytes=config.max_image_bytes + 2**20)
+        # With --require-auth every OcrService call needs an access token, checked locally
+        # against the JWKS the auth service publishes in etcd; health and reflection stay open.
+        self.jwks: JwksSource | None = None
+        interceptors = []
+        if config.require_auth:
+            verifier = TokenVerifier(issuer=config.auth_issuer, audience=config.auth_audience)
+            self.jwks = JwksSource(config.etcd, verifier)
+            interceptors.append(JwksAuthInterceptor(self.jwks))
+        self.server = lifecycle.new_server(
+            max_receive_bytes=config.max_image_bytes + 2**20, interceptors=interceptors
+        )
         self.health = lifecycle.Health(self.server, [SERVICE_NAME])
         self.servicer = OcrServicer(
             self.recognizer,
@@ -88,6 +100,8 @@ class OcrInstance:
         self.address = lifecycle.bind(self.server, c.host, c.port)
         await self.health.set(False)
         await self.server.start()
+        if self.jwks is not None:
+            await self.jwks.start()  # loads while the engines warm up
         if c.metrics_port >= 0:
             port = self.metrics.serve(c.host, c.metrics_port)
             self.metrics_url = f"http://{c.host}:{port}/metrics"
@@ -95,6 +109,8 @@ class OcrInstance:
             await self.pool.start()
         except BaseException:
             await self.server.stop(0)
+            if self.jwks is not None:
+                await self.jwks.close()
             self.metrics.close()
             raise
         info = self.pool.info
@@ -119,6 +135,11 @@ class OcrInstance:
             )
             await self.live.start()
             await self._register(info.device, info.execution_provider)
+        if self.jwks is not None and not self.jwks.ready:
+            log.warning(
+                "no JWKS in etcd yet: OcrService calls get UNAVAILABLE until an auth service publishes one",
+                extra={"key": self.jwks.key, "etcd": c.etcd},
+            )
         lifecycle.write_ready_file(
             c.ready_file,
             {
@@ -127,6 +148,7 @@ class OcrInstance:
                 "instance_id": self.instance_id,
                 "execution_provider": info.execution_provider,
                 "device": info.device,
+                "require_auth": c.require_auth,
             },
         )
         log.info(
@@ -157,6 +179,7 @@ class OcrInstance:
                     "execution_provider": provider,
                     "metrics": self.metrics_url,
                     "queue_capacity": c.queue_capacity,
+                    "require_auth": c.require_auth,
                 },
             ),
             ttl=c.lease_ttl_s,
@@ -177,6 +200,8 @@ class OcrInstance:
         self.recognizer.serving = False
         await self.health.set(False)
         await self.server.stop(self.config.grace_s)
+        if self.jwks is not None:
+            await self.jwks.close()
         await self.pool.close()
         self.metrics.close()
 
@@ -206,7 +231,8 @@ async def serve(config: OcrConfig) -> int:
     print(
         f"OCR service {instance.instance_id} listening on {instance.address} "
         f"({config.worker_count} workers x {config.threads_per_worker} thread, "
-        f"{info.execution_provider}); metrics {instance.metrics_url or 'off'}",
+        f"{info.execution_provider}); metrics {instance.metrics_url or 'off'}"
+        + ("; access tokens required" if config.require_auth else ""),
         flush=True,
     )
     signame = await lifecycle.wait_for_stop_signal()

@@ -1,0 +1,222 @@
+"""Keeps a TokenVerifier fed with the JWKS that auth instances publish in etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import aetcd
+import grpc
+
+from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh import errors
+from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier, parse_jwks
+
+log = logging.getLogger(__name__)
+
+JWKS_KEY = "/ocrmesh/v1/jwks"
+"""The etcd key holding the JWKS ({"keys": [...]}) that verifies access tokens."""
+DEFAULT_ISSUER = "ocrmesh-auth"
+"""`iss` of access tokens: the auth service's default, and what verifiers expect by default."""
+DEFAULT_AUDIENCE = "ocrmesh"
+"""`aud` of access tokens: the auth service's default, and what verifiers expect by default."""
+
+
+class JwksSource:
+    """Polls the JWKS key with a bounded get and hands every new valid document to `verifier`.
+
+    Polling (every `interval` seconds, 0.5 by default) rather than watching: one small key needs
+    no watch, and a poll needs no re-establishment after etcd is killed, frozen or compacted. A
+    rotation reaches the verifier within `interval` plus one call. While etcd is unreachable, or
+    when the key is deleted or holds something that is not a JWKS, the last good keys stay.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        verifier: TokenVerifier,
+        *,
+        key: str = JWKS_KEY,
+        interval: float = 0.5,
+        call_timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval <= 0 or call_timeout <= 0:
+            raise ValueError("interval and call_timeout must be positive")
+        self.key = key
+        self.verifier = verifier
+        self.interval = interval
+        self.call_timeout = call_timeout
+        self._factory = ClientFactory(endpoints, call_timeout)
+        self._clock = clock
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._seen_revision = -1
+        self._outage = False
+        # Public state for status pages and tests.
+        self.kids: frozenset[str] = frozenset()
+        self.connected = False
+        self.updates = 0
+        self.rejected = 0
+        self.updated_at: float | None = None
+        self.last_error = ""
+
+    @property
+    def ready(self) -> bool:
+        """True once a valid JWKS has been loaded (it stays true while etcd is away)."""
+        return self._ready.is_set()
+
+    async def start(self) -> None:
+        """Begin polling in the background (does not wait for etcd)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"jwks source {self.key}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the first JWKS; returns `ready`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        return self.ready
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> JwksSource:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "ready": self.ready,
+            "connected": self.connected,
+            "kids": sorted(self.kids),
+            "updates": self.updates,
+            "rejected": self.rejected,
+            "last_error": self.last_error,
+        }
+
+    def consider(self, raw: bytes | None) -> bool:
+        """Load one value of the key (None: absent); True when the verifier got new keys."""
+        if raw is None:
+            if self.ready:
+                log.warning("JWKS key is gone from etcd; keeping the last keys", extra={"key": self.key})
+            self.last_error = f"no JWKS at {self.key}"
+            return False
+        try:
+            if not parse_jwks(raw):
+                raise ValueError("it has no usable ES256 key")
+            self.verifier.update_jwks(raw)
+        except ValueError as exc:  # also JSON errors: json.JSONDecodeError is a ValueError
+            self.rejected += 1
+            self.last_error = f"not a usable JWKS: {exc}"
+            log.error(
+                "JWKS in etcd rejected; keeping the last keys", extra={"key": self.key, "why": str(exc)}
+            )
+            return False
+        kids = self.verifier.kids
+        changed = kids != self.kids
+        self.kids = kids
+        self.updates += 1
+        self.updated_at = self._clock()
+        self.last_error = ""
+        if changed or not self.ready:
+            log.info("JWKS loaded", extra={"key": self.key, "kids": sorted(kids)})
+        self._ready.set()
+        return True
+
+    async def _run(self) -> None:
+        client: aetcd.Client | None = None
+        try:
+            while True:
+                try:
+                    if client is None:
+                        client = self._factory.new()
+                    got = await bounded(client.get(self.key.encode()), self.call_timeout)
+                    if self._outage:
+                        log.info("etcd reachable again", extra={"key": self.key})
+                        self._outage = False
+                    self.connected = True
+                    revision = int(got.mod_revision) if got is not None else 0
+                    if revision != self._seen_revision:
+                        self._seen_revision = revision
+                        self.consider(got.value if got is not None else None)
+                except ETCD_ERRORS as exc:
+                    # etcd away: keep the keys in force and try again on a fresh client.
+                    if not self._outage:
+                        log.warning(
+                            "JWKS unreadable; keeping the last keys",
+                            extra={"key": self.key, "error": repr(exc)},
+                        )
+                    self._outage = True
+                    self.connected = False
+                    self.last_error = repr(exc)
+                    await close_quietly(client, self.call_timeout)
+                    client = None
+                await asyncio.sleep(self.interval)
+        finally:
+            await close_quietly(client, self.call_timeout)
+
+
+class JwksAuthInterceptor(AuthInterceptor):
+    """AuthInterceptor whose keys come from a JwksSource; UNAVAILABLE until the first JWKS.
+
+    Before any JWKS has arrived no token can be checked, valid or not, so protected calls get a
+    retryable UNAVAILABLE (reason JWKS_NOT_LOADED) saying what is missing, not UNAUTHENTICATED.
+    """
+
+    def __init__(
+        self, source: JwksSource, public_methods: Iterable[str] = PUBLIC_METHODS, retry_after_s: float = 1.0
+    ) -> None:
+        super().__init__(source.verifier, public_methods)
+        self.source = source
+        self.retry_after_s = retry_after_s
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if self.source.ready or handler_call_details.method in self.public_methods:
+            return await super().intercept_service(continuation, handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        refusal = errors.unavailable(
+            f"cannot verify access tokens yet: no JWKS at etcd key {self.source.key} "
+            f"(is an auth service running and publishing to this etcd?)",
+            reason="JWKS_NOT_LOADED",
+            retry_after_s=self.retry_after_s,
+        )
+        return refusing(handler, refusal)
+
+
+def refusing(handler: grpc.RpcMethodHandler, refusal: errors.RichError) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and serialisers as `handler` that only aborts with `refusal`."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await errors.abort(context, refusal)
+
+    if handler.unary_unary:
+        make = grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream:
+        make = grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary:
+        make = grpc.stream_unary_rpc_method_handler
+    else:
+        make = grpc.stream_stream_rpc_method_handler
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
