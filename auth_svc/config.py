@@ -23,7 +23,7 @@ class AuthConfig:
     ENV_PREFIX: ClassVar[str] = "OCRMESH_AUTH_"
 
     host: str = setting("127.0.0.1", help="address to listen on")
-    port: int = setting(50052, help="gRPC port (0 picks a free one)")
+    port: int = setting(50050, help="gRPC port (0 picks a free one)")
     instance_id: str = setting("", help="instance id in logs and the registry (default: random)")
     db_url: str = setting(
         DEFAULT_DB_URL,

@@ -15,7 +15,7 @@ from ocrmesh.ocr.v1 import ocr_pb2
 from rich.console import Console
 from rich.table import Table
 
-from mesh import balancer, errors
+from mesh import balancer, credentials, errors
 from mesh.ocr_client import OcrClient
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -40,6 +40,11 @@ def explain(exc: grpc.aio.AioRpcError, target: str, timeout: float) -> str:
         delay = errors.retry_delay_s(status)
         hint = f" (server suggests retrying in {delay:.2f}s)" if delay is not None else ""
         return f"the service is busy: {status.message}{hint}"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (
+            f"the service needs an access token ({status.message or exc.details()}): pass "
+            "--login USER (password from OCRMESH_PASSWORD or a prompt) or --token / OCRMESH_TOKEN"
+        )
     return f"{code.name}: {status.message or exc.details()}"
 
 
@@ -60,6 +65,11 @@ async def _ocr(ns: argparse.Namespace) -> int:
     if missing:
         print(f"ocrmesh ocr: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    try:
+        metadata = await credentials.resolve_metadata(ns)
+    except credentials.CredentialsError as exc:
+        print(f"ocrmesh ocr: {exc}", file=sys.stderr)
+        return 2
     outputs: list[dict[str, Any]] = []
     failed = 0
     async with balancer.direct_channel(ns.target) as channel:
@@ -67,13 +77,11 @@ async def _ocr(ns: argparse.Namespace) -> int:
         for path in paths:
             try:
                 result = await client.recognize(
-                    path.read_bytes(), path.name, _options(ns), timeout=ns.timeout
+                    path.read_bytes(), path.name, _options(ns), timeout=ns.timeout, metadata=metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 failed += 1
-                print(
-                    f"ocrmesh ocr: {path}: {explain(exc, ns.target, ns.timeout)}", file=sys.stderr
-                )
+                print(f"ocrmesh ocr: {path}: {explain(exc, ns.target, ns.timeout)}", file=sys.stderr)
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     break
                 continue
@@ -98,25 +106,24 @@ async def _ocr(ns: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     if ns.json:
-        print(
-            json.dumps(
-                outputs if len(paths) > 1 else (outputs or [{}])[0], ensure_ascii=False, indent=2
-            )
-        )
+        print(json.dumps(outputs if len(paths) > 1 else (outputs or [{}])[0], ensure_ascii=False, indent=2))
     return 1 if failed else 0
 
 
 async def _info(ns: argparse.Namespace) -> int:
+    try:
+        metadata = await credentials.resolve_metadata(ns)
+    except credentials.CredentialsError as exc:
+        print(f"ocrmesh info: {exc}", file=sys.stderr)
+        return 2
     async with balancer.direct_channel(ns.target) as channel:
         try:
-            info = await OcrClient(channel).info(timeout=ns.timeout)
+            info = await OcrClient(channel).info(timeout=ns.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             print(f"ocrmesh info: {explain(exc, ns.target, ns.timeout)}", file=sys.stderr)
             return 1
     if ns.json:
-        print(
-            json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2)
-        )
+        print(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2))
         return 0
     console = Console()
     table = Table(title=f"OCR instance {info.instance_id} at {ns.target}", show_header=False)
@@ -145,9 +152,7 @@ async def _info(ns: argparse.Namespace) -> int:
     for key, value in rows:
         table.add_row(key, value)
     for w in info.worker_infos:
-        table.add_row(
-            f"worker {w.pid}", f"{w.state}, {w.jobs_done} jobs, {w.rss_bytes / 2**20:.0f} MiB"
-        )
+        table.add_row(f"worker {w.pid}", f"{w.state}, {w.jobs_done} jobs, {w.rss_bytes / 2**20:.0f} MiB")
     console.print(table)
     return 0
 
@@ -161,12 +166,14 @@ def add_ocr_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-det", action="store_true", help="skip detection (one line image)")
     parser.add_argument("--no-cls", action="store_true", help="skip the direction classifier")
     parser.add_argument("--min-score", type=float, default=None, help="drop lines below this score")
+    credentials.add_arguments(parser, etcd_flag=True)
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=DEFAULT_TARGET, help="OCR service host:port")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    credentials.add_arguments(parser, etcd_flag=True)
 
 
 def run_ocr(ns: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 # Used by the images' HEALTHCHECK (Docker, compose). Kubernetes uses its native `grpc:` probes.
 # Usage: healthcheck.py [HOST:PORT ...]. Without targets it asks 127.0.0.1 on the OCR port, then
-# the auth port (OCRMESH_OCR_PORT / OCRMESH_AUTH_PORT, defaults 50051 / 50052), so one image-wide
+# the auth port (OCRMESH_OCR_PORT / OCRMESH_AUTH_PORT, defaults 50051 / 50050), so one image-wide
 # HEALTHCHECK fits whichever service the container runs. Healthy: one target answers SERVING for
 # the overall server (service ""), which ocrmesh flips together with its named services.
 
@@ -24,7 +24,7 @@ def targets(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
         return list(argv)
     return [
         f"127.0.0.1:{environ.get('OCRMESH_OCR_PORT', '50051')}",
-        f"127.0.0.1:{environ.get('OCRMESH_AUTH_PORT', '50052')}",
+        f"127.0.0.1:{environ.get('OCRMESH_AUTH_PORT', '50050')}",
     ]
 
 
