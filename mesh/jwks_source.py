@@ -57,6 +57,7 @@ class JwksSource:
         self._task: asyncio.Task[None] | None = None
         self._seen_revision = -1
         self._outage = False
+        self._applied: bytes | None = None
         # Public state for status pages and tests.
         self.kids: frozenset[str] = frozenset()
         self.connected = False
@@ -113,6 +114,10 @@ class JwksSource:
                 log.warning("JWKS key is gone from etcd; keeping the last keys", extra={"key": self.key})
             self.last_error = f"no JWKS at {self.key}"
             return False
+        if raw == self._applied:
+            # Re-published with the same content (another auth instance on the same database).
+            self.last_error = ""
+            return False
         try:
             if not parse_jwks(raw):
                 raise ValueError("it has no usable ES256 key")
@@ -124,6 +129,7 @@ class JwksSource:
                 "JWKS in etcd rejected; keeping the last keys", extra={"key": self.key, "why": str(exc)}
             )
             return False
+        self._applied = raw
         kids = self.verifier.kids
         changed = kids != self.kids
         self.kids = kids
