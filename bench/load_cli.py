@@ -16,10 +16,12 @@ from bench.ghz import run_ghz
 from bench.loadgen import (
     DURATION_STOPS,
     BenchError,
+    CallFactory,
     LoadOptions,
     MethodInfo,
     RequestData,
     empty_request,
+    insecure_calls,
     read_input,
     request_from_binary,
     request_from_image,
@@ -28,6 +30,7 @@ from bench.loadgen import (
     run_load,
 )
 from bench.report import summary_text
+from mesh.mesh_client import mesh_call_factory, split_targets
 
 PROG = "ocrmesh bench"
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
@@ -37,6 +40,11 @@ Flags follow ghz (https://ghz.sh/docs/options) and the report is ghz's JSON sche
 examples:
   {PROG} --call {RECOGNIZE} --image photo.jpg -c 4 -z 30s 127.0.0.1:50051
   {PROG} --call ocrmesh.ocr.v1.OcrService/GetInfo -d '{{}}' -n 1000 -c 10 -O json 127.0.0.1:50051
+  {PROG} --call {RECOGNIZE} --image photo.jpg -c 8 -z 30s --etcd 127.0.0.1:2379 --service ocr
+
+With --etcd (or several comma-separated targets) calls go through ocrmesh's balancing client:
+p2c over in-flight x latency, ejection, and retries of UNAVAILABLE/RESOURCE_EXHAUSTED on another
+instance within the deadline and a retry budget (--connections is then ignored).
 
 Rejections: when a call fails RESOURCE_EXHAUSTED with a google.rpc.RetryInfo hint, the worker
 that got it waits that long (at most --retry-cap, never past the end of the run) before its
@@ -50,7 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("host", nargs="?", help="host:port to load (ghz's argument)")
-    parser.add_argument("--target", help="host:port to load (same as the positional argument)")
+    parser.add_argument(
+        "--target",
+        help="host:port to load (same as the positional argument; several, comma-separated: balanced)",
+    )
+    parser.add_argument(
+        "--etcd", default="", help="etcd endpoints: balance over the instances of --service registered there"
+    )
+    parser.add_argument("--service", default="ocr", help="service to balance over with --etcd (default ocr)")
     parser.add_argument(
         "--call",
         help="method as package.Service.Method or package.Service/Method "
@@ -78,9 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     meta = parser.add_mutually_exclusive_group()
     meta.add_argument("-m", "--metadata", help='request metadata as a JSON object {"key":"value"}')
     meta.add_argument("-M", "--metadata-file", help="file holding the metadata JSON object")
-    parser.add_argument(
-        "--insecure", action="store_true", help="plaintext (accepted; the only mode for now)"
-    )
+    parser.add_argument("--insecure", action="store_true", help="plaintext (accepted; the only mode for now)")
     parser.add_argument(
         "-O",
         "--format",
@@ -124,9 +137,22 @@ def _target(ns: argparse.Namespace) -> str:
     if ns.host and ns.target and ns.host != ns.target:
         raise BenchError(f"two targets given: {ns.host} and --target {ns.target}")
     target = ns.host or ns.target
+    if ns.etcd:
+        if target:
+            raise BenchError(f"give either --etcd or a target, not both (got {target})")
+        return f"etcd://{ns.etcd}/{ns.service}"
     if not target:
-        raise BenchError("no target: give host:port (or --target host:port)")
+        raise BenchError("no target: give host:port (or --target host:port, or --etcd URL)")
     return str(target)
+
+
+def _call_factory(ns: argparse.Namespace, target: str) -> CallFactory:
+    """Direct channels to one target; the balancing MeshClient for --etcd or several targets."""
+    if ns.etcd:
+        return mesh_call_factory(ns.etcd, ns.service)
+    if len(split_targets(target)) > 1:
+        return mesh_call_factory(None, ns.service)
+    return insecure_calls
 
 
 def _string_map(text: str, what: str) -> dict[str, str]:
@@ -155,9 +181,7 @@ def _request(ns: argparse.Namespace, method: MethodInfo) -> RequestData:
     if ns.binary:
         return request_from_binary(method, sys.stdin.buffer.read(), "stdin")
     if ns.binary_file:
-        return request_from_binary(
-            method, read_input(ns.binary_file, "--binary-file"), ns.binary_file
-        )
+        return request_from_binary(method, read_input(ns.binary_file, "--binary-file"), ns.binary_file)
     return empty_request()
 
 
@@ -194,7 +218,11 @@ def _options(ns: argparse.Namespace, call: str) -> LoadOptions:
 
 
 async def _run_builtin(
-    options: LoadOptions, target: str, data: RequestData, progress: bool
+    options: LoadOptions,
+    target: str,
+    data: RequestData,
+    progress: bool,
+    call_factory: CallFactory = insecure_calls,
 ) -> dict[str, Any]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -204,7 +232,7 @@ async def _run_builtin(
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
         handled = False
     try:
-        return await run_load(options, target, data, progress, stop=stop)
+        return await run_load(options, target, data, progress, call_factory=call_factory, stop=stop)
     finally:
         if handled:
             loop.remove_signal_handler(signal.SIGINT)
@@ -240,7 +268,10 @@ def run(ns: argparse.Namespace) -> int:
         method = resolve_method(call)
         data = _request(ns, method)
         options = _options(ns, call)
+        factory = _call_factory(ns, target)
         if ns.engine == "ghz":
+            if factory is not insecure_calls:
+                raise BenchError("ghz cannot balance: use --engine builtin with --etcd or several targets")
             if options.honor_retry_info:
                 print(
                     f"{PROG}: note: ghz does not honour RetryInfo; rejected calls are retried "
@@ -249,7 +280,7 @@ def run(ns: argparse.Namespace) -> int:
                 )
             report = run_ghz(options, target, method, data)
         else:
-            report = asyncio.run(_run_builtin(options, target, data, not ns.no_progress))
+            report = asyncio.run(_run_builtin(options, target, data, not ns.no_progress, factory))
     except BenchError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,23 @@
-"""Where every client channel comes from: shared options and limits (balancing builds on this)."""
+"""Where every client channel comes from: shared options, direct channels, one channel per endpoint."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
 import grpc
 
+log = logging.getLogger(__name__)
+
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+RETIRE_GRACE_S = 30.0
+"""How long calls in flight on an endpoint that left discovery may still run (longer than the
+OCR service's own drain grace, so a draining instance finishes what it accepted)."""
+
+Serializer = Callable[[Any], bytes] | None
+Deserializer = Callable[[bytes], Any] | None
 
 
 def channel_options() -> list[tuple[str, int | str]]:
@@ -15,9 +28,125 @@ def channel_options() -> list[tuple[str, int | str]]:
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.enable_retries", 0),
+        # grpc's reconnect backoff grows to 120 s by default: an instance restarted on the same
+        # address would be refused for minutes. Keep reconnect attempts about a second apart.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
 
 
 def direct_channel(target: str) -> grpc.aio.Channel:
     """A plaintext channel to one address (host:port), with our options."""
     return grpc.aio.insecure_channel(target, options=channel_options())
+
+
+class EndpointChannels:
+    """One channel per endpoint address: made on first use, reused, and closed when the endpoint
+    leaves (`retire`), after its calls in flight finish or `grace_s` passes."""
+
+    def __init__(
+        self,
+        grace_s: float = RETIRE_GRACE_S,
+        factory: Callable[[str], grpc.aio.Channel] = direct_channel,
+    ) -> None:
+        self.grace_s = grace_s
+        self._factory = factory
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._callables: dict[tuple[str, str, str, Serializer, Deserializer], Any] = {}
+        self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+        self._closed = False
+
+    def addresses(self) -> list[str]:
+        """Addresses with an open channel."""
+        return sorted(self._channels)
+
+    @property
+    def retiring(self) -> int:
+        """Channels of departed endpoints still finishing their calls."""
+        return len(self._retiring)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The channel to `address`, made (and told to connect) on first use."""
+        found = self._channels.get(address)
+        if found is not None:
+            return found
+        if self._closed:
+            raise RuntimeError("endpoint channels are closed")
+        made = self._factory(address)
+        made.get_state(try_to_connect=True)
+        self._channels[address] = made
+        return made
+
+    def unary_unary(
+        self, address: str, method: str, serializer: Serializer = None, deserializer: Deserializer = None
+    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        """A cached unary callable for `method` on `address`'s channel."""
+        key = (address, "uu", method, serializer, deserializer)
+        found = self._callables.get(key)
+        if found is None:
+            found = self.channel(address).unary_unary(
+                method,
+                request_serializer=serializer,
+                response_deserializer=deserializer,
+                _registered_method=True,
+            )
+            self._callables[key] = found
+        return found
+
+    def stream_unary(
+        self, address: str, method: str, serializer: Serializer = None, deserializer: Deserializer = None
+    ) -> grpc.aio.StreamUnaryMultiCallable[Any, Any]:
+        """A cached client-streaming callable for `method` on `address`'s channel."""
+        key = (address, "su", method, serializer, deserializer)
+        found = self._callables.get(key)
+        if found is None:
+            found = self.channel(address).stream_unary(
+                method,
+                request_serializer=serializer,
+                response_deserializer=deserializer,
+                _registered_method=True,
+            )
+            self._callables[key] = found
+        return found
+
+    def retire(self, address: str) -> None:
+        """The endpoint left: no new calls; close its channel once calls in flight end (or grace)."""
+        channel = self._channels.pop(address, None)
+        for key in [k for k in self._callables if k[0] == address]:
+            del self._callables[key]
+        if channel is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            channel.close(self.grace_s), name=f"close channel {address}"
+        )
+        self._retiring[task] = channel
+        task.add_done_callback(self._retired)
+
+    def keep_only(self, addresses: Collection[str]) -> None:
+        """Retire every channel whose address is not in `addresses`."""
+        for address in [a for a in self._channels if a not in addresses]:
+            self.retire(address)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing a channel failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Close every channel now (calls still running are cancelled)."""
+        self._closed = True
+        channels = list(self._channels.values())
+        self._channels.clear()
+        self._callables.clear()
+        retiring = dict(self._retiring)
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        await asyncio.gather(*(ch.close() for ch in [*channels, *retiring.values()]))
+
+    async def __aenter__(self) -> EndpointChannels:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -2,38 +2,122 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
-from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
+from google.protobuf.message import Message
+from ocrmesh.ocr.v1 import ocr_pb2
 
 CHUNK_BYTES = 1024 * 1024
 # Above this, use RecognizeStream so no server or proxy needs a bigger message limit.
 UNARY_LIMIT_BYTES = 3 * 1024 * 1024
 
+SERVICE = "/ocrmesh.ocr.v1.OcrService/"
+RECOGNIZE = SERVICE + "Recognize"
+RECOGNIZE_STREAM = SERVICE + "RecognizeStream"
+GET_INFO = SERVICE + "GetInfo"
+
 Metadata = Sequence[tuple[str, str]]
+M = TypeVar("M", bound=Message)
 
 
-def _chunks(
-    data: bytes, filename: str, options: ocr_pb2.RecognizeOptions | None
-) -> AsyncIterator[ocr_pb2.RecognizeStreamRequest]:
-    async def gen() -> AsyncIterator[ocr_pb2.RecognizeStreamRequest]:
-        yield ocr_pb2.RecognizeStreamRequest(
-            header=ocr_pb2.RecognizeStreamHeader(
-                filename=filename, options=options, total_bytes=len(data)
+class Caller(Protocol):
+    """What OcrClient sends calls through: one channel (`ChannelCaller`) or a balancer (`MeshClient`)."""
+
+    async def unary(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> M: ...
+
+    async def stream_unary(
+        self,
+        method: str,
+        requests: Sequence[Message],
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> M: ...
+
+
+def _serialize(message: Message) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+class ChannelCaller:
+    """Calls over one grpc.aio channel (the callables are cached per method)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self._callables: dict[tuple[str, str], Any] = {}
+
+    def _callable(self, kind: str, method: str, response_type: type[Message]) -> Any:
+        found = self._callables.get((kind, method))
+        if found is None:
+            make = self.channel.unary_unary if kind == "uu" else self.channel.stream_unary
+            found = make(
+                method,
+                request_serializer=_serialize,
+                response_deserializer=response_type.FromString,
+                _registered_method=True,
             )
-        )
-        for start in range(0, len(data), CHUNK_BYTES):
-            yield ocr_pb2.RecognizeStreamRequest(chunk=data[start : start + CHUNK_BYTES])
+            self._callables[(kind, method)] = found
+        return found
 
-    return gen()
+    async def unary(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> M:
+        reply: M = await self._callable("uu", method, response_type)(
+            request, timeout=timeout, metadata=metadata
+        )
+        return reply
+
+    async def stream_unary(
+        self,
+        method: str,
+        requests: Sequence[Message],
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> M:
+        reply: M = await self._callable("su", method, response_type)(
+            iter(requests), timeout=timeout, metadata=metadata
+        )
+        return reply
+
+
+def chunks(
+    data: bytes, filename: str, options: ocr_pb2.RecognizeOptions | None
+) -> list[ocr_pb2.RecognizeStreamRequest]:
+    """A chunked upload: the header, then the bytes in CHUNK_BYTES pieces (a list: it can be resent)."""
+    header = ocr_pb2.RecognizeStreamRequest(
+        header=ocr_pb2.RecognizeStreamHeader(filename=filename, options=options, total_bytes=len(data))
+    )
+    return [header] + [
+        ocr_pb2.RecognizeStreamRequest(chunk=data[start : start + CHUNK_BYTES])
+        for start in range(0, len(data), CHUNK_BYTES)
+    ]
 
 
 class OcrClient:
-    """Calls one OcrService over a given channel."""
+    """Calls OcrService over a channel, or through any `Caller` such as a balancing MeshClient."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.stub = ocr_pb2_grpc.OcrServiceStub(channel)
+    def __init__(self, channel: grpc.aio.Channel | Caller) -> None:
+        self.caller: Caller = ChannelCaller(channel) if isinstance(channel, grpc.aio.Channel) else channel
 
     async def recognize(
         self,
@@ -44,16 +128,24 @@ class OcrClient:
         metadata: Metadata = (),
     ) -> ocr_pb2.OcrResult:
         if len(data) <= UNARY_LIMIT_BYTES:
-            reply = await self.stub.Recognize(
+            reply = await self.caller.unary(
+                RECOGNIZE,
                 ocr_pb2.RecognizeRequest(image=data, filename=filename, options=options),
+                ocr_pb2.RecognizeResponse,
                 timeout=timeout,
                 metadata=metadata,
             )
             return reply.result
-        streamed = await self.stub.RecognizeStream(
-            _chunks(data, filename, options), timeout=timeout, metadata=metadata
+        streamed = await self.caller.stream_unary(
+            RECOGNIZE_STREAM,
+            chunks(data, filename, options),
+            ocr_pb2.RecognizeStreamResponse,
+            timeout=timeout,
+            metadata=metadata,
         )
         return streamed.result
 
     async def info(self, timeout: float = 10.0, metadata: Metadata = ()) -> ocr_pb2.GetInfoResponse:
-        return await self.stub.GetInfo(ocr_pb2.GetInfoRequest(), timeout=timeout, metadata=metadata)
+        return await self.caller.unary(
+            GET_INFO, ocr_pb2.GetInfoRequest(), ocr_pb2.GetInfoResponse, timeout=timeout, metadata=metadata
+        )

@@ -1,9 +1,10 @@
-"""`ocrmesh ocr` and `ocrmesh info`: send images to an OCR service, describe an instance."""
+"""`ocrmesh ocr` and `ocrmesh info`: send images to OCR instances (direct or balanced), describe one."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mesh import balancer, credentials, errors
+from mesh.mesh_client import MeshClient, split_targets
 from mesh.ocr_client import OcrClient
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -59,6 +61,17 @@ def _options(ns: argparse.Namespace) -> ocr_pb2.RecognizeOptions:
     return options
 
 
+def _mesh_client(ns: argparse.Namespace) -> tuple[MeshClient | None, str]:
+    """A balancing client when --etcd or several --target addresses are given, and where it calls."""
+    if ns.etcd:
+        where = f"{ns.service} instances registered in etcd at {ns.etcd}"
+        return MeshClient.from_etcd(ns.etcd, ns.service), where
+    targets = split_targets(ns.target)
+    if len(targets) > 1:
+        return MeshClient.from_addresses(targets, ns.service), ", ".join(targets)
+    return None, ns.target
+
+
 async def _ocr(ns: argparse.Namespace) -> int:
     paths = [Path(p) for p in ns.images]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -70,41 +83,55 @@ async def _ocr(ns: argparse.Namespace) -> int:
     except credentials.CredentialsError as exc:
         print(f"ocrmesh ocr: {exc}", file=sys.stderr)
         return 2
+    mesh, where = _mesh_client(ns)
+    async with contextlib.AsyncExitStack() as stack:
+        if mesh is None:
+            client = OcrClient(await stack.enter_async_context(balancer.direct_channel(ns.target)))
+        else:
+            await stack.enter_async_context(mesh)
+            if not await mesh.wait_for_endpoints(1, min(ns.timeout, 5.0)):
+                print(f"ocrmesh ocr: no {ns.service} instances found ({where})", file=sys.stderr)
+                return 1
+            client = mesh.ocr()
+        return await _recognize_all(ns, client, paths, where, metadata)
+
+
+async def _recognize_all(
+    ns: argparse.Namespace, client: OcrClient, paths: list[Path], where: str, metadata: credentials.Metadata
+) -> int:
     outputs: list[dict[str, Any]] = []
     failed = 0
-    async with balancer.direct_channel(ns.target) as channel:
-        client = OcrClient(channel)
-        for path in paths:
-            try:
-                result = await client.recognize(
-                    path.read_bytes(), path.name, _options(ns), timeout=ns.timeout, metadata=metadata
-                )
-            except grpc.aio.AioRpcError as exc:
-                failed += 1
-                print(f"ocrmesh ocr: {path}: {explain(exc, ns.target, ns.timeout)}", file=sys.stderr)
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    break
-                continue
-            if ns.json:
-                outputs.append(
-                    {
-                        "file": str(path),
-                        **json_format.MessageToDict(result, preserving_proto_field_name=True),
-                    }
-                )
-                continue
-            if len(paths) > 1:
-                print(f"==> {path} <==")
-            print(result.text)
-            if ns.timing:
-                t = result.timing
-                print(
-                    f"[{len(result.lines)} lines, {result.width}x{result.height}, total "
-                    f"{t.total_ms:.0f} ms (queue {t.queue_ms:.0f}, decode {t.decode_ms:.0f}, "
-                    f"det {t.det_ms:.0f}, cls {t.cls_ms:.0f}, rec {t.rec_ms:.0f}); "
-                    f"{result.served_by.instance_id} {result.served_by.execution_provider}]",
-                    file=sys.stderr,
-                )
+    for path in paths:
+        try:
+            result = await client.recognize(
+                path.read_bytes(), path.name, _options(ns), timeout=ns.timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            failed += 1
+            print(f"ocrmesh ocr: {path}: {explain(exc, where, ns.timeout)}", file=sys.stderr)
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                break
+            continue
+        if ns.json:
+            outputs.append(
+                {
+                    "file": str(path),
+                    **json_format.MessageToDict(result, preserving_proto_field_name=True),
+                }
+            )
+            continue
+        if len(paths) > 1:
+            print(f"==> {path} <==")
+        print(result.text)
+        if ns.timing:
+            t = result.timing
+            print(
+                f"[{len(result.lines)} lines, {result.width}x{result.height}, total "
+                f"{t.total_ms:.0f} ms (queue {t.queue_ms:.0f}, decode {t.decode_ms:.0f}, "
+                f"det {t.det_ms:.0f}, cls {t.cls_ms:.0f}, rec {t.rec_ms:.0f}); "
+                f"{result.served_by.instance_id} {result.served_by.execution_provider}]",
+                file=sys.stderr,
+            )
     if ns.json:
         print(json.dumps(outputs if len(paths) > 1 else (outputs or [{}])[0], ensure_ascii=False, indent=2))
     return 1 if failed else 0
@@ -159,7 +186,13 @@ async def _info(ns: argparse.Namespace) -> int:
 
 def add_ocr_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to recognise")
-    parser.add_argument("--target", default=DEFAULT_TARGET, help="OCR service host:port")
+    parser.add_argument(
+        "--target",
+        default=DEFAULT_TARGET,
+        help="OCR service host:port; several, comma-separated, are balanced over; with --etcd the "
+        "calls are balanced over the instances registered there instead",
+    )
+    parser.add_argument("--service", default="ocr", help="service name in the registry (with --etcd)")
     parser.add_argument("--json", action="store_true", help="print JSON with lines, boxes, timings")
     parser.add_argument("--timing", action="store_true", help="print timings to stderr")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per image")

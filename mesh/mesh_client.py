@@ -1,0 +1,471 @@
+"""MeshClient: calls balanced over a service's endpoints (etcd discovery or a static list), with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, overload
+
+import grpc
+from google.protobuf.message import Message
+
+from mesh import errors
+from mesh.balancer import EndpointChannels
+from mesh.discovery import Changes, Discovery
+from mesh.logs import request_id
+from mesh.ocr_client import Metadata, OcrClient
+from mesh.picking import (
+    BalancerPolicy,
+    EndpointStats,
+    Outcome,
+    RetryBudget,
+    RetryPolicy,
+    attempt_delay,
+    executed_hint,
+    in_panic,
+    is_local_limit,
+    outcome_of,
+    pick,
+    should_retry,
+)
+from mesh.registry import Instance
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+REQUEST_ID_KEY = "x-request-id"
+_IDEMPOTENT_PREFIXES = ("/ocrmesh.ocr.v1.OcrService/", "/grpc.health.v1.Health/")
+_IDEMPOTENT_METHODS = frozenset(
+    {"/ocrmesh.auth.v1.AuthService/GetJwks", "/ocrmesh.auth.v1.AuthService/WhoAmI"}
+)
+
+
+def default_idempotent(method: str) -> bool:
+    """Methods that may safely run twice (OCR and health read nothing but their input); a call
+    cut mid-flight is retried elsewhere only for these. Login, Register, Refresh are not."""
+    return method.startswith(_IDEMPOTENT_PREFIXES) or method in _IDEMPOTENT_METHODS
+
+
+def local_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """An RPC error raised by the client itself (no endpoint, deadline passed while waiting)."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+def static_instances(addresses: Iterable[str], service: str = "static") -> list[Instance]:
+    """Registry-like records for a fixed list of host:port addresses (id = address)."""
+    seen = dict.fromkeys(a.strip() for a in addresses if a.strip())
+    return [Instance(service=service, id=address, address=address) for address in seen]
+
+
+_Attempt = Callable[[str, float | None, Metadata], Awaitable[T]]
+"""One try of a call: (address, timeout left, metadata) -> the reply."""
+
+
+class MeshClient:
+    """Balanced unary calls to one service: p2c over peak-EWMA × in-flight, ejection with backoff,
+    panic mode, retries of UNAVAILABLE and RESOURCE_EXHAUSTED on another endpoint within the
+    deadline and a retry budget. Endpoints come from etcd (`from_etcd`) or a list (`from_addresses`).
+
+        async with MeshClient.from_etcd("127.0.0.1:2379", "ocr") as mc:
+            result = await mc.ocr().recognize(image, timeout=30)
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        discovery: Discovery | None = None,
+        instances: Iterable[Instance] = (),
+        policy: BalancerPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        budget: RetryBudget | None = None,
+        channels: EndpointChannels | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        idempotent: Callable[[str], bool] = default_idempotent,
+        endpoint_wait_s: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.policy = policy or BalancerPolicy()
+        self.retry = retry or RetryPolicy()
+        self._clock = clock
+        self.budget = budget or RetryBudget(now=clock())
+        self._channels = channels or EndpointChannels()
+        self._rng = rng or random.Random()
+        self._idempotent = idempotent
+        self.endpoint_wait_s = endpoint_wait_s
+        self._discovery = discovery
+        self._unsubscribe: Callable[[], None] | None = None
+        self._stats: dict[str, EndpointStats] = {}
+        self._changed = asyncio.Event()  # set (and replaced) whenever the endpoint set changes
+        self._closed = False
+        self.retries = 0
+        self.calls = 0
+        self.failed_calls = 0
+        self.set_endpoints(instances)
+
+    # -- construction and lifecycle ------------------------------------------------------
+
+    @classmethod
+    def from_etcd(cls, etcd: str | Sequence[str], service: str, **kwargs: Any) -> MeshClient:
+        """Balance over the instances of `service` registered in etcd (watched live)."""
+        return cls(service, discovery=Discovery(etcd, service), **kwargs)
+
+    @classmethod
+    def from_addresses(cls, addresses: Iterable[str], service: str = "static", **kwargs: Any) -> MeshClient:
+        """Balance over a fixed list of host:port addresses."""
+        return cls(service, instances=static_instances(addresses, service), **kwargs)
+
+    async def start(self, timeout: float | None = None) -> bool:
+        """Start discovery (if any) and wait up to `timeout` for a first endpoint; True if there is one."""
+        if self._discovery is not None and self._unsubscribe is None:
+            self._unsubscribe = self._discovery.subscribe(self._on_change)
+            await self._discovery.start(timeout)
+            self.set_endpoints(self._discovery.endpoints().values())
+        return await self.wait_for_endpoints(1, 0.0 if timeout is None else timeout)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._discovery is not None:
+            await self._discovery.close()
+        await self._channels.close()
+
+    async def __aenter__(self) -> MeshClient:
+        await self.start(2.0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    def _on_change(self, changes: Changes, endpoints: Mapping[str, Instance]) -> None:
+        self.set_endpoints(endpoints.values())
+
+    def set_endpoints(self, instances: Iterable[Instance]) -> None:
+        """Adopt this endpoint set: new addresses get stats, departed ones' channels are retired."""
+        by_address: dict[str, Instance] = {}
+        for inst in instances:
+            known = by_address.get(inst.address)
+            if known is None or inst.started_at >= known.started_at:
+                by_address[inst.address] = inst
+        for address in [a for a in self._stats if a not in by_address]:
+            del self._stats[address]
+            if not self._closed:
+                with contextlib.suppress(RuntimeError):  # no running loop: nothing to close yet
+                    self._channels.retire(address)
+        for address, inst in by_address.items():
+            stats = self._stats.setdefault(address, EndpointStats(address))
+            stats.instance_id, stats.weight = inst.id, inst.weight
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def endpoints(self) -> list[str]:
+        """Addresses currently balanced over."""
+        return sorted(self._stats)
+
+    async def wait_for_endpoints(self, count: int = 1, timeout: float = 5.0) -> bool:
+        """Wait until at least `count` endpoints are known; False after `timeout`."""
+
+        async def enough() -> None:
+            while len(self._stats) < count:
+                await self._changed.wait()
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(enough(), max(0.0, timeout))
+        return len(self._stats) >= count
+
+    # -- calls ----------------------------------------------------------------------------
+
+    @overload
+    async def unary(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+        idempotent: bool | None = None,
+    ) -> M: ...
+
+    @overload
+    async def unary(
+        self,
+        method: str,
+        request: bytes | Message,
+        response_type: None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+        idempotent: bool | None = None,
+    ) -> bytes: ...
+
+    async def unary(
+        self,
+        method: str,
+        request: bytes | Message,
+        response_type: type[M] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+        idempotent: bool | None = None,
+    ) -> M | bytes:
+        """Call `method` (/package.Service/Method) on the best endpoint, retrying where safe.
+
+        `request` is a message or its serialized bytes; the reply is parsed as `response_type`,
+        or returned as bytes without one. Raises grpc.aio.AioRpcError like a plain stub call.
+        """
+        body = request if isinstance(request, bytes) else request.SerializeToString()
+        parse = None if response_type is None else response_type.FromString
+        channels = self._channels
+
+        def attempt(address: str, left: float | None, meta: Metadata) -> Awaitable[Any]:
+            call = channels.unary_unary(address, method, None, parse)
+            return call(body, timeout=left, metadata=meta)  # type: ignore[no-any-return]
+
+        reply: M | bytes = await self._invoke(method, attempt, timeout, metadata, idempotent)
+        return reply
+
+    async def stream_unary(
+        self,
+        method: str,
+        requests: Sequence[Message],
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+        idempotent: bool | None = None,
+    ) -> M:
+        """A client-streaming call; the messages are held so that a retry can send them again."""
+        bodies = [r.SerializeToString() for r in requests]
+        channels = self._channels
+
+        def attempt(address: str, left: float | None, meta: Metadata) -> Awaitable[Any]:
+            call = channels.stream_unary(address, method, None, response_type.FromString)
+            return call(iter(bodies), timeout=left, metadata=meta)  # type: ignore[no-any-return]
+
+        reply: M = await self._invoke(method, attempt, timeout, metadata, idempotent)
+        return reply
+
+    def ocr(self) -> OcrClient:
+        """An OcrClient (recognize, info) whose calls are balanced by this client."""
+        return OcrClient(self)
+
+    def bytes_call(self, method: str, idempotent: bool | None = None) -> BytesCall:
+        """A callable taking and returning serialized messages (the load generator's call type)."""
+        return BytesCall(self, method, idempotent)
+
+    def _left(self, deadline: float | None) -> float | None:
+        return None if deadline is None else deadline - self._clock()
+
+    def _metadata(self, metadata: Metadata) -> Metadata:
+        rid = request_id.get()
+        if not rid or any(k == REQUEST_ID_KEY for k, _ in metadata):
+            return metadata
+        return (*metadata, (REQUEST_ID_KEY, rid))
+
+    async def _await_endpoint(self, deadline: float | None) -> None:
+        if self._stats:
+            return
+        left = self._left(deadline)
+        if await self.wait_for_endpoints(
+            1, self.endpoint_wait_s if left is None else min(left, self.endpoint_wait_s)
+        ):
+            return
+        if deadline is not None and self._clock() >= deadline:
+            raise local_error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed waiting for an endpoint")
+        where = " (etcd unreachable?)" if self._discovery is not None and not self._discovery.synced else ""
+        raise local_error(grpc.StatusCode.UNAVAILABLE, f"no endpoints for service {self.service}{where}")
+
+    async def _invoke(
+        self,
+        method: str,
+        attempt: _Attempt[T],
+        timeout: float | None,
+        metadata: Metadata,
+        idempotent: bool | None,
+    ) -> T:
+        if self._closed:
+            raise RuntimeError("mesh client is closed")
+        safe = self._idempotent(method) if idempotent is None else idempotent
+        meta = self._metadata(metadata)
+        start = self._clock()
+        deadline = None if timeout is None else start + timeout
+        self.budget.deposit(start)
+        self.calls += 1
+        tried: set[str] = set()
+        attempts = 0
+        while True:
+            await self._await_endpoint(deadline)
+            now = self._clock()
+            chosen = pick(self._stats.values(), self._rng, now, exclude=tried, policy=self.policy)
+            assert chosen is not None  # _await_endpoint raised otherwise
+            target = chosen.endpoint
+            left = self._left(deadline)
+            if left is not None and left <= 0:
+                self.failed_calls += 1
+                raise local_error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call")
+            tried.add(target.address)
+            attempts += 1
+            began = self._clock()
+            target.begin(began)
+            outcome, hint = Outcome.CANCELLED, None
+            try:
+                result = await attempt(target.address, left, meta)
+                outcome = Outcome.OK
+                return result
+            except grpc.aio.AioRpcError as err:
+                failure = err
+                status = errors.from_call_error(err)
+                code, details = err.code(), err.details() or ""
+                outcome, hint = outcome_of(code), errors.retry_delay_s(status)
+                if code is grpc.StatusCode.RESOURCE_EXHAUSTED and is_local_limit(details):
+                    outcome = Outcome.ERROR  # our own message limit: no endpoint does better
+                if outcome is Outcome.ERROR:
+                    self.failed_calls += 1
+                    raise
+                executed = executed_hint(code, details, errors.error_reason(status))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling() or self._closed:
+                    raise
+                # Not us: our channel was closed under the call (its endpoint left, grace ran out).
+                outcome, code, executed = Outcome.UNREACHABLE, grpc.StatusCode.UNAVAILABLE, True
+                failure = local_error(code, f"endpoint {target.address} left while the call ran")
+            finally:
+                ended = self._clock()
+                target.end(outcome, ended, ended - began, self.policy, self._rng, hint)
+            now = self._clock()
+            following = pick(self._stats.values(), self._rng, now, exclude=tried, policy=self.policy)
+            wait = 0.0 if following is None else attempt_delay(following, attempts, self.retry, self._rng)
+            decision = should_retry(
+                code,
+                executed,
+                attempts,
+                self._left(deadline),
+                self.budget,
+                now,
+                idempotent=safe,
+                wait_s=wait,
+                policy=self.retry,
+            )
+            if not decision.retry or not self.budget.withdraw(now):
+                self.failed_calls += 1
+                log.debug(
+                    "not retrying",
+                    extra={"method": method, "code": code.name, "why": decision.reason, "attempts": attempts},
+                )
+                raise failure
+            self.retries += 1
+            log.debug(
+                "retrying",
+                extra={
+                    "method": method,
+                    "code": code.name,
+                    "from": target.address,
+                    "wait_s": decision.delay_s,
+                },
+            )
+            if decision.delay_s > 0:
+                await asyncio.sleep(decision.delay_s)
+
+    # -- status -----------------------------------------------------------------------------
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per endpoint: address, instance, in flight, EWMA ms, ejected, busy, requests, failures."""
+        now = self._clock()
+        rows = []
+        for s in sorted(self._stats.values(), key=lambda s: s.address):
+            rows.append(
+                {
+                    "address": s.address,
+                    "instance_id": s.instance_id,
+                    "weight": s.weight,
+                    "in_flight": s.in_flight,
+                    "ewma_ms": round(s.latency(now, self.policy) * 1000, 3),
+                    "ejected": s.ejected(now),
+                    "ejected_for_s": round(max(0.0, s.ejected_until - now), 3),
+                    "busy": s.busy(now),
+                    "requests": s.requests,
+                    "failures": s.failures,
+                    "rejections": s.rejections,
+                }
+            )
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        """The client as a whole: endpoints, panic mode, calls, retries, retry budget, discovery."""
+        now = self._clock()
+        return {
+            "service": self.service,
+            "endpoints": self.stats(),
+            "panic": in_panic(list(self._stats.values()), now, self.policy.panic_threshold),
+            "calls": self.calls,
+            "failed_calls": self.failed_calls,
+            "retries": self.retries,
+            "retry_tokens": round(self.budget.available(now), 2),
+            "retiring_channels": self._channels.retiring,
+            "discovery": None if self._discovery is None else self._discovery.status(),
+        }
+
+
+class BytesCall:
+    """One method of a MeshClient as bytes in, bytes out (bench/loadgen's UnaryBytesCall)."""
+
+    def __init__(self, client: MeshClient, method: str, idempotent: bool | None = None) -> None:
+        self.client = client
+        self.method = method
+        self.idempotent = idempotent
+
+    async def __call__(
+        self,
+        request: bytes,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> bytes:
+        return await self.client.unary(
+            self.method, request, timeout=timeout, metadata=metadata or (), idempotent=self.idempotent
+        )
+
+
+class _ConnectOptions(Protocol):
+    @property
+    def connect_timeout_s(self) -> float: ...
+
+
+def split_targets(target: str) -> list[str]:
+    """host:port addresses from "a:1,b:2" (spaces allowed)."""
+    return [t.strip() for t in target.split(",") if t.strip()]
+
+
+def mesh_call_factory(
+    etcd: str | Sequence[str] | None, service: str = "ocr", **client_kwargs: Any
+) -> Callable[[str, str, _ConnectOptions], contextlib.AbstractAsyncContextManager[Sequence[BytesCall]]]:
+    """A bench/loadgen CallFactory that balances: over `service` in etcd, or, with `etcd` None,
+    over the comma-separated addresses given as the load's target."""
+
+    @contextlib.asynccontextmanager
+    async def calls(target: str, method: str, options: _ConnectOptions) -> AsyncIterator[Sequence[BytesCall]]:
+        if etcd:
+            client = MeshClient.from_etcd(etcd, service, **client_kwargs)
+        else:
+            client = MeshClient.from_addresses(split_targets(target), service, **client_kwargs)
+        try:
+            await client.start(max(options.connect_timeout_s, 0.1))
+            yield [client.bytes_call(method)]
+        finally:
+            await client.close()
+
+    return calls
