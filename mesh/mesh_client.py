@@ -329,13 +329,14 @@ class MeshClient:
                 failure = err
                 status = errors.from_call_error(err)
                 code, details = err.code(), err.details() or ""
-                outcome, hint = outcome_of(code), errors.retry_delay_s(status)
+                reason = errors.error_reason(status)
+                outcome, hint = outcome_of(code, reason), errors.retry_delay_s(status)
                 if code is grpc.StatusCode.RESOURCE_EXHAUSTED and is_local_limit(details):
                     outcome = Outcome.ERROR  # our own message limit: no endpoint does better
                 if outcome is Outcome.ERROR:
                     self.failed_calls += 1
                     raise
-                executed = executed_hint(code, details, errors.error_reason(status))
+                executed = executed_hint(code, details, reason)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling() or self._closed:

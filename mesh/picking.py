@@ -81,12 +81,17 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"  # the caller gave up: says nothing about the endpoint
 
 
-def outcome_of(code: grpc.StatusCode) -> Outcome:
-    """How a call's final status code counts for the endpoint that answered it."""
+POISON_REASONS = frozenset({"WORKER_CRASHED"})
+"""UNAVAILABLE reasons that blame the request, not the endpoint (an OCR worker died twice on
+it): retrying elsewhere would only crash more workers, and the endpoint is not ejected."""
+
+
+def outcome_of(code: grpc.StatusCode, reason: str = "") -> Outcome:
+    """How a call's final status code (and ErrorInfo reason) counts for the endpoint that answered."""
     if code is grpc.StatusCode.OK:
         return Outcome.OK
     if code is grpc.StatusCode.UNAVAILABLE:
-        return Outcome.UNREACHABLE
+        return Outcome.ERROR if reason in POISON_REASONS else Outcome.UNREACHABLE
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return Outcome.BUSY
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -256,7 +261,9 @@ def p2c(
     idle and was not picked for `probe_after_s` (to refresh its estimate)."""
     if len(candidates) == 1:
         return candidates[0]
-    first, second = rng.sample(list(candidates), 2)
+    n = len(candidates)
+    i, j = rng.randrange(n), rng.randrange(n - 1)
+    first, second = candidates[i], candidates[j + 1 if j >= i else j]
     if load(first, now, policy) > load(second, now, policy):
         first, second = second, first
     if second.in_flight == 0 and now - second.last_pick > policy.probe_after_s:

@@ -20,8 +20,9 @@ from ocrmesh.ocr.v1 import ocr_pb2
 
 from etcd.launcher import EtcdProcess
 from mesh import balancer
+from mesh.balancer import EndpointChannels
 from mesh.lease import Registration
-from mesh.mesh_client import MeshClient
+from mesh.mesh_client import MeshClient, static_instances
 from mesh.ocr_client import OcrClient
 from mesh.registry import Instance
 from tests.corpus import CORPUS
@@ -112,18 +113,49 @@ async def test_equal_instances_share_recognize_calls(pair: list[OcrProcess]) -> 
         assert 12 <= served[instance] <= 28, served
 
 
-async def test_the_faster_instance_serves_more(tmp_path: Path, pair: list[OcrProcess]) -> None:
-    (slow,) = start_all(tmp_path, ("--instance-id", "mesh-slow", "--debug-delay-ms", "400"))
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OcrProcess]:
+    """An instance that takes 400 ms longer per job (test-only delay)."""
+    (svc,) = start_all(
+        tmp_path_factory.mktemp("slow"), ("--instance-id", "mesh-slow", "--debug-delay-ms", "400")
+    )
     try:
-        fast = pair[0]
-        async with MeshClient.from_addresses([fast.address, slow.address]) as mesh:
-            served, failures = await closed_loop(mesh.ocr(), 4, 40)
-            stats = {s["instance_id"]: s for s in mesh.stats()}
+        yield svc
     finally:
-        stop(slow.proc)
+        stop(svc.proc)
+
+
+async def test_the_faster_instance_serves_more(pair: list[OcrProcess], slow: OcrProcess) -> None:
+    fast = pair[0]
+    async with MeshClient.from_addresses([fast.address, slow.address]) as mesh:
+        served, failures = await closed_loop(mesh.ocr(), 4, 40)
+        stats = {s["address"]: s for s in mesh.stats()}
     assert not failures, [f.details() for f in failures]
     assert served["mesh-a"] >= 2 * served["mesh-slow"], served
     assert stats[slow.address]["ewma_ms"] > stats[fast.address]["ewma_ms"]
+
+
+async def test_a_departing_endpoint_finishes_its_calls_or_they_move(
+    pair: list[OcrProcess], slow: OcrProcess
+) -> None:
+    fast = pair[0]
+    # Default grace: the call running on the endpoint that leaves completes there.
+    async with MeshClient.from_addresses([slow.address]) as mesh:
+        running = asyncio.create_task(mesh.ocr().recognize(LINE, options=LINE_ONLY, timeout=30))
+        await asyncio.sleep(0.2)
+        mesh.set_endpoints(static_instances([fast.address]))
+        assert mesh.status()["retiring_channels"] == 1
+        assert (await running).served_by.instance_id == "mesh-slow"
+        await asyncio.sleep(0.05)
+        assert mesh.status()["retiring_channels"] == 0, "closed once its last call ended"
+        assert (await mesh.ocr().info()).instance_id == "mesh-a"
+    # A grace shorter than the call: its channel is closed under it, and the call moves on.
+    async with MeshClient.from_addresses([slow.address], channels=EndpointChannels(grace_s=0.1)) as mesh:
+        running = asyncio.create_task(mesh.ocr().recognize(LINE, options=LINE_ONLY, timeout=30))
+        await asyncio.sleep(0.2)
+        mesh.set_endpoints(static_instances([fast.address]))
+        assert (await running).served_by.instance_id == "mesh-a"
+        assert mesh.status()["retries"] == 1 and mesh.status()["failed_calls"] == 0
 
 
 async def test_kill_9_under_load_fails_no_call(tmp_path: Path) -> None:

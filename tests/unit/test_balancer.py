@@ -367,6 +367,8 @@ def test_outcomes_and_executed_hints() -> None:
     assert outcome_of(C.RESOURCE_EXHAUSTED) is Outcome.BUSY
     assert outcome_of(C.DEADLINE_EXCEEDED) is Outcome.TIMEOUT
     assert outcome_of(C.INVALID_ARGUMENT) is Outcome.ERROR
+    assert outcome_of(C.UNAVAILABLE, "NOT_SERVING") is Outcome.UNREACHABLE
+    assert outcome_of(C.UNAVAILABLE, "WORKER_CRASHED") is Outcome.ERROR  # the image, not the instance
     refused = (
         "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
         "Failed to connect to remote host: Connection refused"
