@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -30,6 +31,7 @@ from bench.loadgen import (
     run_load,
 )
 from bench.report import summary_text
+from mesh import credentials
 from mesh.mesh_client import mesh_call_factory, split_targets
 
 PROG = "ocrmesh bench"
@@ -93,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     meta = parser.add_mutually_exclusive_group()
     meta.add_argument("-m", "--metadata", help='request metadata as a JSON object {"key":"value"}')
     meta.add_argument("-M", "--metadata-file", help="file holding the metadata JSON object")
+    credentials.add_arguments(parser)
     parser.add_argument("--insecure", action="store_true", help="plaintext (accepted; the only mode for now)")
     parser.add_argument(
         "-O",
@@ -268,6 +271,13 @@ def run(ns: argparse.Namespace) -> int:
         method = resolve_method(call)
         data = _request(ns, method)
         options = _options(ns, call)
+        try:
+            # --token / --login / OCRMESH_TOKEN become an authorization header on every call.
+            auth = asyncio.run(credentials.resolve_metadata(ns))
+        except credentials.CredentialsError as exc:
+            raise BenchError(str(exc)) from None
+        if auth:
+            options = dataclasses.replace(options, metadata={**options.metadata, **dict(auth)})
         factory = _call_factory(ns, target)
         if ns.engine == "ghz":
             if factory is not insecure_calls:
