@@ -12,9 +12,11 @@ import grpc
 log = logging.getLogger(__name__)
 
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
-RETIRE_GRACE_S = 30.0
-"""How long calls in flight on an endpoint that left discovery may still run (longer than the
-OCR service's own drain grace, so a draining instance finishes what it accepted)."""
+RETIRE_GRACE_S = 5.0
+"""How long calls in flight on an endpoint that left discovery may still run before its channel
+is closed under them. A draining instance finishes most calls within it; a frozen one (SIGSTOP,
+lease expired) would hold them until their deadlines, so MeshClient retries the cut calls
+elsewhere (idempotent methods) instead: lease TTL + this grace bounds how long that takes."""
 
 Serializer = Callable[[Any], bytes] | None
 Deserializer = Callable[[bytes], Any] | None
