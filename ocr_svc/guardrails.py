@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +126,17 @@ def inspect(data: bytes, limits: Limits) -> ImageHeader:
     if len(data) > limits.max_bytes:
         raise ImageRejected(
             Reason.TOO_MANY_BYTES,
-            f"image is {_mib(len(data))} ({len(data)} bytes); the limit is "
-            f"{_mib(limits.max_bytes)}: compress it or scale it down before sending",
+            f"image is {_size(len(data))} ({len(data)} bytes); the limit is "
+            f"{_size(limits.max_bytes)}: compress it or scale it down before sending",
         )
     with _open(data, limits) as image:
         image_format = _canonical_format(image.format)
         if image_format not in limits.formats:
             raise ImageRejected(
                 Reason.UNSUPPORTED_FORMAT,
-                f"{image_format} images are not accepted: convert it to one of "
-                f"{', '.join(limits.formats)}",
+                f"{image_format} images are not accepted: convert it to one of {', '.join(limits.formats)}",
             )
-        width, height = image.size
+        width, height = _stored_size(image)
         if width * height > limits.max_pixels:
             raise ImageRejected(
                 Reason.TOO_MANY_PIXELS,
@@ -158,7 +158,7 @@ def inspect(data: bytes, limits: Limits) -> ImageHeader:
             width=width,
             height=height,
             mode=image.mode,
-            orientation=_header_orientation(image),
+            orientation=_orientation(image, header_only=True),
             frames=frames,
             bytes=len(data),
         )
@@ -181,26 +181,33 @@ def decode(data: bytes, limits: Limits, max_side: int | None = None) -> DecodedI
         if scale < 1.0:
             # JPEG only (a no-op elsewhere): let libjpeg decode at 1/2, 1/4 or 1/8 size, never
             # below the target, so the final resize below stays a downscale.
-            image.draft(image.mode, (_ceil(header.width * scale), _ceil(header.height * scale)))
+            image.draft(image.mode, (math.ceil(header.width * scale), math.ceil(header.height * scale)))
         try:
             image.load()
-            oriented, swapped = _apply_orientation(image)
-            rgb = _to_rgb(oriented)
+            # The TIFF reader turns the image itself while loading and drops the tag, so the
+            # header's value counts; a PNG may carry its EXIF only after the pixel data.
+            orientation = header.orientation
+            if orientation == 1:
+                orientation = _orientation(image, header_only=False)
+            rgb = _to_rgb(_apply_orientation(image))
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
             raise _unreadable(exc) from exc
-    width, height = (header.height, header.width) if swapped else (header.width, header.height)
+    if scale == 1.0:
+        width, height = rgb.size
+    elif orientation in (5, 6, 7, 8):
+        width, height = header.height, header.width
+    else:
+        width, height = header.width, header.height
     if scale < 1.0:
         target = (max(1, round(width * scale)), max(1, round(height * scale)))
         if rgb.size != target:
             rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return DecodedImage(
-        array=_bgr_array(rgb), width=width, height=height, scale=scale, format=header.format
-    )
+    return DecodedImage(array=_bgr_array(rgb), width=width, height=height, scale=scale, format=header.format)
 
 
 def describe(header: ImageHeader) -> str:
     """One line for logs, e.g. 'JPEG 4000x3000 RGB, 1.9 MiB'."""
-    parts = [f"{header.format} {header.width}x{header.height} {header.mode}", _mib(header.bytes)]
+    parts = [f"{header.format} {header.width}x{header.height} {header.mode}", _size(header.bytes)]
     if header.orientation != 1:
         shown_w, shown_h = header.oriented_size
         parts.append(f"EXIF orientation {header.orientation} (shown as {shown_w}x{shown_h})")
@@ -216,8 +223,7 @@ def _open(data: bytes, limits: Limits) -> ImageFile.ImageFile:
     except UnidentifiedImageError:
         raise ImageRejected(
             Reason.NOT_AN_IMAGE,
-            "the data is not an image in any format we recognise: send a "
-            f"{', '.join(limits.formats)} file",
+            f"the data is not an image in any format we recognise: send a {', '.join(limits.formats)} file",
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own check fired inside Image.open (the warning only when warnings are errors).
@@ -254,34 +260,42 @@ def _canonical_format(name: str | None) -> str:
     return name or "UNKNOWN"
 
 
-def _header_orientation(image: Image.Image) -> int:
-    """EXIF orientation (1-8) from metadata parsed with the header; 1 when absent or invalid."""
+def _stored_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as stored, before EXIF orientation."""
+    # Pillow's TIFF reader reports the size after orientation (it rotates while loading).
+    if isinstance(image, TiffImagePlugin.TiffImageFile):
+        width, height = image.tag_v2.get(256), image.tag_v2.get(257)
+        if isinstance(width, int) and isinstance(height, int):
+            return width, height
+    return image.size
+
+
+def _orientation(image: Image.Image, *, header_only: bool) -> int:
+    """EXIF orientation 1-8; 1 when absent or unreadable (broken EXIF never rejects an image)."""
     try:
-        # The base-class method reads only what the header parse found. PngImageFile.getexif
-        # would decode the whole image to look for an eXIf chunk after the pixel data.
-        value = Image.Image.getexif(image).get(ExifTags.Base.Orientation, 1)
+        # With header_only, the base-class method reads only what the header parse found:
+        # PngImageFile.getexif would decode the whole image to look for eXIf after the pixels.
+        exif = Image.Image.getexif(image) if header_only else image.getexif()
+        value = exif.get(ExifTags.Base.Orientation, 1)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, KeyError, TypeError) as exc:
         log.debug("unreadable EXIF ignored: %s", exc)
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _apply_orientation(image: Image.Image) -> tuple[Image.Image, bool]:
-    """Transpose a loaded image per its EXIF orientation; returns it and whether sides swapped."""
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    """A loaded image turned per its EXIF orientation, or as stored when the EXIF is broken."""
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        oriented = ImageOps.exif_transpose(image)
+        return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, KeyError, TypeError) as exc:
-        # Broken EXIF must not reject an image whose pixels are fine: use it as stored.
         log.warning("EXIF orientation not applied, unreadable EXIF: %s", exc)
-        return image, False
-    return oriented, orientation in (5, 6, 7, 8)
+        return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; transparency is composited onto white."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return Image.fromarray(_gray_to_uint8(np.asarray(image)), "L").convert("RGB")
+        return Image.fromarray(_gray_to_uint8(np.asarray(image))).convert("RGB")
     if image.has_transparency_data:
         # Transparent pixels often hold black; dropping alpha would give black-on-black text.
         rgba = image.convert("RGBA")
@@ -296,8 +310,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def _gray_to_uint8(values: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
     """High-bit-depth grayscale to 0-255: 16-bit by its top byte, others by their value range."""
     if values.dtype.kind == "u" and values.dtype.itemsize == 2:
-        return (values >> 8).astype(np.uint8)
-    floats = values.astype(np.float32)
+        top_byte: npt.NDArray[np.uint16] = np.right_shift(values.astype(np.uint16), 8)
+        return top_byte.astype(np.uint8)
+    floats: npt.NDArray[np.float32] = values.astype(np.float32)
     top = float(floats.max()) if floats.size else 0.0
     if values.dtype.kind == "f" and top <= 1.0:
         floats *= 255.0  # a float image normalised to 0-1
@@ -305,7 +320,8 @@ def _gray_to_uint8(values: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
         floats *= 255.0 / top
     elif top > 255.0:
         floats /= 257.0  # 16-bit data held in a 32-bit mode
-    return np.clip(floats + 0.5, 0.0, 255.0).astype(np.uint8)
+    clipped: npt.NDArray[np.float32] = np.clip(floats + 0.5, 0.0, 255.0)
+    return clipped.astype(np.uint8)
 
 
 def _bgr_array(image: Image.Image) -> npt.NDArray[np.uint8]:
@@ -315,11 +331,9 @@ def _bgr_array(image: Image.Image) -> npt.NDArray[np.uint8]:
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3).copy()
 
 
-def _ceil(value: float) -> int:
-    return max(1, int(-(-value // 1)))
-
-
-def _mib(count: int) -> str:
+def _size(count: int) -> str:
+    if count < 1024 * 1024:
+        return f"{count / 1024:.1f} KiB"
     return f"{count / (1024 * 1024):.1f} MiB"
 
 
