@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
-from mesh import balancer
+from mesh import balancer, credentials
 from mesh.registry import Instance, services_prefix
 
 HEALTH_SERVICE = {"ocr": "ocrmesh.ocr.v1.OcrService", "auth": "ocrmesh.auth.v1.AuthService"}
@@ -68,7 +68,7 @@ async def read_registry(etcd: str, timeout: float = 3.0) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.service, i.id))
 
 
-async def probe(instance: Instance, timeout: float) -> InstanceView:
+async def probe(instance: Instance, timeout: float, metadata: credentials.Metadata = ()) -> InstanceView:
     """Health check plus, for OCR instances, GetInfo."""
     view = InstanceView(
         service=instance.service,
@@ -96,10 +96,12 @@ async def probe(instance: Instance, timeout: float) -> InstanceView:
         if instance.service == "ocr":
             try:
                 info = await ocr_pb2_grpc.OcrServiceStub(channel).GetInfo(
-                    ocr_pb2.GetInfoRequest(), timeout=timeout
+                    ocr_pb2.GetInfoRequest(), timeout=timeout, metadata=metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 view.error = exc.code().name
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    view.queue = "token needed"
                 return view
             view.device, view.execution_provider = info.device, info.execution_provider
             view.slots = info.workers
@@ -113,9 +115,9 @@ async def probe(instance: Instance, timeout: float) -> InstanceView:
     return view
 
 
-async def collect(etcd: str, timeout: float) -> dict[str, Any]:
+async def collect(etcd: str, timeout: float, metadata: credentials.Metadata = ()) -> dict[str, Any]:
     instances = await read_registry(etcd, timeout)
-    views = await asyncio.gather(*(probe(i, timeout) for i in instances))
+    views = await asyncio.gather(*(probe(i, timeout, metadata) for i in instances))
     services: dict[str, dict[str, Any]] = {}
     for v in views:
         entry = services.setdefault(v.service, {"instances": 0, "healthy": 0})
@@ -183,8 +185,13 @@ def render(snapshot: dict[str, Any]) -> Group:
 async def _status(ns: argparse.Namespace) -> int:
     console = Console()
     try:
+        metadata = await credentials.resolve_metadata(ns)
+    except credentials.CredentialsError as exc:
+        print(f"ocrmesh status: {exc}", file=sys.stderr)
+        return 2
+    try:
         if not ns.watch:
-            snapshot = await collect(ns.etcd, ns.timeout)
+            snapshot = await collect(ns.etcd, ns.timeout, metadata)
             if ns.json:
                 print(json.dumps(snapshot, indent=2))
             else:
@@ -192,7 +199,7 @@ async def _status(ns: argparse.Namespace) -> int:
             return 0
         with Live(console=console, auto_refresh=False) as live:
             while True:
-                snapshot = await collect(ns.etcd, ns.timeout)
+                snapshot = await collect(ns.etcd, ns.timeout, metadata)
                 live.update(render(snapshot), refresh=True)
                 await asyncio.sleep(ns.interval)
     except ConnectionError as exc:
@@ -206,6 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per etcd or instance call")
+    credentials.add_arguments(parser)
 
 
 def run(ns: argparse.Namespace) -> int:
