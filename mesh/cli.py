@@ -46,6 +46,7 @@ BENCH = [
     Command("engine", "measure the raw in-process engine ceiling", "bench.engine_ceiling"),
     Command("foundation", "engine vs service, overload and large-image runs", "bench.foundation"),
     Command("auth", "logins/s vs raw bcrypt, token verifications/s", "bench.auth_bench"),
+    Command("balancer", "MeshClient overhead per call vs a direct channel", "bench.balancer_overhead"),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")
 
