@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import aetcd
 
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from etcd.client import ETCD_ERRORS, ClientFactory, bounded, cancel_and_wait, close_quietly
 from mesh.backoff import Backoff
 from mesh.registry import Instance, RecordError, service_prefix, services_prefix
 
@@ -227,9 +227,7 @@ class Discovery:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self.connected = False
         self._wake_waiters()
 
@@ -241,7 +239,7 @@ class Discovery:
         await self.close()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        if not self._closed and not task.cancelled() and task.exception() is not None:
             log.error(
                 "discovery loop crashed; endpoints are frozen",
                 exc_info=task.exception(),
@@ -338,7 +336,7 @@ class Discovery:
         attempt = 0
         full = True
         prefix = self.prefix.encode()
-        while True:
+        while not self._closed:
             client = self._factory.new()
             watch: aetcd.Watch | None = None
             try:
@@ -384,7 +382,7 @@ class Discovery:
         consumer = asyncio.create_task(self._consume(watch))
         prefix = self.prefix.encode()
         try:
-            while True:
+            while not self._closed:
                 done, _ = await asyncio.wait({consumer}, timeout=self.resync_interval)
                 if done:
                     consumer.result()  # raises the watch's error
@@ -399,9 +397,7 @@ class Discovery:
                     self._set_connected()
                     raise _Resync("resync after liveness check")
         finally:
-            consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *ETCD_ERRORS):
-                await consumer
+            await cancel_and_wait(consumer)
 
     async def _consume(self, watch: aetcd.Watch) -> None:
         async for event in watch:

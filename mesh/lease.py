@@ -13,7 +13,7 @@ from typing import Any
 
 import aetcd
 
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from etcd.client import ETCD_ERRORS, ClientFactory, bounded, cancel_and_wait, close_quietly
 from mesh.backoff import Backoff
 from mesh.registry import Instance
 
@@ -106,7 +106,7 @@ class Registration:
             self._task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        if not self._closed and not task.cancelled() and task.exception() is not None:
             log.error(
                 "registration loop crashed; the instance will drop out of the registry",
                 exc_info=task.exception(),
@@ -143,26 +143,28 @@ class Registration:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         lease_id, self.lease_id = self.lease_id, None
         was_registered = self.registered
         self._registered.clear()
         if lease_id is None:
             return
-        client = self._factory.new()
-        try:
-            await bounded(client.revoke_lease(lease_id), self.call_timeout)
-            log.info("registration revoked", extra={"key": self.key, "lease_id": lease_id})
-        except ETCD_ERRORS as exc:
-            if was_registered:
-                log.warning(
-                    "could not revoke lease; the key expires within its TTL",
-                    extra={"key": self.key, "lease_id": lease_id, "error": repr(exc)},
-                )
-        finally:
-            await close_quietly(client, self.call_timeout)
+        error: BaseException | None = None
+        for _ in range(2):  # one retry on a fresh channel: a busy host can miss one deadline
+            client = self._factory.new()
+            try:
+                await bounded(client.revoke_lease(lease_id), self.call_timeout)
+                log.info("registration revoked", extra={"key": self.key, "lease_id": lease_id})
+                return
+            except ETCD_ERRORS as exc:
+                error = exc
+            finally:
+                await close_quietly(client, self.call_timeout)
+        if was_registered:
+            log.warning(
+                "could not revoke lease; the key expires within its TTL",
+                extra={"key": self.key, "lease_id": lease_id, "error": repr(error)},
+            )
 
     async def __aenter__(self) -> Registration:
         await self.start()
@@ -181,7 +183,7 @@ class Registration:
     async def _run(self) -> None:
         attempt = 0
         try:
-            while True:
+            while not self._closed:
                 try:
                     await self._register()
                     attempt = 0
@@ -226,7 +228,7 @@ class Registration:
     async def _keepalive(self) -> None:
         """Refresh every TTL/3 and write record updates; raise LeaseLost when the lease is gone."""
         misses = 0
-        while True:
+        while not self._closed:
             interval = self._lease_ttl / 3
             if misses:
                 interval = min(interval, self._backoff.delay(misses - 1, self._rand))
