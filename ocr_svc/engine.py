@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ocr_svc.pipeline import PipelineSettings, StepOptions, run_pipeline
+
 log = logging.getLogger(__name__)
 
 CPU_EP = "CPUExecutionProvider"
@@ -30,6 +32,7 @@ class EngineSettings:
     min_score: float = 0.5
     max_side: int = 4096
     debug_delay_ms: int = 0
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
 
 @dataclass(frozen=True)
@@ -156,32 +159,12 @@ class Engine:
         if self.settings.debug_delay_ms:
             time.sleep(self.settings.debug_delay_ms / 1000)
         min_score = self.settings.min_score if options.min_score is None else options.min_score
-        out = self._ocr(
-            image,
-            use_det=options.use_det,
-            use_cls=options.use_cls,
-            use_rec=options.use_rec,
-            return_word_box=False,
-            return_single_char_box=False,
-            text_score=min_score,
-            box_thresh=0.5,
-            unclip_ratio=1.6,
+        # Every switch is passed on every call, and the pipeline never changes the RapidOCR
+        # instance's own settings: nothing from one request reaches the next.
+        steps = StepOptions(
+            use_det=options.use_det, use_cls=options.use_cls, use_rec=options.use_rec, min_score=min_score
         )
-        elapse = list(getattr(out, "elapse_list", []) or [])
-        elapse += [None] * (3 - len(elapse))
-        lines: list[tuple[str, float, list[float]]] = []
-        txts = getattr(out, "txts", None)
-        scores = getattr(out, "scores", None)
-        boxes = getattr(out, "boxes", None)
-        if txts is not None and scores is not None:
-            for i, (text, score) in enumerate(zip(txts, scores, strict=False)):
-                box: list[float] = []
-                if options.return_boxes and boxes is not None and i < len(boxes):
-                    box = [float(v) for v in np.asarray(boxes[i]).reshape(-1)[:8]]
-                lines.append((str(text), float(score), box))
-        return {
-            "lines": lines,
-            "det_ms": (elapse[0] or 0.0) * 1000,
-            "cls_ms": (elapse[1] or 0.0) * 1000,
-            "rec_ms": (elapse[2] or 0.0) * 1000,
-        }
+        result = run_pipeline(self._ocr, image, steps, self.settings.pipeline)
+        if not options.return_boxes:
+            result["lines"] = [(text, score, []) for text, score, _ in result["lines"]]
+        return result
