@@ -245,10 +245,12 @@ class RawRecognizer:
         self.description = "plain RapidOCR() defaults (file path in, ONNX Runtime default threads)"
 
     def recognize(self, item: Item) -> Outcome:
+        from PIL import Image
+
         started = time.perf_counter()
         try:
             out = self.ocr(str(item.path))
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unreadable files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL's errors
             return Outcome([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - started
         texts = getattr(out, "txts", None) or ()

@@ -35,8 +35,9 @@ class PipelineSettings:
 
     `adaptive_det=False` detects once the way RapidOCR does by default (short side scaled to 736,
     long side capped at 2000); `bands=False` skips the second look, in horizontal bands, at images
-    that were scaled down for detection; `reading_order=False` keeps the detector's
-    top-to-bottom, left-to-right box order; `padding` and `det_sizing` say how much.
+    that were scaled down for detection and where the text found covers little of the image;
+    `reading_order=False` keeps the detector's top-to-bottom, left-to-right box order; `padding`
+    and `det_sizing` say how much.
     """
 
     padding: Padding = field(default_factory=Padding)
@@ -46,6 +47,7 @@ class PipelineSettings:
     band_px: int = 640
     band_overlap_px: int = 128
     band_min_height_px: int = 800
+    band_max_cover: float = 0.1  # ... when the text found covers less than this share of the image
     reading_order: bool = True
     order: OrderSettings = field(default_factory=OrderSettings)
     det_thresh: float = 0.3
@@ -227,6 +229,14 @@ def thickness(boxes: Boxes) -> list[float]:
     return [float(v) for v in np.minimum(along, across)]
 
 
+def text_cover(boxes: Boxes, height: int, width: int) -> float:
+    """Share of the image covered by the boxes' bounding rectangles (overlaps counted twice)."""
+    if len(boxes) == 0:
+        return 0.0
+    sizes = boxes.max(axis=1) - boxes.min(axis=1)
+    return float((sizes[:, 0] * sizes[:, 1]).sum()) / max(1, height * width)
+
+
 def rapidocr_default_scale(height: int, width: int) -> float:
     """RapidOCR's own choice: long side capped at 2000, then the short side scaled to 736."""
     scale = min(1.0, 2000 / max(height, width, 1))
@@ -252,7 +262,12 @@ def detect_sized(
     if better is not None:
         boxes, scores, done = detect(det, image, better, settings)
         passes.append(done)
-    if settings.bands and done.scale < 1.0 and done.input_hw[0] >= settings.band_min_height_px:
+    if (
+        settings.bands
+        and done.scale < 1.0
+        and done.input_hw[0] >= settings.band_min_height_px
+        and text_cover(boxes, height, width) < settings.band_max_cover
+    ):
         band_boxes, band_scores, banded = detect_bands(det, image, done.scale, settings)
         boxes, scores = add_new_boxes(boxes, scores, band_boxes, band_scores)
         banded.boxes = len(boxes) - done.boxes

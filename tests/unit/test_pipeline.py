@@ -20,7 +20,7 @@ from ocr_svc.detection_size import (
 )
 from ocr_svc.engine import Engine, EngineSettings, JobOptions
 from ocr_svc.guardrails import Limits, decode
-from ocr_svc.pipeline import add_new_boxes, band_tops, rapidocr_default_scale, thickness
+from ocr_svc.pipeline import add_new_boxes, band_tops, rapidocr_default_scale, text_cover, thickness
 from tests.corpus import CORPUS
 
 SIZING = DetSizing()
@@ -131,6 +131,9 @@ def test_band_boxes_are_added_only_where_nothing_was_found() -> None:
     merged, scores = add_new_boxes(found, [0.9], extra, [0.8, 0.7])
     assert len(merged) == 2 and scores == [0.9, 0.7]
     assert thickness(merged) == pytest.approx([20.0, 20.0])
+    # Bands are only tried where the text found covers little of the image.
+    assert text_cover(merged, 100, 200) == pytest.approx(4000 / 20000)
+    assert text_cover(np.zeros((0, 4, 2), dtype=np.float32), 100, 200) == 0.0
 
 
 # The engine itself, in-process, on two small real images (a few seconds).
