@@ -27,9 +27,7 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily("ocrmesh_ocr_queue_depth", "Requests waiting for a worker", queued)
         yield GaugeMetricFamily("ocrmesh_ocr_in_flight", "Requests running on workers", busy)
         for name, value in dataclasses.asdict(counters).items():
-            yield CounterMetricFamily(
-                f"ocrmesh_ocr_{name}", f"Total {name.replace('_', ' ')}", value
-            )
+            yield CounterMetricFamily(f"ocrmesh_ocr_{name}", f"Total {name.replace('_', ' ')}", value)
 
 
 class OcrMetrics:

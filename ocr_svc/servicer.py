@@ -175,9 +175,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def GetInfo(
-        self, request: ocr_pb2.GetInfoRequest, context: Context
-    ) -> ocr_pb2.GetInfoResponse:
+    async def GetInfo(self, request: ocr_pb2.GetInfoRequest, context: Context) -> ocr_pb2.GetInfoResponse:
         r = self.recognizer
         c = r.counters
         limits = r.limits
@@ -210,9 +208,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
                 failed=c.failed,
             ),
             worker_infos=[
-                ocr_pb2.WorkerInfo(
-                    pid=s.pid, jobs_done=s.jobs_done, rss_bytes=s.rss_bytes(), state=s.state
-                )
+                ocr_pb2.WorkerInfo(pid=s.pid, jobs_done=s.jobs_done, rss_bytes=s.rss_bytes(), state=s.state)
                 for s in r.pool.slots()
             ],
             uptime_seconds=time.time() - r.started,
@@ -225,9 +221,7 @@ def _stream_error(message: str) -> errors.RichError:
 
 
 def _too_big(size: int, limit: int) -> errors.RichError:
-    description = (
-        f"image is {size} bytes; the limit is {limit} bytes: compress or scale it down first"
-    )
+    description = f"image is {size} bytes; the limit is {limit} bytes: compress or scale it down first"
     return errors.bad_request(
         f"invalid image: {description}",
         [errors.FieldViolation("image", description, "TOO_MANY_BYTES")],
