@@ -84,26 +84,21 @@ class EndpointChannels:
         self, address: str, method: str, serializer: Serializer = None, deserializer: Deserializer = None
     ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         """A cached unary callable for `method` on `address`'s channel."""
-        key = (address, "uu", method, serializer, deserializer)
-        found = self._callables.get(key)
-        if found is None:
-            found = self.channel(address).unary_unary(
-                method,
-                request_serializer=serializer,
-                response_deserializer=deserializer,
-                _registered_method=True,
-            )
-            self._callables[key] = found
-        return found
+        return self._callable(address, "unary_unary", method, serializer, deserializer)  # type: ignore[no-any-return]
 
     def stream_unary(
         self, address: str, method: str, serializer: Serializer = None, deserializer: Deserializer = None
     ) -> grpc.aio.StreamUnaryMultiCallable[Any, Any]:
         """A cached client-streaming callable for `method` on `address`'s channel."""
-        key = (address, "su", method, serializer, deserializer)
+        return self._callable(address, "stream_unary", method, serializer, deserializer)  # type: ignore[no-any-return]
+
+    def _callable(
+        self, address: str, kind: str, method: str, serializer: Serializer, deserializer: Deserializer
+    ) -> Any:
+        key = (address, kind, method, serializer, deserializer)
         found = self._callables.get(key)
         if found is None:
-            found = self.channel(address).stream_unary(
+            found = getattr(self.channel(address), kind)(
                 method,
                 request_serializer=serializer,
                 response_deserializer=deserializer,
