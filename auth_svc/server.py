@@ -22,10 +22,10 @@ from auth_svc.servicer import AuthServicer
 from auth_svc.store import AuthStore, StoreError, StoreUnavailable
 from auth_svc.throttle import LoginThrottle, ThrottlePolicy
 from auth_svc.tokens import Sessions, TokenSettings
-from mesh import __version__, lifecycle, logs
 from mesh import config as mesh_config
+from mesh import lifecycle, logs
+from mesh.instance_registration import join_registry, leave_registry
 from mesh.lease import Registration
-from mesh.registry import Instance
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -163,23 +163,15 @@ class AuthInstance:
         publishing go on in the background until etcd is back.
         """
         c = self.config
-        self.registration = Registration(
-            c.etcd,
-            Instance(
-                service=REGISTRY_SERVICE,
-                id=self.instance_id,
-                address=c.advertise or self.address,
-                version=__version__,
-                slots=self.config.bcrypt_workers,
-                zone=c.zone,
-                weight=c.weight,
-                started_at=time.time(),
-                extra={"metrics": self.metrics_url, "db": self.store.backend},
-            ),
-            ttl=c.lease_ttl_s,
+        self.registration, registered = await join_registry(
+            c,
+            service=REGISTRY_SERVICE,
+            instance_id=self.instance_id,
+            address=self.address,
+            slots=c.bcrypt_workers,
+            extra={"metrics": self.metrics_url, "db": self.store.backend},
+            wait_s=_ETCD_WAIT_S,
         )
-        await self.registration.start()
-        registered = await self.registration.wait_registered(_ETCD_WAIT_S)
         published = self.publisher is not None and await self.publisher.wait_published(1.0)
         if not (registered and published):
             log.warning(
@@ -219,10 +211,8 @@ class AuthInstance:
     async def drain(self) -> None:
         """Leave the registry (lease revoked, short linger), NOT_SERVING, let in-flight calls
         finish (grace), then close everything."""
-        if self.registration is not None:
-            await self.registration.close()
-            self.registration = None
-            await asyncio.sleep(self.config.drain_linger_s)
+        registration, self.registration = self.registration, None
+        await leave_registry(registration, self.config.drain_linger_s)
         await self.health.set(False)
         if self._maintenance is not None:
             self._maintenance.cancel()

@@ -6,17 +6,16 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from types import TracebackType
 
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
-from mesh import __version__, lifecycle, logs
 from mesh import config as mesh_config
+from mesh import lifecycle, logs
+from mesh.instance_registration import join_registry, leave_registry
 from mesh.jwks_source import JwksAuthInterceptor, JwksSource
 from mesh.lease import Registration
 from mesh.live_config import LiveConfig
-from mesh.registry import Instance
 from mesh.token_verify import TokenVerifier
 from ocr_svc import live_settings
 from ocr_svc.admission import AdmissionQueue
@@ -163,29 +162,21 @@ class OcrInstance:
     async def _register(self, device: str, provider: str) -> None:
         """Publish this warm instance under a lease; keeps trying in the background if etcd is away."""
         c = self.config
-        self.registration = Registration(
-            c.etcd,
-            Instance(
-                service=REGISTRY_SERVICE,
-                id=self.instance_id,
-                address=c.advertise or self.address,
-                version=__version__,
-                device=device,
-                slots=c.worker_count,
-                zone=c.zone,
-                weight=c.weight,
-                started_at=time.time(),
-                extra={
-                    "execution_provider": provider,
-                    "metrics": self.metrics_url,
-                    "queue_capacity": c.queue_capacity,
-                    "require_auth": c.require_auth,
-                },
-            ),
-            ttl=c.lease_ttl_s,
+        self.registration, registered = await join_registry(
+            c,
+            service=REGISTRY_SERVICE,
+            instance_id=self.instance_id,
+            address=self.address,
+            device=device,
+            slots=c.worker_count,
+            extra={
+                "execution_provider": provider,
+                "metrics": self.metrics_url,
+                "queue_capacity": c.queue_capacity,
+                "require_auth": c.require_auth,
+            },
         )
-        await self.registration.start()
-        if not await self.registration.wait_registered(5.0):
+        if not registered:
             log.warning(
                 "etcd not reachable yet; serving anyway and registering when it is", extra={"etcd": c.etcd}
             )
@@ -194,9 +185,7 @@ class OcrInstance:
         """Leave the registry, stop taking work (NOT_SERVING), let in-flight requests finish, stop."""
         if self.live is not None:
             await self.live.close()
-        if self.registration is not None:
-            await self.registration.close()
-            await asyncio.sleep(self.config.drain_linger_s)
+        await leave_registry(self.registration, self.config.drain_linger_s)
         self.recognizer.serving = False
         await self.health.set(False)
         await self.server.stop(self.config.grace_s)
