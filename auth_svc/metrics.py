@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from mesh.metrics_endpoint import MetricsEndpoint
 
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16)
 
@@ -29,11 +31,11 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily("ocrmesh_auth_jwks_keys", "Public keys in the JWKS", keys)
 
 
-class AuthMetrics:
-    """Owns a private registry (no globals), so several instances can live in one process."""
+class AuthMetrics(MetricsEndpoint):
+    """The metrics on its private registry, served on /metrics by `MetricsEndpoint`."""
 
     def __init__(self, read: Callable[[], tuple[int, int, int]]) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.outcomes = Counter(
             "ocrmesh_auth_outcomes",
             "Finished auth use cases by outcome",
@@ -47,21 +49,6 @@ class AuthMetrics:
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(read))
-        self._server: Any = None
-        self.port = 0
 
     def outcome(self, action: str, outcome: str) -> None:
         self.outcomes.labels(action, outcome).inc()
-
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        self.port = int(server.server_address[1])
-        return self.port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

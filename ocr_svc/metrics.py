@@ -6,10 +6,11 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mesh.metrics_endpoint import MetricsEndpoint
 from ocr_svc.workers import Counters
 
 STAGES = ("queue", "decode", "det", "cls", "rec", "total")
@@ -30,11 +31,11 @@ class _LiveCollector(Collector):
             yield CounterMetricFamily(f"ocrmesh_ocr_{name}", f"Total {name.replace('_', ' ')}", value)
 
 
-class OcrMetrics:
-    """Owns a private registry (no globals), so several instances can live in one process."""
+class OcrMetrics(MetricsEndpoint):
+    """The metrics on its private registry, served on /metrics by `MetricsEndpoint`."""
 
     def __init__(self, read: Callable[[], tuple[int, int, Counters]]) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.stage_seconds = Histogram(
             "ocrmesh_ocr_stage_seconds",
             "Time per request spent in each stage",
@@ -49,24 +50,9 @@ class OcrMetrics:
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(read))
-        self._server: Any = None
-        self.port = 0
 
     def observe(self, timing_ms: dict[str, float]) -> None:
         for stage in STAGES:
             value = timing_ms.get(stage)
             if value is not None:
                 self.stage_seconds.labels(stage).observe(value / 1000)
-
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        self.port = int(server.server_address[1])
-        return self.port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
