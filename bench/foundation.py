@@ -11,7 +11,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,46 +25,11 @@ from rich.table import Table
 from bench.durations import parse_duration
 from bench.engine_ceiling import EngineBench
 from bench.loadgen import LoadOptions, run_load
+from bench.process_rss import RssSampler
 from mesh import __version__
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class RssSampler:
-    """Samples the summed RSS of a process and its children in a background thread."""
-
-    def __init__(self, pid: int, every_s: float = 0.1) -> None:
-        self.pid = pid
-        self.every_s = every_s
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def tree_rss(self) -> int:
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        total = 0
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.peak = max(self.peak, self.tree_rss())
-
-    def __enter__(self) -> RssSampler:
-        self.peak = self.tree_rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass

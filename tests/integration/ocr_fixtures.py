@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.process_rss import tree_rss_bytes
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,16 +35,7 @@ class OcrProcess:
 
     def tree_rss_bytes(self) -> int:
         """RSS of the service and all its worker processes."""
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        total = 0
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total
+        return tree_rss_bytes(self.pid)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
