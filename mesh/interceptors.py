@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import logging
 import time
 import uuid
@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from mesh.handler_wrapping import wrap_handler
 from mesh.logs import request_id
 
 access_log = logging.getLogger("ocrmesh.access")
@@ -52,84 +53,29 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         rid = _incoming_request_id(handler_call_details)
         quiet = method in QUIET_METHODS
 
-        def finish(context: Any, started: float, error: BaseException | None) -> None:
-            if quiet:
-                return
-            access_log.info(
-                "rpc",
-                extra={
-                    "method": method,
-                    "code": _code_name(context, error),
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                    "peer": context.peer(),
-                },
-            )
-
-        if handler.unary_unary or handler.stream_unary:
-            inner = handler.unary_unary or handler.stream_unary
-
-            async def unary_response(request: Any, context: Any) -> Any:
-                token = request_id.set(rid)
-                started = time.perf_counter()
-                error: BaseException | None = None
-                try:
+        @contextlib.asynccontextmanager
+        async def logged(context: Any, unary: bool) -> AsyncIterator[None]:
+            token = request_id.set(rid)
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                if unary:
                     await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
-                    return await inner(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(context, started, error)
-                    request_id.reset(token)
-
-            make = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler
-            )
-            return make(
-                unary_response,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-
-        inner_stream = handler.unary_stream or handler.stream_stream
-
-        async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
-            token = request_id.set(rid)
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                async for item in inner_stream(request, context):
-                    yield item
+                yield
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                finish(context, started, error)
+                if not quiet:
+                    access_log.info(
+                        "rpc",
+                        extra={
+                            "method": method,
+                            "code": _code_name(context, error),
+                            "ms": round((time.perf_counter() - started) * 1000, 2),
+                            "peer": context.peer(),
+                        },
+                    )
                 request_id.reset(token)
 
-        async def stream_by_writes(request: Any, context: Any) -> None:
-            # Handlers such as grpc.health.v1 Watch are coroutines that call context.write.
-            token = request_id.set(rid)
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                await inner_stream(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                finish(context, started, error)
-                request_id.reset(token)
-
-        make_stream = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return make_stream(
-            stream_by_writes if inspect.iscoroutinefunction(inner_stream) else stream_response,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrap_handler(handler, logged)

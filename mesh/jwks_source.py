@@ -14,7 +14,7 @@ import grpc
 
 from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
 from mesh import errors
-from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier, parse_jwks
+from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier, guard_handler, parse_jwks
 
 log = logging.getLogger(__name__)
 
@@ -209,20 +209,4 @@ class JwksAuthInterceptor(AuthInterceptor):
 
 def refusing(handler: grpc.RpcMethodHandler, refusal: errors.RichError) -> grpc.RpcMethodHandler:
     """A handler of the same kind and serialisers as `handler` that only aborts with `refusal`."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await errors.abort(context, refusal)
-
-    if handler.unary_unary:
-        make = grpc.unary_unary_rpc_method_handler
-    elif handler.unary_stream:
-        make = grpc.unary_stream_rpc_method_handler
-    elif handler.stream_unary:
-        make = grpc.stream_unary_rpc_method_handler
-    else:
-        make = grpc.stream_stream_rpc_method_handler
-    return make(
-        refuse,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return guard_handler(handler, None, refusal)
