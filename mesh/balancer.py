@@ -18,6 +18,10 @@ is closed under them. A draining instance finishes most calls within it; a froze
 lease expired) would hold them until their deadlines, so MeshClient retries the cut calls
 elsewhere (idempotent methods) instead: lease TTL + this grace bounds how long that takes."""
 
+KEEPALIVE_TIME_MS = 2_000
+KEEPALIVE_TIMEOUT_MS = 3_000
+CONNECT_TIMEOUT_MS = 3_000
+
 Serializer = Callable[[Any], bytes] | None
 Deserializer = Callable[[bytes], Any] | None
 
@@ -27,8 +31,17 @@ def channel_options() -> list[tuple[str, int | str]]:
     return [
         ("grpc.max_send_message_length", -1),
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        # A frozen peer (SIGSTOP, a hung host, a silent partition) keeps its TCP connection open
+        # and never answers: a ping every KEEPALIVE_TIME_MS while calls are in flight, unanswered
+        # for KEEPALIVE_TIMEOUT_MS, closes the connection, so its calls fail UNAVAILABLE and
+        # MeshClient retries the idempotent ones elsewhere long before their deadlines.
+        # Servers allow these pings (mesh/lifecycle.py: min_ping_interval_without_data_ms).
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging during one long call
+        # Reconnecting to a frozen peer gets a TCP connection from its kernel, then waits for the
+        # HTTP/2 SETTINGS that never come; give up after this long, not grpc's default 20 s.
+        ("grpc.min_connect_timeout_ms", CONNECT_TIMEOUT_MS),
         ("grpc.enable_retries", 0),
         # grpc's reconnect backoff grows to 120 s by default: an instance restarted on the same
         # address would be refused for minutes. Keep reconnect attempts about a second apart.
@@ -41,6 +54,18 @@ def channel_options() -> list[tuple[str, int | str]]:
 def direct_channel(target: str) -> grpc.aio.Channel:
     """A plaintext channel to one address (host:port), with our options."""
     return grpc.aio.insecure_channel(target, options=channel_options())
+
+
+def multicallable(
+    channel: grpc.aio.Channel, kind: str, method: str, serializer: Serializer, deserializer: Deserializer
+) -> Any:
+    """`channel.<kind>(method, ...)` for kind "unary_unary", "stream_unary", ... (callers cache it)."""
+    return getattr(channel, kind)(
+        method,
+        request_serializer=serializer,
+        response_deserializer=deserializer,
+        _registered_method=True,
+    )
 
 
 class EndpointChannels:
@@ -98,12 +123,7 @@ class EndpointChannels:
         key = (address, kind, method, serializer, deserializer)
         found = self._callables.get(key)
         if found is None:
-            found = getattr(self.channel(address), kind)(
-                method,
-                request_serializer=serializer,
-                response_deserializer=deserializer,
-                _registered_method=True,
-            )
+            found = multicallable(self.channel(address), kind, method, serializer, deserializer)
             self._callables[key] = found
         return found
 

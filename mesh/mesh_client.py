@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import Message
 
 from mesh import errors
-from mesh.balancer import EndpointChannels
+from mesh.balancer import Deserializer, EndpointChannels, Serializer
 from mesh.discovery import Changes, Discovery
 from mesh.logs import request_id
 from mesh.ocr_client import Metadata, OcrClient
@@ -228,13 +228,9 @@ class MeshClient:
         """
         body = request if isinstance(request, bytes) else request.SerializeToString()
         parse = None if response_type is None else response_type.FromString
-        channels = self._channels
-
-        def attempt(address: str, left: float | None, meta: Metadata) -> Awaitable[Any]:
-            call = channels.unary_unary(address, method, None, parse)
-            return call(body, timeout=left, metadata=meta)  # type: ignore[no-any-return]
-
-        reply: M | bytes = await self._invoke(method, attempt, timeout, metadata, idempotent)
+        reply: M | bytes = await self._call(
+            self._channels.unary_unary, method, lambda: body, parse, timeout, metadata, idempotent
+        )
         return reply
 
     async def stream_unary(
@@ -249,14 +245,34 @@ class MeshClient:
     ) -> M:
         """A client-streaming call; the messages are held so that a retry can send them again."""
         bodies = [r.SerializeToString() for r in requests]
-        channels = self._channels
+        reply: M = await self._call(
+            self._channels.stream_unary,
+            method,
+            lambda: iter(bodies),
+            response_type.FromString,
+            timeout,
+            metadata,
+            idempotent,
+        )
+        return reply
+
+    async def _call(
+        self,
+        callable_at: Callable[[str, str, Serializer, Deserializer], Any],
+        method: str,
+        payload: Callable[[], Any],
+        parse: Deserializer,
+        timeout: float | None,
+        metadata: Metadata,
+        idempotent: bool | None,
+    ) -> Any:
+        """One call through `_invoke`: each attempt sends `payload()` on the picked endpoint's callable."""
 
         def attempt(address: str, left: float | None, meta: Metadata) -> Awaitable[Any]:
-            call = channels.stream_unary(address, method, None, response_type.FromString)
-            return call(iter(bodies), timeout=left, metadata=meta)  # type: ignore[no-any-return]
+            call = callable_at(address, method, None, parse)
+            return call(payload(), timeout=left, metadata=meta)  # type: ignore[no-any-return]
 
-        reply: M = await self._invoke(method, attempt, timeout, metadata, idempotent)
-        return reply
+        return await self._invoke(method, attempt, timeout, metadata, idempotent)
 
     def ocr(self) -> OcrClient:
         """An OcrClient (recognize, info) whose calls are balanced by this client."""

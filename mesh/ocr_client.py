@@ -9,6 +9,8 @@ import grpc
 from google.protobuf.message import Message
 from ocrmesh.ocr.v1 import ocr_pb2
 
+from mesh.balancer import multicallable
+
 CHUNK_BYTES = 1024 * 1024
 # Above this, use RecognizeStream so no server or proxy needs a bigger message limit.
 UNARY_LIMIT_BYTES = 3 * 1024 * 1024
@@ -58,18 +60,20 @@ class ChannelCaller:
         self.channel = channel
         self._callables: dict[tuple[str, str], Any] = {}
 
-    def _callable(self, kind: str, method: str, response_type: type[Message]) -> Any:
+    async def _call(
+        self,
+        kind: str,
+        method: str,
+        payload: Any,
+        response_type: type[Message],
+        timeout: float | None,
+        metadata: Metadata,
+    ) -> Any:
         found = self._callables.get((kind, method))
         if found is None:
-            make = self.channel.unary_unary if kind == "uu" else self.channel.stream_unary
-            found = make(
-                method,
-                request_serializer=_serialize,
-                response_deserializer=response_type.FromString,
-                _registered_method=True,
-            )
+            found = multicallable(self.channel, kind, method, _serialize, response_type.FromString)
             self._callables[(kind, method)] = found
-        return found
+        return await found(payload, timeout=timeout, metadata=metadata)
 
     async def unary(
         self,
@@ -80,9 +84,7 @@ class ChannelCaller:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> M:
-        reply: M = await self._callable("uu", method, response_type)(
-            request, timeout=timeout, metadata=metadata
-        )
+        reply: M = await self._call("unary_unary", method, request, response_type, timeout, metadata)
         return reply
 
     async def stream_unary(
@@ -94,9 +96,7 @@ class ChannelCaller:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> M:
-        reply: M = await self._callable("su", method, response_type)(
-            iter(requests), timeout=timeout, metadata=metadata
-        )
+        reply: M = await self._call("stream_unary", method, iter(requests), response_type, timeout, metadata)
         return reply
 
 
