@@ -1,0 +1,406 @@
+"""The pure function from registry state to a checked xDS snapshot, for a gateway or proxyless group."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from gateway import resources as rs
+from gateway.profile import Profile
+from gateway.snapshot import Snapshot
+from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+
+OCR_SERVICE = "ocr"
+AUTH_SERVICE = "auth"
+LISTENER_NAME = "ocrmesh-gateway"
+ROUTES_NAME = "ocrmesh-routes"
+JWT_PROVIDER = "ocrmesh"
+
+ROUTED = (
+    # (path prefix, cluster, token required, retry on)
+    (
+        "/ocrmesh.ocr.v1.OcrService/",
+        OCR_SERVICE,
+        True,
+        "unavailable,resource-exhausted,reset,connect-failure,refused-stream",
+    ),
+    # Register/Login are not idempotent: only retry what cannot have reached the service.
+    ("/ocrmesh.auth.v1.AuthService/", AUTH_SERVICE, False, "unavailable,connect-failure,refused-stream"),
+    ("/grpc.health.v1.Health/", OCR_SERVICE, False, "unavailable,connect-failure,refused-stream"),
+    ("/grpc.reflection.", OCR_SERVICE, False, "connect-failure,refused-stream"),
+)
+HEALTH_SERVICE = {OCR_SERVICE: "ocrmesh.ocr.v1.OcrService", AUTH_SERVICE: "ocrmesh.auth.v1.AuthService"}
+
+NO_JWKS_YET = (
+    '{"keys":[{"kty":"EC","crv":"P-256","alg":"ES256","use":"sig","kid":"ocrmesh-no-jwks-yet",'
+    '"x":"MirdlLdM1PX_vnMTXfBdtsZ35MTw6dsw0EN1c3ggl4M","y":"A0q9kVuyZdMZyri3AcxntObL0gHoP7IyqeGwcb4j6vc"}]}'
+)
+"""Stands in until auth publishes a JWKS: Envoy refuses an empty key set, and the private half of
+this key was thrown away when it was made, so no token verifies and OCR calls are UNAUTHENTICATED."""
+_ADS = {"ads": {}, "resource_api_version": "V3"}
+_H2 = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": rs.typed("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One instance as xDS sees it: an IP address and port, a zone and a weight (0 = draining)."""
+
+    id: str
+    host: str
+    port: int
+    zone: str = ""
+    weight: int = 100
+
+
+@dataclass(frozen=True)
+class MeshState:
+    """Everything a snapshot is built from: endpoints by service and the JWKS text."""
+
+    endpoints: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    jwks: str = ""
+    issuer: str = DEFAULT_ISSUER
+    audience: str = DEFAULT_AUDIENCE
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def load_assignment(service: str, endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:
+    """ClusterLoadAssignment: one locality per zone, each with a positive weight (proxyless needs it)."""
+    zones: dict[str, list[Endpoint]] = {}
+    for ep in sorted(endpoints, key=lambda e: (e.zone, e.host, e.port, e.id)):
+        zones.setdefault(ep.zone, []).append(ep)
+    localities = []
+    for zone, members in zones.items():
+        lb_endpoints = [
+            {
+                "endpoint": {"address": {"socket_address": {"address": ep.host, "port_value": ep.port}}},
+                "load_balancing_weight": max(ep.weight, 1),
+                "health_status": "DRAINING" if ep.weight == 0 else "UNKNOWN",
+                "metadata": {"filter_metadata": {"ocrmesh": {"instance_id": ep.id}}},
+            }
+            for ep in members
+        ]
+        localities.append(
+            {
+                "locality": {"zone": zone},
+                "load_balancing_weight": max(1, sum(max(ep.weight, 1) for ep in members)),
+                "lb_endpoints": lb_endpoints,
+            }
+        )
+    return {"cluster_name": service, "endpoints": localities}
+
+
+def gateway_cluster(service: str) -> dict[str, Any]:
+    """An EDS cluster for Envoy: HTTP/2, least request, breakers, outlier detection, gRPC health checks."""
+    cluster: dict[str, Any] = {
+        "name": service,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": _ADS},
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "typed_extension_protocol_options": _H2,
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": 4096,
+                    "max_pending_requests": 4096,
+                    "max_requests": 4096,
+                    # Retries are bounded by a budget (20% of active requests, at least 16), not by
+                    # Envoy's default of 3 concurrent retries, which a killed instance exceeds at once.
+                    "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 16},
+                }
+            ]
+        },
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "consecutive_gateway_failure": 2,
+            "consecutive_local_origin_failure": 2,
+            "split_external_local_origin_errors": True,
+            "interval": "1s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 50,
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "2s",
+                "no_traffic_interval": "2s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": HEALTH_SERVICE.get(service, "")},
+            }
+        ],
+    }
+    return cluster
+
+
+def proxyless_cluster(service: str) -> dict[str, Any]:
+    """An EDS cluster as gRPC's xDS client accepts it (round robin, no Envoy-only features)."""
+    return {
+        "name": service,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": _ADS},
+        "lb_policy": "ROUND_ROBIN",
+    }
+
+
+def _route(prefix: str, cluster: str, retry_on: str) -> dict[str, Any]:
+    return {
+        "match": {"prefix": prefix},
+        "route": {
+            "cluster": cluster,
+            "timeout": "0s",  # no fixed route timeout: the caller's grpc-timeout bounds the call
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            "retry_policy": {
+                "retry_on": retry_on,
+                "num_retries": 3,
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": rs.typed(
+                                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                            )
+                        },
+                    }
+                ],
+                "host_selection_retry_max_attempts": "3",
+                "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+            },
+        },
+    }
+
+
+def route_config(profile: Profile) -> dict[str, Any]:
+    """Routes by gRPC service name, CORS for browsers, request bodies buffered up to the OCR limit."""
+    return {
+        "name": ROUTES_NAME,
+        "virtual_hosts": [
+            {
+                "name": "ocrmesh",
+                "domains": ["*"],
+                "routes": [_route(prefix, cluster, retry_on) for prefix, cluster, _, retry_on in ROUTED],
+                # Retries need the request body kept; up to the OCR upload limit it is.
+                "request_body_buffer_limit": str(profile.max_request_bytes),
+                "typed_per_filter_config": {
+                    "envoy.filters.http.cors": {
+                        "@type": rs.typed("envoy.extensions.filters.http.cors.v3.CorsPolicy"),
+                        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+                        "allow_methods": "POST, GET, OPTIONS",
+                        "allow_headers": "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,"
+                        "x-request-id",
+                        "expose_headers": "grpc-status,grpc-message,grpc-status-details-bin,x-request-id",
+                        "max_age": "600",
+                    }
+                },
+            }
+        ],
+    }
+
+
+def jwt_filter(state: MeshState) -> dict[str, Any]:
+    """jwt_authn: tokens checked against the inline JWKS from etcd on OCR routes only."""
+    jwks = state.jwks or NO_JWKS_YET
+    return {
+        "@type": rs.typed("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"),
+        "providers": {
+            JWT_PROVIDER: {
+                "issuer": state.issuer,
+                "audiences": [state.audience],
+                "local_jwks": {"inline_string": jwks},
+                "forward": True,  # the OCR instances check the token themselves too
+                "clock_skew_seconds": 30,
+            }
+        },
+        "rules": [
+            {"match": {"prefix": prefix}, "requires": {"provider_name": JWT_PROVIDER}}
+            for prefix, _, required, _ in ROUTED
+            if required
+        ],
+        "bypass_cors_preflight": True,
+    }
+
+
+def _access_log() -> list[dict[str, Any]]:
+    fields = {
+        "time": "%START_TIME%",
+        "method": "%REQ(:PATH)%",
+        "grpc_status": "%GRPC_STATUS_NUMBER%",
+        "http_status": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "duration_ms": "%DURATION%",
+        "upstream": "%UPSTREAM_HOST%",
+        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "bytes_in": "%BYTES_RECEIVED%",
+    }
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": rs.typed("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
+                "log_format": {"json_format": fields},
+            },
+        }
+    ]
+
+
+def gateway_listener(profile: Profile, state: MeshState) -> dict[str, Any]:
+    """The one HTTP listener: gRPC over h2 (or gRPC-Web over HTTP/1.1), optionally TLS."""
+    percent = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "ratelimit_on"}
+    hcm: dict[str, Any] = {
+        "@type": rs.typed(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "rds": {"route_config_name": ROUTES_NAME, "config_source": _ADS},
+        "http2_protocol_options": {"max_concurrent_streams": 1024},
+        "stream_idle_timeout": "300s",
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.cors",
+                "typed_config": {"@type": rs.typed("envoy.extensions.filters.http.cors.v3.Cors")},
+            },
+            {
+                "name": "envoy.filters.http.grpc_web",
+                "typed_config": {"@type": rs.typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")},
+            },
+            {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_filter(state)},
+            {
+                "name": "envoy.filters.http.local_ratelimit",
+                "typed_config": {
+                    "@type": rs.typed("envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"),
+                    "stat_prefix": "gateway_rate_limit",
+                    "token_bucket": {
+                        "max_tokens": profile.rate_limit_burst,
+                        "tokens_per_fill": profile.rate_limit_rps,
+                        "fill_interval": "1s",
+                    },
+                    "filter_enabled": percent,
+                    "filter_enforced": percent,
+                    "rate_limited_as_resource_exhausted": True,
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": rs.typed("envoy.extensions.filters.http.router.v3.Router")},
+            },
+        ],
+    }
+    if profile.access_log:
+        hcm["access_log"] = _access_log()
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if profile.tls_cert:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": rs.typed("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"),
+                "common_tls_context": {
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": profile.tls_cert},
+                            "private_key": {"filename": profile.tls_key},
+                        }
+                    ],
+                    "alpn_protocols": ["h2", "http/1.1"],
+                },
+            },
+        }
+    return {
+        "name": LISTENER_NAME,
+        "address": {"socket_address": {"address": profile.host, "port_value": profile.port}},
+        "filter_chains": [chain],
+    }
+
+
+def proxyless_listener(service: str) -> dict[str, Any]:
+    """The api_listener gRPC's xDS client asks for when dialling xds:///<service>."""
+    return {
+        "name": service,
+        "api_listener": {
+            "api_listener": {
+                "@type": rs.typed(
+                    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+                ),
+                "rds": {"route_config_name": f"{service}-proxyless", "config_source": _ADS},
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": rs.typed("envoy.extensions.filters.http.router.v3.Router")},
+                    }
+                ],
+            }
+        },
+    }
+
+
+def proxyless_routes(service: str) -> dict[str, Any]:
+    return {
+        "name": f"{service}-proxyless",
+        "virtual_hosts": [
+            {
+                "name": service,
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": ""}, "route": {"cluster": service}}],
+            }
+        ],
+    }
+
+
+def usable_endpoints(state: MeshState) -> tuple[dict[str, tuple[Endpoint, ...]], list[str]]:
+    """Endpoints with IP addresses (EDS carries no host names), and a note for each one left out."""
+    kept: dict[str, tuple[Endpoint, ...]] = {}
+    notes: list[str] = []
+    for service, endpoints in state.endpoints.items():
+        ok = []
+        for ep in endpoints:
+            if _is_ip(ep.host) and 0 < ep.port < 65536:
+                ok.append(ep)
+            else:
+                notes.append(
+                    f"{service}/{ep.id}: {ep.host}:{ep.port} is not an IP address and port; left out"
+                )
+        kept[service] = tuple(ok)
+    return kept, notes
+
+
+def build_snapshot(state: MeshState, profile: Profile) -> Snapshot:
+    """The checked snapshot for `profile`'s nodes; ValueError/InconsistentSnapshot if it cannot be."""
+    endpoints, notes = usable_endpoints(state)
+    services = sorted({OCR_SERVICE, AUTH_SERVICE, *endpoints})
+    raw: dict[str, list[dict[str, Any]]] = {t: [] for t in rs.ORDER}
+    raw[rs.ENDPOINT] = [load_assignment(s, endpoints.get(s, ())) for s in services]
+    if profile.kind == "proxyless":
+        raw[rs.CLUSTER] = [proxyless_cluster(s) for s in services]
+        raw[rs.LISTENER] = [proxyless_listener(s) for s in services]
+        raw[rs.ROUTE] = [proxyless_routes(s) for s in services]
+    else:
+        raw[rs.CLUSTER] = [gateway_cluster(s) for s in services]
+        raw[rs.LISTENER] = [gateway_listener(profile, state)]
+        raw[rs.ROUTE] = [route_config(profile)]
+    built: dict[str, dict[str, Message]] = {}
+    for type_url, items in raw.items():
+        built[type_url] = {}
+        for data in items:
+            message = rs.parse(type_url, data)
+            built[type_url][str(data.get("name", data.get("cluster_name")))] = message
+    return Snapshot(built, notes=tuple(notes)).check()
