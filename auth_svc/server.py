@@ -267,10 +267,7 @@ async def serve(config: AuthConfig) -> int:
         ),
         flush=True,
     )
-    signame = await lifecycle.wait_for_stop_signal()
-    print(f"{signame}: draining (up to {config.grace_s:.0f}s for in-flight requests)", flush=True)
-    await instance.drain()
-    return 0
+    return await lifecycle.drain_on_stop_signal(instance.drain, config.grace_s)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -278,9 +275,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    try:
-        config = mesh_config.load(AuthConfig, ns)
-    except mesh_config.ConfigError as exc:
-        print(f"ocrmesh serve auth: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(config))
+    return mesh_config.run_service(AuthConfig, ns, "ocrmesh serve auth", serve)

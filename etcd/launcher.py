@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import dataclasses
 import importlib.resources
 import importlib.util
 import logging
@@ -461,6 +460,7 @@ class EtcdConfig:
 
 async def serve(config: EtcdConfig) -> int:
     """Run etcd until SIGINT/SIGTERM (exit 0) or until etcd itself exits (its code, or 1)."""
+    logs.setup("etcd")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -498,15 +498,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     """Entry point for `ocrmesh serve etcd` after argparse."""
-    names = {f.name for f in dataclasses.fields(EtcdConfig)}
-    given = {k: v for k, v in vars(ns).items() if k in names}
-    try:
-        config = mesh_config.load(EtcdConfig, given)
-    except mesh_config.ConfigError as exc:
-        print(f"ocrmesh serve etcd: {exc}", file=sys.stderr)
-        return 2
-    logs.setup("etcd")
-    return asyncio.run(serve(config))
+    return mesh_config.run_service(EtcdConfig, ns, "ocrmesh serve etcd", serve)
 
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:

@@ -9,11 +9,13 @@ environment, which beats the field default. Errors name the flag and the variabl
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
+import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,9 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = str
             if field.metadata.get("choices"):
                 kwargs["choices"] = field.metadata["choices"]
-        parser.add_argument(
-            flag_name(field), help=str(field.metadata.get("help", "")) + shown, **kwargs
-        )
+        parser.add_argument(flag_name(field), help=str(field.metadata.get("help", "")) + shown, **kwargs)
 
 
 def load(
@@ -139,9 +139,7 @@ def load(
         var = env_name(cls, field)
         raw = given.get(name)
         if raw is not None:
-            values[name] = (
-                _cast(raw, hints[name], flag_name(field)) if isinstance(raw, str) else raw
-            )
+            values[name] = _cast(raw, hints[name], flag_name(field)) if isinstance(raw, str) else raw
         elif var in environ:
             values[name] = _cast(environ[var], hints[name], var)
         choices = field.metadata.get("choices")
@@ -155,3 +153,18 @@ def load(
     if callable(validate):
         validate()
     return config
+
+
+def run_service(
+    cls: type[T], ns: argparse.Namespace, prog: str, serve: Callable[[T], Coroutine[Any, Any, int]]
+) -> int:
+    """A serve command's `run(ns)`: load `cls` from flags and environment, then run `serve(config)`.
+
+    An unusable setting ends the command with status 2 and "<prog>: <why>" on stderr.
+    """
+    try:
+        config = load(cls, ns)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config))

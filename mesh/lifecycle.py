@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ def new_server(
             # Never let two instances silently share one port.
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            # Mesh clients ping every 2 s while calls run, to find frozen peers (mesh/balancer.py);
+            # pings closer than this, with no data sent in between, are strikes (GOAWAY after 2).
+            ("grpc.http2.min_ping_interval_without_data_ms", 1000),
         ],
     )
 
@@ -58,9 +60,7 @@ class Health:
 
     async def set(self, serving: bool) -> None:
         status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         self.serving = serving
         for name in self.services:
@@ -68,9 +68,7 @@ class Health:
 
 
 def enable_reflection(server: grpc.aio.Server, services: Sequence[str]) -> None:
-    reflection.enable_server_reflection(
-        [*services, reflection.SERVICE_NAME, health.SERVICE_NAME], server
-    )
+    reflection.enable_server_reflection([*services, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
 
 
 async def wait_for_stop_signal(extra: asyncio.Event | None = None) -> str:
@@ -96,6 +94,14 @@ async def wait_for_stop_signal(extra: asyncio.Event | None = None) -> str:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return received[0] if received else "event"
+
+
+async def drain_on_stop_signal(drain: Callable[[], Awaitable[None]], grace_s: float) -> int:
+    """A serve command's last step: wait for SIGINT/SIGTERM, say so, drain; returns exit status 0."""
+    signame = await wait_for_stop_signal()
+    print(f"{signame}: draining (up to {grace_s:.0f}s for in-flight requests)", flush=True)
+    await drain()
+    return 0
 
 
 def write_ready_file(path: Path | None, payload: dict[str, Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from types import TracebackType
@@ -224,10 +223,7 @@ async def serve(config: OcrConfig) -> int:
         + ("; access tokens required" if config.require_auth else ""),
         flush=True,
     )
-    signame = await lifecycle.wait_for_stop_signal()
-    print(f"{signame}: draining (up to {config.grace_s:.0f}s for in-flight requests)", flush=True)
-    await instance.drain()
-    return 0
+    return await lifecycle.drain_on_stop_signal(instance.drain, config.grace_s)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -235,9 +231,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    try:
-        config = mesh_config.load(OcrConfig, ns)
-    except mesh_config.ConfigError as exc:
-        print(f"ocrmesh serve ocr: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(config))
+    return mesh_config.run_service(OcrConfig, ns, "ocrmesh serve ocr", serve)
