@@ -9,11 +9,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import aetcd
 import grpc
 
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from etcd.client import ClientFactory
 from mesh import errors
+from mesh.key_poller import poll_key
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier, guard_handler, parse_jwks
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ class JwksSource:
         self._clock = clock
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._seen_revision = -1
         self._outage = False
         self._applied: bytes | None = None
         # Public state for status pages and tests.
@@ -142,36 +141,29 @@ class JwksSource:
         return True
 
     async def _run(self) -> None:
-        client: aetcd.Client | None = None
-        try:
-            while True:
-                try:
-                    if client is None:
-                        client = self._factory.new()
-                    got = await bounded(client.get(self.key.encode()), self.call_timeout)
-                    if self._outage:
-                        log.info("etcd reachable again", extra={"key": self.key})
-                        self._outage = False
-                    self.connected = True
-                    revision = int(got.mod_revision) if got is not None else 0
-                    if revision != self._seen_revision:
-                        self._seen_revision = revision
-                        self.consider(got.value if got is not None else None)
-                except ETCD_ERRORS as exc:
-                    # etcd away: keep the keys in force and try again on a fresh client.
-                    if not self._outage:
-                        log.warning(
-                            "JWKS unreadable; keeping the last keys",
-                            extra={"key": self.key, "error": repr(exc)},
-                        )
-                    self._outage = True
-                    self.connected = False
-                    self.last_error = repr(exc)
-                    await close_quietly(client, self.call_timeout)
-                    client = None
-                await asyncio.sleep(self.interval)
-        finally:
-            await close_quietly(client, self.call_timeout)
+        await poll_key(
+            self._factory,
+            self.key,
+            interval=self.interval,
+            call_timeout=self.call_timeout,
+            on_change=self.consider,
+            on_read=self._reachable,
+            on_error=self._unreachable,
+        )
+
+    def _reachable(self) -> None:
+        if self._outage:
+            log.info("etcd reachable again", extra={"key": self.key})
+            self._outage = False
+        self.connected = True
+
+    def _unreachable(self, exc: BaseException) -> None:
+        # etcd away: keep the keys in force (poll_key tries again on a fresh client).
+        if not self._outage:
+            log.warning("JWKS unreadable; keeping the last keys", extra={"key": self.key, "error": repr(exc)})
+        self._outage = True
+        self.connected = False
+        self.last_error = repr(exc)
 
 
 class JwksAuthInterceptor(AuthInterceptor):

@@ -17,9 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aetcd
-
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from etcd.client import ClientFactory
+from mesh.key_poller import poll_key
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,6 @@ class LiveConfig:
         self._factory = ClientFactory(endpoints, call_timeout)
         self.interval = interval
         self.call_timeout = call_timeout
-        self._seen_revision = -1
         self._task: asyncio.Task[None] | None = None
         self.rejected = 0
         self.applied = 0
@@ -161,22 +159,15 @@ class LiveConfig:
         return False
 
     async def _run(self) -> None:
-        client: aetcd.Client | None = None
-        try:
-            while True:
-                try:
-                    if client is None:
-                        client = self._factory.new()
-                    got = await bounded(client.get(self.key.encode()), self.call_timeout)
-                    revision = got.mod_revision if got is not None else 0
-                    if revision != self._seen_revision:
-                        self._seen_revision = revision
-                        self.consider(got.value if got is not None else None)
-                except ETCD_ERRORS as exc:
-                    # etcd away: keep the settings in force and try again on a fresh client.
-                    log.debug("live settings unreadable", extra={"key": self.key, "error": repr(exc)})
-                    await close_quietly(client, self.call_timeout)
-                    client = None
-                await asyncio.sleep(self.interval)
-        finally:
-            await close_quietly(client, self.call_timeout)
+        await poll_key(
+            self._factory,
+            self.key,
+            interval=self.interval,
+            call_timeout=self.call_timeout,
+            on_change=self.consider,
+            on_error=self._unreachable,
+        )
+
+    def _unreachable(self, exc: BaseException) -> None:
+        # etcd away: keep the settings in force (poll_key tries again on a fresh client).
+        log.debug("live settings unreadable", extra={"key": self.key, "error": repr(exc)})
