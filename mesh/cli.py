@@ -30,6 +30,9 @@ SERVE = [
     Command("ocr", "run an OCR service instance", "ocr_svc.server"),
     Command("auth", "run an auth service instance", "auth_svc.server"),
     Command("etcd", "run the embedded single-node etcd", "etcd.launcher"),
+    Command("gateway", "run Envoy configured live by the xDS control plane", "gateway.gateway_server"),
+    Command("xds", "run the xDS control plane alone (for `serve gateway --xds`)", "gateway.xds_command"),
+    Command("bff", "run the web backend-for-frontend and browser UI", "web_bff.server"),
 ]
 TOP = [
     Command("ocr", "recognise text in images", "mesh.ocr_commands", "add_ocr_arguments", "run_ocr"),
@@ -47,6 +50,7 @@ BENCH = [
     Command("foundation", "engine vs service, overload and large-image runs", "bench.foundation"),
     Command("auth", "logins/s vs raw bcrypt, token verifications/s", "bench.auth_bench"),
     Command("balancer", "MeshClient overhead per call vs a direct channel", "bench.balancer_overhead"),
+    Command("sweep", "instances x concurrency x path matrix on a local mesh, with report", "bench.sweep"),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")
 

@@ -1,0 +1,148 @@
+"""How a sweep cell's load reaches OCR: direct (balancing client over etcd), gateway (Envoy), bff (HTTP)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from ocrmesh.ocr.v1 import ocr_pb2
+
+from bench.http_load import HttpLoad, run_http_load
+from bench.loadgen import CallFactory, LoadOptions, RequestData, insecure_calls, run_load
+from bench.mix import MixRecorder, mixed_factory, mixed_request
+from bench.web_session import bff_login, bff_ocr_sender
+from deploy.supervisor import LocalMesh
+from mesh import balancer, credentials
+from mesh.mesh_client import mesh_call_factory
+
+RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
+CALL_TIMEOUT_S = 120.0
+
+
+class PathUnavailable(RuntimeError):
+    """This mesh has no way in for the path (the gateway or BFF is not in this build yet)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """A bench user registered on the mesh's auth service."""
+
+    username: str
+    password: str
+
+
+async def register(auth_address: str, account: Account) -> None:
+    """Create the account (an existing one with that name is fine: the password is ours)."""
+    async with balancer.direct_channel(auth_address) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        try:
+            await stub.Register(
+                auth_pb2.RegisterRequest(username=account.username, password=account.password), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise PathUnavailable(
+                    credentials.explain_login_error(exc, account.username, auth_address)
+                ) from None
+
+
+def new_accounts(count: int) -> list[Account]:
+    """Fresh bench accounts with random passwords (never printed or stored)."""
+    tag = secrets.token_hex(3)
+    return [Account(f"bench-{tag}-{i}", secrets.token_urlsafe(18)) for i in range(count)]
+
+
+async def bearer_metadata(mesh: LocalMesh, account: Account | None) -> dict[str, str]:
+    """An authorization header for OCR calls, fresh for this cell (tokens live about 15 minutes)."""
+    if account is None or not mesh.auth_on:
+        return {}
+    reply = await credentials.login(mesh.addresses("auth"), account.username, account.password)
+    return dict(credentials.bearer(reply.tokens.access_token))
+
+
+def grpc_way_in(mesh: LocalMesh, path: str) -> tuple[str, CallFactory, str, CallFactory]:
+    """(OCR target, its CallFactory, login target, its CallFactory) for a gRPC path."""
+    if path == "direct":
+        etcd = mesh.etcd.endpoint
+        return (
+            f"etcd://{etcd}/ocr",
+            mesh_call_factory(etcd, "ocr"),
+            f"etcd://{etcd}/auth",
+            mesh_call_factory(etcd, "auth"),
+        )
+    if path == "gateway":
+        address = mesh.gateway_address
+        if not address:
+            raise PathUnavailable(
+                "no gateway in this mesh (`ocrmesh serve gateway` is not in this build yet)"
+            )
+        return address, insecure_calls, address, insecure_calls
+    raise ValueError(f"{path} is not a gRPC path")
+
+
+@dataclass
+class LoadResult:
+    """A cell's ghz report, and with a mix, one report per call kind."""
+
+    report: dict[str, Any]
+    by_kind: dict[str, dict[str, Any]] | None = None
+
+
+async def run_path_load(
+    mesh: LocalMesh,
+    path: str,
+    *,
+    concurrency: int,
+    duration_s: float,
+    image: bytes,
+    filename: str,
+    metadata: Mapping[str, str],
+    name: str,
+    mix: Mapping[str, int] | None = None,
+    mix_accounts: Sequence[Account] = (),
+    account: Account | None = None,
+) -> LoadResult:
+    """One closed-loop run through `path`; calls still in flight at the end finish and count."""
+    if path == "bff":
+        if mix:
+            raise PathUnavailable("--mix is measured over gRPC paths only (the BFF path sends OCR only)")
+        url = mesh.bff_url
+        if not url:
+            raise PathUnavailable("no BFF in this mesh (`ocrmesh serve bff` is not in this build yet)")
+
+        async def setup(client: Any, _index: int) -> None:
+            if account is not None and mesh.auth_on:
+                await bff_login(client, url, account.username, account.password)
+
+        report = await run_http_load(
+            HttpLoad(url, concurrency, duration_s, CALL_TIMEOUT_S, name=name),
+            bff_ocr_sender(url, image, filename),
+            setup,
+        )
+        return LoadResult(report)
+    target, factory, login_target, login_factory = grpc_way_in(mesh, path)
+    options = LoadOptions(
+        call=RECOGNIZE,
+        concurrency=concurrency,
+        duration=duration_s,
+        timeout=CALL_TIMEOUT_S,
+        metadata=dict(metadata),
+        name=name,
+        duration_stop="wait",
+    )
+    request = ocr_pb2.RecognizeRequest(image=image, filename=filename).SerializeToString()
+    if not mix:
+        return LoadResult(
+            await run_load(options, target, RequestData((request,), binary=True), False, call_factory=factory)
+        )
+    data, kinds = mixed_request(mix, request, [(a.username, a.password) for a in mix_accounts])
+    recorder = MixRecorder()
+    factory = mixed_factory(factory, login_factory, login_target, kinds, recorder)
+    options = dataclasses.replace(options, tags={"ocrmesh.mix": ",".join(f"{k}={v}" for k, v in mix.items())})
+    report = await run_load(options, target, data, False, call_factory=factory)
+    return LoadResult(report, recorder.reports(int(report["total"])))

@@ -1,0 +1,280 @@
+"""Sweep results from the recorded cells: summary rows, CSV, JSON, a markdown report and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.sweep_plan import PATHS
+
+MIB = 2**20
+CSV_COLUMNS = (
+    "key", "ocr", "auth", "path", "concurrency", "calls", "ok", "ok_per_s", "avg_ms", "avg_ok_ms",
+    "p50_ok_ms", "p95_ok_ms", "p99_ok_ms", "failure_rate", "resource_exhausted", "other_failures",
+    "server_queue_ms", "server_compute_ms", "server_rejected", "share", "peak_rss_mib", "peak_rss_ocr_mib",
+)  # fmt: skip
+
+
+def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Client-side figures of one ghz report (read before its details are dropped).
+
+    ghz's `average` counts every call, fast rejections too; `avg_ok_ms` is the mean of OK calls only,
+    which is what a user waits for an answer. Percentiles are of OK calls, as ghz computes them.
+    """
+    codes: dict[str, int] = dict(report.get("statusCodeDistribution") or {})
+    count = int(report.get("count") or 0)
+    ok = int(codes.get("OK", 0))
+    seconds = float(report.get("total") or 0) / 1e9
+    pcts = {int(d["percentage"]): d["latency"] / 1e6 for d in report.get("latencyDistribution") or []}
+    ok_latencies = [d["latency"] for d in report.get("details") or [] if d.get("status") == "OK"]
+    exhausted = int(codes.get("ResourceExhausted", 0))
+    return {
+        "calls": count,
+        "ok": ok,
+        "seconds": seconds,
+        "ok_per_s": ok / seconds if seconds else 0.0,
+        "rps": float(report.get("rps") or 0.0),
+        "avg_ms": float(report.get("average") or 0) / 1e6,
+        "avg_ok_ms": sum(ok_latencies) / len(ok_latencies) / 1e6 if ok_latencies else 0.0,
+        "p50_ok_ms": pcts.get(50, 0.0),
+        "p95_ok_ms": pcts.get(95, 0.0),
+        "p99_ok_ms": pcts.get(99, 0.0),
+        "status_codes": codes,
+        "failure_rate": (count - ok) / count if count else 0.0,
+        "resource_exhausted": exhausted,
+        "other_failures": count - ok - exhausted,
+    }
+
+
+def without_details(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The ghz report to keep: no per-call list (it can be megabytes; committed results stay small)
+    and no credentials (the access token in the options' metadata is replaced)."""
+    slim = dict(report)
+    slim["details"] = None
+    options = dict(slim.get("options") or {})
+    if options.get("metadata"):
+        options["metadata"] = {
+            k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in options["metadata"].items()
+        }
+    slim["options"] = options
+    slim["tags"] = {**(report.get("tags") or {}), "ocrmesh.details": "omitted"}
+    return slim
+
+
+def row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat table row (the CSV's columns) from a recorded cell."""
+    cell, summary = record["cell"], record["summary"]
+    server = record.get("server") or {}
+    totals = server.get("totals") or {}
+    instances = server.get("instances") or {}
+    rss = record.get("rss_mib") or {}
+    by_process = rss.get("by_process") or {}
+    ocr_rss = [mib for name, mib in by_process.items() if name.startswith("ocr")]
+    return {
+        "key": cell["key"],
+        "ocr": cell["ocr"],
+        "auth": cell["auth"],
+        "path": cell["path"],
+        "concurrency": cell["concurrency"],
+        **{k: summary[k] for k in CSV_COLUMNS[5:16]},
+        "server_queue_ms": totals.get("queue_ms", 0.0),
+        "server_compute_ms": totals.get("compute_ms", 0.0),
+        "server_rejected": int(totals.get("rejected_busy", 0)),
+        "share": " ".join(f"{name}:{d.get('share', 0.0):.2f}" for name, d in sorted(instances.items())),
+        "peak_rss_mib": float(rss.get("total_peak", 0.0)),
+        "peak_rss_ocr_mib": max(ocr_rss, default=0.0),
+    }
+
+
+def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    order = {p: i for i, p in enumerate(PATHS)}
+    found = [row(r) for r in records]
+    return sorted(found, key=lambda r: (order.get(r["path"], 9), r["ocr"], r["auth"], r["concurrency"]))
+
+
+def to_csv(table: Sequence[Mapping[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return out.getvalue()
+
+
+def series_label(r: Mapping[str, Any]) -> str:
+    return f"{r['path']}, {r['ocr']} OCR x {r['auth']} auth"
+
+
+def series(table: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Rows grouped into plot lines (one per path and instance count), each by rising concurrency."""
+    lines: dict[str, list[Mapping[str, Any]]] = {}
+    for r in table:
+        lines.setdefault(series_label(r), []).append(r)
+    return {label: sorted(points, key=lambda r: r["concurrency"]) for label, points in lines.items()}
+
+
+def plot(table: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[Path]:
+    """latency.png (mean and p95 of OK calls), throughput.png and failures.png vs concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = series(table)
+    styles = {"direct": "-", "gateway": "--", "bff": ":"}
+    made: list[Path] = []
+
+    def draw(ax: Any, field: str, scale: float = 1.0) -> None:
+        for label, points in lines.items():
+            xs = [p["concurrency"] for p in points]
+            ys = [p[field] * scale for p in points]
+            ax.plot(xs, ys, styles.get(str(points[0]["path"]), "-"), marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["concurrency"] for r in table}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("concurrent clients (closed loop)")
+        ax.grid(True, alpha=0.3)
+
+    mean, p95 = ("avg_ok_ms", "mean latency of OK calls (s)"), ("p95_ok_ms", "p95 latency of OK calls (s)")
+    failed = ("failure_rate", "failed calls (% of all)")
+    other = ("other_failures", "failures other than RESOURCE_EXHAUSTED (count)")
+    specs = (
+        ("latency.png", (mean, p95)),
+        ("throughput.png", (("ok_per_s", "OK images per second"),)),
+        ("failures.png", (failed, other)),
+    )
+    for name, panels in specs:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False)
+        for ax, (field, ylabel) in zip(axes[0], panels, strict=True):
+            scale = 1e-3 if field.endswith("_ms") else 100.0 if field == "failure_rate" else 1.0
+            draw(ax, field, scale)
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)
+        axes[0][0].legend(fontsize="small")
+        fig.suptitle(title, fontsize="medium")
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def _f(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}"
+
+
+def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plots: Sequence[str]) -> str:
+    """The report: what ran, client-side and server-side tables, plots, and how to read them."""
+    table = rows(records)
+    by_key = {r["cell"]["key"]: r for r in records}
+    out = [
+        f"# Sweep {meta.get('date', '')}",
+        "",
+        f"`{meta.get('command', '')}`",
+        "",
+        f"ocrmesh {meta.get('ocrmesh', '?')}, Python {meta.get('python', '?')}, "
+        f"onnxruntime {meta.get('onnxruntime', '?')}, rapidocr {meta.get('rapidocr', '?')}, "
+        f"{meta.get('cpus', '?')} CPUs ({meta.get('machine', '?')}), image `{meta.get('image', '?')}`, "
+        f"{_f(float(meta.get('warmup_s', 0)), 0)}s warm-up + {_f(float(meta.get('duration_s', 0)), 0)}s "
+        f"load per cell, {meta.get('workers', 1)} worker process(es) per OCR instance, "
+        f"{meta.get('elapsed_s', 0) / 60:.1f} min in all.",
+        "",
+    ]
+    for note in meta.get("notes") or ():
+        out.append(f"- {note}")
+    if meta.get("notes"):
+        out.append("")
+    out += [
+        "## Client side",
+        "",
+        "Closed loop: each client sends the next call when its last one ends; a client told "
+        "RESOURCE_EXHAUSTED waits the server's RetryInfo hint. Calls in flight at the end finish and count.",
+        "",
+        "| path | OCR | auth | clients | calls | OK/s | mean OK (s) | p50 OK (s) | p95 OK (s) | p99 OK (s) "
+        "| mean all, ghz (s) | failed | RESOURCE_EXHAUSTED | other failures |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        out.append(
+            f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | {r['calls']} "
+            f"| {_f(r['ok_per_s'])} | {_f(r['avg_ok_ms'] / 1e3)} | {_f(r['p50_ok_ms'] / 1e3)} "
+            f"| {_f(r['p95_ok_ms'] / 1e3)} "
+            f"| {_f(r['p99_ok_ms'] / 1e3)} | {_f(r['avg_ms'] / 1e3)} | {100 * r['failure_rate']:.1f}% "
+            f"| {r['resource_exhausted']} | {r['other_failures']} |"
+        )
+    out += [
+        "",
+        "## Server side",
+        "",
+        "From the OCR instances' Prometheus counters, scraped before and after each cell's load: mean time a "
+        "request waited in the admission queue vs the time a worker spent on it, requests rejected at once "
+        "(queue full), each instance's share of completed requests; peak RSS of each process tree "
+        "(sampled every 0.1 s during warm-up and load).",
+        "",
+        "| path | OCR | auth | clients | queue (ms) | compute (ms) | rejected | share of requests "
+        "| peak RSS all (MiB) | peak RSS per process (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        rss = (by_key[r["key"]].get("rss_mib") or {}).get("by_process") or {}
+        per = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(rss.items()))
+        out.append(
+            f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | {r['server_queue_ms']:.0f} "
+            f"| {r['server_compute_ms']:.0f} | {r['server_rejected']} | {r['share'] or '-'} "
+            f"| {r['peak_rss_mib']:.0f} | {per} |"
+        )
+    mixed = [rec for rec in records if rec.get("mix")]
+    if mixed:
+        out += [
+            "",
+            "## Mixed workload, by call kind",
+            "",
+            "| cell | kind | calls | OK/s | mean OK (s) | p95 OK (s) | failed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for rec in sorted(mixed, key=lambda rec: rec["cell"]["key"]):
+            for kind, s in sorted(rec["mix"].items()):
+                out.append(
+                    f"| {rec['cell']['key']} | {kind} | {s['calls']} | {_f(s['ok_per_s'])} "
+                    f"| {_f(s['avg_ok_ms'] / 1e3)} | {_f(s['p95_ok_ms'] / 1e3)} "
+                    f"| {100 * s['failure_rate']:.1f}% |"
+                )
+    if plots:
+        out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    out.append("")
+    return "\n".join(out)
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    """Every recorded cell in `folder/cells`, whatever its settings."""
+    found = []
+    for path in sorted((folder / "cells").glob("*.json")):
+        try:
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def write_report(
+    folder: Path, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
+) -> dict[str, Path]:
+    """sweep.csv, sweep.json, the PNG plots and sweep.md in `folder`; returns what was written."""
+    table = rows(records)
+    written = {"csv": folder / "sweep.csv", "json": folder / "sweep.json", "md": folder / "sweep.md"}
+    written["csv"].write_text(to_csv(table), encoding="utf-8")
+    written["json"].write_text(
+        json.dumps({"meta": dict(meta), "rows": table}, indent=2) + "\n", encoding="utf-8"
+    )
+    pngs = (
+        plot(table, folder, f"ocrmesh sweep {meta.get('date', '')}, {meta.get('image', '')}") if table else []
+    )
+    for png in pngs:
+        written[png.stem] = png
+    written["md"].write_text(markdown(records, meta, [p.name for p in pngs]), encoding="utf-8")
+    return written

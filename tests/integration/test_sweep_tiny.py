@@ -1,0 +1,54 @@
+"""A tiny real sweep (1 OCR instance, 1 and 2 clients, 3 s) through `ocrmesh bench sweep`, then a resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.corpus import CORPUS
+from tests.integration.ocr_fixtures import ROOT
+
+
+def sweep(out: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable, "-m", "mesh.cli", "bench", "sweep", "--ocr", "1", "--auth", "1",
+        "--concurrency", "1,2", "--duration", "3s", "--warmup", "1s", "--path", "direct",
+        "--image", str(CORPUS / "real" / "rapidocr_ch_en_num.jpg"),
+        "--out", str(out), "--data-dir", str(data), "--no-progress",
+    ]  # fmt: skip
+    return subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=280, env={**os.environ, "COLUMNS": "200"}
+    )
+
+
+def test_tiny_sweep_records_cells_and_report_then_resumes_without_rerunning(tmp_path: Path) -> None:
+    out, data = tmp_path / "out", tmp_path / "data"
+    first = sweep(out, data)
+    assert first.returncode == 0, first.stdout + first.stderr
+    cells = sorted((out / "cells").glob("*.json"))
+    assert [p.stem for p in cells] == ["ocr1-auth1-direct-c1", "ocr1-auth1-direct-c2"]
+    for path in cells:
+        rec = json.loads(path.read_text())
+        assert rec["summary"]["ok"] > 0 and rec["summary"]["other_failures"] == 0, rec["summary"]
+        assert rec["ghz"]["statusCodeDistribution"]["OK"] == rec["summary"]["ok"]
+        # the OCR instance's own counters saw the calls (tokens required: auth was on)
+        assert rec["server"]["instances"]["ocr-1"]["completed"] >= rec["summary"]["ok"]
+        assert rec["server"]["instances"]["ocr-1"]["share"] == 1.0
+        assert rec["server"]["totals"]["compute_ms"] > 0
+        assert rec["rss_mib"]["by_process"]["ocr-1"] > 50 and "etcd" in rec["rss_mib"]["by_process"]
+        assert "Bearer" not in path.read_text()
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [int(r["concurrency"]) for r in rows] == [1, 2]
+    assert "| direct | 1 | 1 | 2 |" in (out / "sweep.md").read_text()
+    assert all((out / f"{name}.png").stat().st_size > 5000 for name in ("latency", "throughput", "failures"))
+    stamps = [p.stat().st_mtime_ns for p in cells]
+
+    again = sweep(out, data)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 of 2 cells already recorded" in again.stderr
+    assert "starting etcd" not in again.stderr  # nothing left to measure: no mesh was started
+    assert [p.stat().st_mtime_ns for p in cells] == stamps

@@ -1,0 +1,127 @@
+"""Sweep report from recorded cells: summaries of ghz reports, server deltas, CSV, markdown, PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.report import CallResult, build_report, ghz_options, go_error
+from bench.sweep_metrics import parse_samples, server_summary
+from bench.sweep_report import load_records, rows, summarize, without_details, write_report
+
+SECOND = 1_000_000_000
+
+
+def ghz(
+    ok_latencies_s: list[float], rejected: int = 0, other: int = 0, total_s: float = 10.0
+) -> dict[str, Any]:
+    results = [CallResult(i, round(s * SECOND), "OK", "") for i, s in enumerate(ok_latencies_s)]
+    busy = go_error("ResourceExhausted", "queue full")
+    results += [CallResult(0, 1_000_000, "ResourceExhausted", busy) for _ in range(rejected)]
+    results += [
+        CallResult(0, 2 * SECOND, "Unavailable", go_error("Unavailable", "gone")) for _ in range(other)
+    ]
+    options = ghz_options(
+        call="ocrmesh.ocr.v1.OcrService.Recognize",
+        host="etcd://x/ocr",
+        insecure=True,
+        concurrency=4,
+        total=0,
+        metadata={"authorization": "Bearer secret.token.here"},
+    )
+    return build_report(results, options, round(total_s * SECOND), "timeout")
+
+
+METRICS = """# TYPE ocrmesh_ocr_completed_total counter
+ocrmesh_ocr_completed_total {completed}
+# TYPE ocrmesh_ocr_rejected_busy_total counter
+ocrmesh_ocr_rejected_busy_total {rejected}
+# TYPE ocrmesh_ocr_stage_seconds histogram
+ocrmesh_ocr_stage_seconds_sum{{stage="queue"}} {queue}
+ocrmesh_ocr_stage_seconds_count{{stage="queue"}} {completed}
+ocrmesh_ocr_stage_seconds_sum{{stage="total"}} {total}
+ocrmesh_ocr_stage_seconds_count{{stage="total"}} {completed}
+"""
+
+
+def samples(completed: int, rejected: int, queue_s: float, total_s: float) -> dict[str, float]:
+    return parse_samples(METRICS.format(completed=completed, rejected=rejected, queue=queue_s, total=total_s))
+
+
+def record(path: str, ocr: int, concurrency: int, report: dict[str, Any]) -> dict[str, Any]:
+    key = f"ocr{ocr}-auth1-{path}-c{concurrency}"
+    before = {"ocr-1": samples(10, 0, 1.0, 6.0), "ocr-2": samples(0, 0, 0.0, 0.0)}
+    after = {"ocr-1": samples(16, 5, 4.0, 12.0), "ocr-2": samples(2, 1, 0.0, 1.0)}
+    return {
+        "cell": {"key": key, "ocr": ocr, "auth": 1, "path": path, "concurrency": concurrency},
+        "settings": "f" * 16,
+        "summary": summarize(report),
+        "server": server_summary(before, after),
+        "rss_mib": {"total_peak": 900.0, "by_process": {"ocr-1": 450.0, "ocr-2": 400.0, "etcd": 30.0}},
+        "mix": None,
+        "ghz": without_details(report),
+    }
+
+
+def test_summary_separates_ok_latency_from_fast_rejections_and_other_failures() -> None:
+    s = summarize(ghz([1.0, 2.0, 3.0, 4.0], rejected=4, other=2, total_s=10.0))
+    assert (s["calls"], s["ok"], s["resource_exhausted"], s["other_failures"]) == (10, 4, 4, 2)
+    assert s["ok_per_s"] == 0.4
+    assert abs(s["avg_ok_ms"] - 2500.0) < 1e-6
+    assert s["avg_ms"] < s["avg_ok_ms"]  # ghz's mean counts the 1 ms rejections
+    assert s["p95_ok_ms"] == 4000.0
+    assert abs(s["failure_rate"] - 0.6) < 1e-9
+
+
+def test_server_deltas_give_queue_vs_compute_and_each_instance_share() -> None:
+    before = {"ocr-1": samples(10, 0, 1.0, 6.0), "ocr-2": samples(0, 0, 0.0, 0.0), "ocr-3": None}
+    after = {"ocr-1": samples(16, 5, 4.0, 12.0), "ocr-2": samples(2, 1, 0.0, 1.0), "ocr-3": None}
+    found = server_summary(before, after)
+    one = found["instances"]["ocr-1"]
+    assert (one["completed"], one["rejected_busy"]) == (6.0, 5.0)
+    assert abs(one["queue_ms"] - 500.0) < 1e-6 and abs(one["compute_ms"] - 500.0) < 1e-6
+    assert abs(one["share"] - 0.75) < 1e-9 and abs(found["instances"]["ocr-2"]["share"] - 0.25) < 1e-9
+    assert found["totals"]["rejected_busy"] == 6.0
+    assert found["unreadable"] == ["ocr-3"]
+
+
+def test_report_from_recorded_json_writes_csv_markdown_and_plots(tmp_path: Path) -> None:
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for rec in (
+        record("direct", 1, 1, ghz([0.5] * 20)),
+        record("direct", 1, 4, ghz([1.0, 2.0] * 10, rejected=3)),
+        record("gateway", 1, 1, ghz([0.6] * 18)),
+        record("gateway", 1, 4, ghz([1.1, 2.2] * 9, other=1)),
+    ):
+        (cells / f"{rec['cell']['key']}.json").write_text(json.dumps(rec))
+    records = load_records(tmp_path)
+    assert "secret.token" not in json.dumps(records)  # the bearer token is never kept
+    meta = {
+        "date": "2026-11-25 10:00 UTC",
+        "image": "photo.jpg",
+        "command": "ocrmesh bench sweep",
+        "notes": ["x"],
+    }
+    written = write_report(tmp_path, records, meta)
+
+    table = list(csv.DictReader(io.StringIO(written["csv"].read_text())))
+    assert [r["key"] for r in table] == [
+        "ocr1-auth1-direct-c1",
+        "ocr1-auth1-direct-c4",
+        "ocr1-auth1-gateway-c1",
+        "ocr1-auth1-gateway-c4",
+    ]
+    assert table[1]["resource_exhausted"] == "3" and table[3]["other_failures"] == "1"
+    assert table[0]["share"] == "ocr-1:0.75 ocr-2:0.25"
+    text = written["md"].read_text()
+    assert "| direct | 1 | 1 | 4 | 23 | 2.00 | 1.50 |" in text
+    assert "ocr-1 450" in text and "![throughput](throughput.png)" in text
+    for name in ("latency", "throughput", "failures"):
+        png = written[name].read_bytes()
+        assert png.startswith(b"\x89PNG") and 5_000 < len(png) < 300_000
+    assert json.loads(written["json"].read_text())["rows"][2]["path"] == "gateway"
+    assert [r["concurrency"] for r in rows(records) if r["path"] == "gateway"] == [1, 4]
