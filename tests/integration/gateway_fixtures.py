@@ -1,0 +1,117 @@
+"""Start real `ocrmesh serve gateway` / `serve xds` processes for tests; Envoy admin and token helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+
+from mesh import balancer
+from tests.integration.ocr_fixtures import ROOT, stop
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class GatewayProcess:
+    """A running `ocrmesh serve gateway` (or `serve xds`) subprocess and what its ready file said."""
+
+    proc: subprocess.Popen[bytes]
+    info: dict[str, Any]
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return str(self.info["address"])
+
+    @property
+    def admin(self) -> str:
+        return str(self.info["admin"])
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_command(tmp: Path, name: str, argv: list[str], timeout_s: float = 90.0) -> GatewayProcess:
+    """Run `python -m mesh.cli ARGV --ready-file F` and wait for the ready file."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    stamp = time.monotonic_ns()
+    ready = tmp / f"{name}-ready-{stamp}.json"
+    log_path = tmp / f"{name}-{stamp}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mesh.cli", *argv, "--ready-file", str(ready)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready.exists():
+            return GatewayProcess(proc, json.loads(ready.read_text()), log_path)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    stop(proc)
+    raise TimeoutError(f"{name} not ready in {timeout_s}s:\n{log_path.read_text()}")
+
+
+def start_gateway(tmp: Path, etcd: str, *args: str) -> GatewayProcess:
+    argv = ["serve", "gateway", "--etcd", etcd, "--port", "0", "--admin-port", "0", "--xds-port", "0", *args]
+    return start_command(tmp, "gateway", argv)
+
+
+@contextlib.contextmanager
+def running_gateway(tmp: Path, etcd: str, *args: str) -> Iterator[GatewayProcess]:
+    gateway = start_gateway(tmp, etcd, *args)
+    try:
+        yield gateway
+    finally:
+        stop(gateway.proc)
+
+
+def admin_json(admin: str, path: str) -> Any:
+    with urllib.request.urlopen(admin + path, timeout=5) as answer:
+        return json.loads(answer.read())
+
+
+def cluster_hosts(admin: str, cluster: str) -> dict[str, list[str]]:
+    """Envoy's view (admin /clusters) of one cluster: "ip:port" -> health flags."""
+    hosts: dict[str, list[str]] = {}
+    for status in admin_json(admin, "/clusters?format=json").get("cluster_statuses", []):
+        if status.get("name") != cluster:
+            continue
+        for host in status.get("host_statuses", []):
+            sock = host["address"]["socket_address"]
+            flags = [k for k, v in host.get("health_status", {}).items() if v is True]
+            if host.get("health_status", {}).get("eds_health_status") not in (None, "HEALTHY"):
+                flags.append(str(host["health_status"]["eds_health_status"]))
+            hosts[f"{sock['address']}:{sock['port_value']}"] = flags
+    return hosts
+
+
+def healthy(admin: str, cluster: str) -> set[str]:
+    return {addr for addr, flags in cluster_hosts(admin, cluster).items() if not flags}
+
+
+async def login_through(target: str, user: str) -> str:
+    """Register (if new) and log in over `target` (a gateway or an auth instance); the access token."""
+    import grpc
+
+    async with balancer.direct_channel(target) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await stub.Register(auth_pb2.RegisterRequest(username=user, password=PASSWORD), timeout=20)
+        answer = await stub.Login(auth_pb2.LoginRequest(username=user, password=PASSWORD), timeout=20)
+    return str(answer.tokens.access_token)
