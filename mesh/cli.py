@@ -32,8 +32,6 @@ SERVE = [
     Command("etcd", "run the embedded single-node etcd", "etcd.launcher"),
     Command("gateway", "run Envoy configured live by the xDS control plane", "gateway.gateway_server"),
     Command("xds", "run the xDS control plane alone (for `serve gateway --xds`)", "gateway.xds_command"),
-    Command("gateway", "run Envoy configured live by the xDS control plane", "gateway.gateway_server"),
-    Command("xds", "run the xDS control plane alone (for `serve gateway --xds`)", "gateway.xds_command"),
     Command("bff", "run the web backend-for-frontend and browser UI", "web_bff.server"),
 ]
 TOP = [
