@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
 
 console = Console(stderr=False)
 
@@ -261,18 +261,9 @@ class LocalMesh:
             for i, port in enumerate(ocr_ports(p.ocr, self.ocr))
         ]
         if self.want_gateway and serve_command_registered("gateway"):
-            children.append(
-                gateway_child(
-                    etcd,
-                    host,
-                    p.gateway or free_port(host),
-                    p.gateway_admin or free_port(host),
-                    p.xds or free_port(host),
-                    data,
-                )
-            )
+            children.append(gateway_child(etcd, host, p.gateway, p.gateway_admin, p.xds, data))
         if self.want_bff and serve_command_registered("bff"):
-            children.append(bff_child(etcd, host, p.bff or free_port(host), data))
+            children.append(bff_child(etcd, host, p.bff, data))
         return children
 
     async def start(self) -> LocalMesh:
