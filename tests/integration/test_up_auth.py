@@ -48,6 +48,7 @@ async def test_up_starts_auth_before_ocr_and_ocr_requires_tokens(tmp_path: Path)
         sys.executable, "-m", "mesh.cli", "up", "--ocr", "1", "--workers", "1", "--auth", "2",
         "--etcd-port", str(free_port()), "--ocr-port", str(free_port()),
         "--auth-port", str(free_port_pair()), "--data-dir", str(data),
+        "--gateway-port", "0", "--gateway-admin-port", "0", "--xds-port", "0", "--bff-port", "0",
     ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         *argv,
@@ -66,8 +67,10 @@ async def test_up_starts_auth_before_ocr_and_ocr_requires_tokens(tmp_path: Path)
             printed.append(line.decode())
         text = "".join(printed)
         started = [line.split()[1] for line in printed if line.startswith("starting ")]
-        assert started[:4] == ["etcd", "auth-1", "auth-2", "ocr-1"], text
+        assert started == ["etcd", "auth-1", "auth-2", "ocr-1", "gateway", "bff"], text
         ready = {name: json.loads((data / "run" / f"{name}.json").read_text()) for name in started[1:]}
+        # the gateway and the BFF picked free ports and the summary says where they are
+        assert f"gateway: {ready['gateway']['address']}" in text and f"web:  {ready['bff']['url']}" in text
         auth_address, ocr_address = ready["auth-1"]["address"], ready["ocr-1"]["address"]
         assert f"auth: {auth_address}" in text and "--login alice" in text
         assert ready["ocr-1"]["require_auth"] is True
