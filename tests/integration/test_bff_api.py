@@ -1,0 +1,207 @@
+"""The BFF's HTTP API against a real mesh: sessions, CSRF, upload limits, OCR errors, status."""
+
+from __future__ import annotations
+
+import io
+import signal
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from etcd.launcher import free_port
+from tests.corpus import CORPUS
+from tests.integration.bff_fixtures import Mesh, api_client, register_and_login, running_mesh, start_bff
+from tests.integration.ocr_fixtures import stop
+
+PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
+TRUNCATED = CORPUS / "bad" / "truncated.jpg"
+# One worker, one request may wait for it, and every job takes 2.5 s longer: really busy on demand.
+BUSY_OCR = ("--instance-id", "ocr-busy", "--queue-depth", "1", "--debug-delay-ms", "2500")
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    with running_mesh(tmp_path_factory.mktemp("bff-api"), BUSY_OCR) as started:
+        yield started
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def client(mesh: Mesh) -> Iterator[httpx.Client]:
+    with api_client(mesh.url) as logged_in:
+        register_and_login(logged_in, new_user())
+        yield logged_in
+
+
+def upload(
+    client: httpx.Client, data: bytes, name: str = "photo.jpg", ctype: str = "image/jpeg"
+) -> httpx.Response:
+    return client.post("/api/ocr", files={"file": (name, data, ctype)})
+
+
+def test_ready_file_names_the_url_once_auth_and_ocr_are_found(mesh: Mesh) -> None:
+    assert mesh.bff.ready["missing"] == []
+    assert mesh.url == f"http://{mesh.bff.ready['address']}/"
+    got = httpx.get(mesh.url + "healthz")
+    assert got.status_code == 200 and got.json()["status"] == "ok"
+    page = httpx.get(mesh.url)
+    assert page.status_code == 200 and "ocrmesh" in page.text
+    assert "ocrmesh_csrf" in page.cookies
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+def test_session_cookies_are_httponly_and_samesite(mesh: Mesh) -> None:
+    with api_client(mesh.url) as c:
+        user = new_user()
+        login = {"username": user, "password": "correct horse 42"}
+        assert c.post("/api/register", json=login).status_code == 201
+        got = c.post("/api/login", json=login)
+        assert got.status_code == 200 and got.json()["user"]["username"] == user
+        set_cookies = got.headers.get_list("set-cookie")
+        for name in ("ocrmesh_access", "ocrmesh_refresh"):
+            (header,) = [h for h in set_cookies if h.startswith(name + "=")]
+            assert "HttpOnly" in header and "SameSite=strict" in header and "Path=/api" in header
+        assert "access_token" not in got.text and "refresh" not in got.json()
+        assert c.get("/api/me").json()["user"]["username"] == user
+        assert c.post("/api/logout").status_code == 200
+        gone = c.get("/api/me")
+        assert gone.status_code == 401 and gone.json()["error"] == "login_required"
+
+
+def test_register_and_login_errors_are_explained(mesh: Mesh) -> None:
+    with api_client(mesh.url) as c:
+        user = new_user()
+        short = c.post("/api/register", json={"username": "x", "password": "short"})
+        assert short.status_code == 400
+        assert set(short.json()["fields"]) == {"username", "password"}
+        login = {"username": user, "password": "correct horse 42"}
+        assert c.post("/api/register", json=login).status_code == 201
+        taken = c.post("/api/register", json=login)
+        assert taken.status_code == 409 and "taken" in taken.json()["fields"]["username"]
+        wrong = c.post("/api/login", json={"username": user, "password": "wrong password"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "bad_credentials"
+
+
+def test_recognition_returns_text_boxes_timing_and_instance(client: httpx.Client) -> None:
+    got = upload(client, PHOTO.read_bytes(), "rapidocr_ch_en_num.jpg")
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert "正品促销" in body["text"] and "假一赔十" in body["text"]
+    assert (body["width"], body["height"]) == (323, 430)
+    assert len(body["lines"]) >= 10 and all(len(line["box"]) == 4 for line in body["lines"])
+    assert body["served_by"]["instance_id"] == "ocr-busy" and body["served_by"]["device"]
+    assert body["timing"]["total_ms"] > 0 and body["bff_ms"] >= body["timing"]["total_ms"]
+    assert body["format"] == "JPEG" and body["bytes"] == PHOTO.stat().st_size
+
+
+def test_state_changing_requests_without_csrf_token_are_403(mesh: Mesh) -> None:
+    login = {"username": new_user(), "password": "correct horse 42"}
+    with httpx.Client(base_url=mesh.url) as c:
+        c.get("/api/csrf")  # has the cookie, but sends no header
+        missing = c.post("/api/login", json=login)
+        assert missing.status_code == 403 and missing.json()["error"] == "csrf"
+        wrong = c.post("/api/register", json=login, headers={"X-CSRF-Token": "not-the-cookie"})
+        assert wrong.status_code == 403
+        token = c.cookies["ocrmesh_csrf"]
+        foreign = c.post(
+            "/api/register", json=login, headers={"X-CSRF-Token": token, "Origin": "http://evil.example"}
+        )
+        assert foreign.status_code == 403 and "another site" in foreign.json()["message"]
+        assert c.post("/api/ocr", files={"file": ("a.jpg", b"x")}).status_code == 403
+        assert c.post("/api/register", json=login, headers={"X-CSRF-Token": token}).status_code == 201
+
+
+def test_uploads_over_the_limit_are_413(client: httpx.Client) -> None:
+    too_big = b"\xff\xd8\xff" + bytes(10 * 1024 * 1024)
+    got = upload(client, too_big)
+    assert got.status_code == 413 and got.json()["error"] == "too_large"
+    assert "MiB" in got.json()["message"]
+
+    def chunked() -> Iterator[bytes]:  # a well-formed upload without Content-Length: counted as it arrives
+        yield b'--xx\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+        yield b"Content-Type: image/jpeg\r\n\r\n\xff\xd8\xff"
+        for _ in range(12):
+            yield bytes(1024 * 1024)
+        yield b"\r\n--xx--\r\n"
+
+    headers = {"content-type": "multipart/form-data; boundary=xx"}
+    assert client.post("/api/ocr", content=chunked(), headers=headers).status_code == 413
+
+
+def test_wrong_types_are_415(client: httpx.Client) -> None:
+    not_form = client.post("/api/ocr", json={"image": "aGVsbG8="})
+    assert not_form.status_code == 415 and not_form.json()["error"] == "unsupported_type"
+    text = upload(client, b"hello, this is not an image\n", "notes.txt", "text/plain")
+    assert text.status_code == 415 and "not an image" in text.json()["message"]
+    gif = io.BytesIO()
+    Image.new("RGB", (40, 20), "white").save(gif, "GIF")
+    got = upload(client, gif.getvalue(), "a.gif", "image/gif")
+    assert got.status_code == 415 and "GIF" in got.json()["message"]
+
+
+def test_a_broken_image_is_400_with_what_is_wrong(client: httpx.Client) -> None:
+    got = upload(client, TRUNCATED.read_bytes(), "truncated.jpg")
+    assert got.status_code == 400, got.text
+    assert got.json()["error"] == "bad_image" and got.json()["message"]
+
+
+def test_upload_without_a_session_is_401(mesh: Mesh) -> None:
+    with api_client(mesh.url) as c:
+        got = upload(c, PHOTO.read_bytes())
+    assert got.status_code == 401 and got.json()["error"] == "login_required"
+
+
+def test_ocr_busy_is_429_with_retry_after(client: httpx.Client) -> None:
+    data = PHOTO.read_bytes()
+    with ThreadPoolExecutor(4) as pool:  # one runs, one waits, the others find the queue full
+        answers = list(pool.map(lambda _: upload(client, data), range(4)))
+    codes = sorted(a.status_code for a in answers)
+    assert 200 in codes and 429 in codes, [a.text for a in answers]
+    busy = next(a for a in answers if a.status_code == 429)
+    assert busy.json()["error"] == "busy" and int(busy.headers["retry-after"]) >= 1
+
+
+def test_an_expired_access_cookie_is_refreshed_once_for_concurrent_requests(client: httpx.Client) -> None:
+    client.cookies.delete("ocrmesh_access", domain="127.0.0.1", path="/api")
+    assert "ocrmesh_access" not in client.cookies
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: client.get("/api/me"), range(4)))
+    # A refresh token is single use: without sharing one Refresh, reuse detection would end the session.
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert any("ocrmesh_access=" in h for a in answers for h in a.headers.get_list("set-cookie"))
+    assert client.get("/api/me").status_code == 200
+
+
+def test_status_lists_services_and_healthy_instances(client: httpx.Client, mesh: Mesh) -> None:
+    got = client.get("/api/status")
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["services"]["ocr"] == {"instances": 1, "healthy": 1}
+    assert body["services"]["auth"] == {"instances": 1, "healthy": 1}
+    (ocr,) = [i for i in body["instances"] if i["service"] == "ocr"]
+    assert ocr["id"] == "ocr-busy" and ocr["address"] == mesh.ocr[0].address and ocr["queue"] == "0/1"
+    assert [e["address"] for e in body["bff"]["ocr"]["endpoints"]] == [mesh.ocr[0].address]
+
+
+def test_without_the_mesh_the_ready_file_says_what_is_missing_and_sigterm_exits_0(tmp_path: Path) -> None:
+    unused = f"127.0.0.1:{free_port()}"  # nothing listens: no etcd, so no services either
+    bff = start_bff(tmp_path, unused, "--ready-wait-s", "1")
+    try:
+        assert bff.ready["missing"] == ["auth", "ocr"] and "make up" in bff.ready["note"]
+        health = httpx.get(bff.url + "healthz")
+        assert health.status_code == 503 and health.json()["missing"] == ["auth", "ocr"]
+        with api_client(bff.url) as c:
+            down = c.post("/api/login", json={"username": "someone", "password": "correct horse 42"})
+        assert down.status_code == 503 and int(down.headers["retry-after"]) >= 1
+        bff.proc.send_signal(signal.SIGTERM)
+        assert bff.proc.wait(30) == 0
+    finally:
+        stop(bff.proc)
