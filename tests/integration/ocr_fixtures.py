@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from bench.process_rss import tree_rss_bytes
+from tests.integration.service_process import ROOT, start_command, stop, stopping
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["ROOT", "OcrProcess", "running_ocr", "start_ocr", "stop"]  # ROOT and stop: for older imports
 
 
 @dataclass
@@ -43,68 +36,12 @@ class OcrProcess:
 
 def start_ocr(tmp: Path, *args: str, timeout_s: float = 180.0) -> OcrProcess:
     """Start `ocrmesh serve ocr --port 0 ARGS` and wait until it reports serving."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    ready = tmp / f"ready-{time.monotonic_ns()}.json"
-    log_path = tmp / f"ocr-{time.monotonic_ns()}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mesh.cli",
-                "serve",
-                "ocr",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--ready-file",
-                str(ready),
-                *args,
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready.exists():
-            info = json.loads(ready.read_text())
-            return OcrProcess(proc, info["address"], info["metrics"], log_path)
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"ocr service exited with {proc.returncode}:\n{log_path.read_text()}"
-            )
-        time.sleep(0.1)
-    stop(proc)
-    raise TimeoutError(f"ocr service not ready in {timeout_s}s:\n{log_path.read_text()}")
+    proc, info, log_path = start_command(
+        tmp, "ocr service", ["serve", "ocr", "--port", "0", "--metrics-port", "0"], args, timeout_s=timeout_s
+    )
+    return OcrProcess(proc, info["address"], info["metrics"], log_path)
 
 
-def stop(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> int:
-    """SIGTERM, wait, then SIGKILL the process and any children left behind."""
-    if proc.poll() is None:
-        try:
-            children = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            children = []
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-    return proc.returncode
-
-
-@contextlib.contextmanager
-def running_ocr(tmp: Path, *args: str) -> Iterator[OcrProcess]:
-    service = start_ocr(tmp, *args)
-    try:
-        yield service
-    finally:
-        stop(service.proc)
+def running_ocr(tmp: Path, *args: str) -> contextlib.AbstractContextManager[OcrProcess]:
+    """`with running_ocr(tmp, ARGS) as service:` a started OCR service, stopped on the way out."""
+    return stopping(start_ocr(tmp, *args))
