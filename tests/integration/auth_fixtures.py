@@ -1,12 +1,15 @@
-"""Start real `ocrmesh serve auth` processes on loopback for tests, and always stop them."""
+"""Auth services for tests: real `ocrmesh serve auth` processes (always stopped), fast in-process configs."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from auth_svc.config import AuthConfig
 from tests.integration.service_process import start_command, stopping
 
 
@@ -37,3 +40,19 @@ def start_auth(tmp: Path, *args: str, timeout_s: float = 60.0) -> AuthProcess:
 def running_auth(tmp: Path, *args: str) -> contextlib.AbstractContextManager[AuthProcess]:
     """`with running_auth(tmp, ARGS) as service:` a started auth service, stopped on the way out."""
     return stopping(start_auth(tmp, *args))
+
+
+def fast_config(db_url: str, **over: Any) -> AuthConfig:
+    """An AuthConfig for an in-process AuthInstance that starts and stops fast: a free port, bcrypt
+    cost 4 on 2 threads, no metrics, new keys sign at once, 1 s grace and no drain linger."""
+    base = AuthConfig(
+        port=0,
+        db_url=db_url,
+        bcrypt_cost=4,
+        bcrypt_concurrency=2,
+        metrics_port=-1,
+        key_publish_s=0.0,
+        grace_s=1.0,
+        drain_linger_s=0.0,
+    )
+    return dataclasses.replace(base, **over)

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import aetcd
 import grpc
 import jwt
 import pytest
-from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
@@ -31,31 +30,16 @@ from mesh import balancer, errors
 from mesh.jwks_source import JWKS_KEY
 from mesh.registry import instance_key
 from tests.corpus import CORPUS
-from tests.integration.auth_fixtures import running_auth
+from tests.integration.auth_fixtures import fast_config, running_auth
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
 from tests.integration.ocr_fixtures import OcrProcess, start_ocr, stop
+from tests.integration.rpc_status import bearer, code, refused
 
 __all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
 
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
 PASSWORD = "correct horse battery"
 OCR = "ocrmesh.ocr.v1.OcrService"
-
-
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
-
-
-async def refused(call: Awaitable[Any]) -> status_pb2.Status:
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return errors.from_call_error(exc)
-    raise AssertionError("the call succeeded")
-
-
-def code(status: status_pb2.Status) -> grpc.StatusCode:
-    return errors.code_from_int(status.code)
 
 
 async def test_auth_process_registers_publishes_jwks_and_leaves_first_on_sigterm(
@@ -92,18 +76,7 @@ async def test_auth_process_registers_publishes_jwks_and_leaves_first_on_sigterm
 
 
 def auth_config(tmp_path: Path, etcd: str, **over: Any) -> AuthConfig:
-    base = AuthConfig(
-        port=0,
-        db_url=f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}",
-        bcrypt_cost=4,
-        bcrypt_concurrency=2,
-        metrics_port=-1,
-        key_publish_s=0.0,
-        grace_s=1.0,
-        drain_linger_s=0.0,
-        etcd=etcd,
-    )
-    return dataclasses.replace(base, **over)
+    return fast_config(f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}", etcd=etcd, **over)
 
 
 @pytest.fixture

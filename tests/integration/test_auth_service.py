@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import statistics
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import pytest
-from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -22,7 +20,9 @@ from auth_svc.server import SERVICE_NAME, AuthInstance
 from auth_svc.store import StoreError
 from mesh import errors
 from mesh.token_verify import TokenVerifier
+from tests.integration.auth_fixtures import fast_config
 from tests.integration.pg_fixtures import BACKENDS, Database, database
+from tests.integration.rpc_status import bearer, code, refused
 
 T = TypeVar("T")
 PASSWORD = "correct horse battery"
@@ -39,17 +39,7 @@ class Clock:
 
 
 def config_for(db: Database, **over: Any) -> AuthConfig:
-    base = AuthConfig(
-        port=0,
-        db_url=db.url,
-        db_schema=db.schema,
-        bcrypt_cost=4,
-        bcrypt_concurrency=2,
-        metrics_port=-1,
-        key_publish_s=0.0,
-        grace_s=1.0,
-    )
-    return dataclasses.replace(base, **over)
+    return fast_config(db.url, db_schema=db.schema, **over)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -73,23 +63,6 @@ async def instance(db: Database, clock: Clock) -> AsyncIterator[AuthInstance]:
 async def stub(instance: AuthInstance) -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:
     async with grpc.aio.insecure_channel(instance.address) as channel:
         yield auth_pb2_grpc.AuthServiceStub(channel)
-
-
-async def refused(call: Awaitable[Any]) -> status_pb2.Status:
-    """The rich status of a call that must fail."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return errors.from_call_error(exc)
-    raise AssertionError("the call succeeded")
-
-
-def code(status: status_pb2.Status) -> grpc.StatusCode:
-    return errors.code_from_int(status.code)
-
-
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
 
 
 async def register(stub: auth_pb2_grpc.AuthServiceStub, name: str) -> auth_pb2.RegisterResponse:
@@ -126,9 +99,7 @@ async def test_register_login_whoami_refresh_logout(
 
     out = await stub.Logout(auth_pb2.LogoutRequest(refresh_token=renewed.tokens.refresh_token))
     assert out.revoked_sessions == 1
-    status = await refused(
-        stub.Refresh(auth_pb2.RefreshRequest(refresh_token=renewed.tokens.refresh_token))
-    )
+    status = await refused(stub.Refresh(auth_pb2.RefreshRequest(refresh_token=renewed.tokens.refresh_token)))
     assert errors.error_reason(status) == "REFRESH_REVOKED"
 
 
@@ -140,9 +111,7 @@ async def test_logout_all_sessions(stub: auth_pb2_grpc.AuthServiceStub) -> None:
     )
     assert out.revoked_sessions == 3
     for s in sessions:
-        status = await refused(
-            stub.Refresh(auth_pb2.RefreshRequest(refresh_token=s.tokens.refresh_token))
-        )
+        status = await refused(stub.Refresh(auth_pb2.RefreshRequest(refresh_token=s.tokens.refresh_token)))
         assert code(status) == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -156,9 +125,7 @@ async def test_refresh_reuse_revokes_the_family(stub: auth_pb2_grpc.AuthServiceS
     status = await refused(stub.Refresh(auth_pb2.RefreshRequest(refresh_token=stolen)))
     assert code(status) == grpc.StatusCode.UNAUTHENTICATED
     assert errors.error_reason(status) == "REFRESH_REUSED"
-    status = await refused(
-        stub.Refresh(auth_pb2.RefreshRequest(refresh_token=newest.refresh_token))
-    )
+    status = await refused(stub.Refresh(auth_pb2.RefreshRequest(refresh_token=newest.refresh_token)))
     assert errors.error_reason(status) == "REFRESH_REVOKED"  # the newer token stopped working too
     # Another login (another family) is untouched.
     await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=other_session))
@@ -177,16 +144,12 @@ async def test_concurrent_refresh_gives_one_winner(stub: auth_pb2_grpc.AuthServi
     )
     assert sum(isinstance(r, auth_pb2.RefreshResponse) for r in results) == 1
     assert all(
-        r.code() == grpc.StatusCode.UNAUTHENTICATED
-        for r in results
-        if isinstance(r, grpc.aio.AioRpcError)
+        r.code() == grpc.StatusCode.UNAUTHENTICATED for r in results if isinstance(r, grpc.aio.AioRpcError)
     )
 
 
 async def test_password_shape_errors(stub: auth_pb2_grpc.AuthServiceStub) -> None:
-    status = await refused(
-        stub.Register(auth_pb2.RegisterRequest(username="longpw", password="a" * 73))
-    )
+    status = await refused(stub.Register(auth_pb2.RegisterRequest(username="longpw", password="a" * 73)))
     assert code(status) == grpc.StatusCode.INVALID_ARGUMENT
     [violation] = errors.field_violations(status)
     assert violation.field == "password" and "72 bytes" in violation.description
@@ -218,9 +181,7 @@ async def test_injection_looking_names_are_refused_and_users_survive(
 async def test_concurrent_duplicate_registration(
     stub: auth_pb2_grpc.AuthServiceStub, instance: AuthInstance
 ) -> None:
-    results = await asyncio.gather(
-        *(register(stub, "Twin") for _ in range(10)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(register(stub, "Twin") for _ in range(10)), return_exceptions=True)
     winners = [r for r in results if isinstance(r, auth_pb2.RegisterResponse)]
     losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(winners) == 1 and len(losers) == 9

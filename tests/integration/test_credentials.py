@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from auth_svc.server import AuthInstance
 from etcd.launcher import EtcdProcess, free_port
 from mesh import credentials
 from mesh.credentials import CredentialsError, resolve_metadata
+from tests.integration.auth_fixtures import fast_config
 from tests.integration.etcd_fixtures import etcd_fixture
 from tests.integration.ocr_fixtures import ROOT
 
@@ -36,17 +36,7 @@ def no_prompt(text: str) -> str:
 
 
 def auth_config(tmp_path: Path, **over: object) -> AuthConfig:
-    base = AuthConfig(
-        port=0,
-        db_url=f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}",
-        bcrypt_cost=4,
-        bcrypt_concurrency=1,
-        metrics_port=-1,
-        key_publish_s=0.0,
-        grace_s=1.0,
-        drain_linger_s=0.0,
-    )
-    return dataclasses.replace(base, **over)
+    return fast_config(f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}", bcrypt_concurrency=1, **over)
 
 
 @pytest.fixture
