@@ -51,6 +51,7 @@ BENCH = [
     Command("auth", "logins/s vs raw bcrypt, token verifications/s", "bench.auth_bench"),
     Command("balancer", "MeshClient overhead per call vs a direct channel", "bench.balancer_overhead"),
     Command("sweep", "instances x concurrency x path matrix on a local mesh, with report", "bench.sweep"),
+    Command("peers", "rapidocr-api vs ocrmesh (gRPC, BFF): same load, side by side", "bench.peers"),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")
 
