@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-cpu-dev
 export BUF_CACHE_DIR ?= $(CURDIR)/.buf-cache
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test test-slow test-all protos lint bench clean
+.PHONY: help install up test test-slow test-all protos lint bench clean browser
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,7 +23,21 @@ install: $(STAMP) ## create .venv and install ocrmesh with the cpu and dev extra
 up: $(STAMP) ## run the whole mesh locally and print its URLs (Ctrl-C stops it)
 	$(VENV)/bin/ocrmesh up
 
-test: $(STAMP) ## lint the contracts and code, then run the test suite (slow chaos tests excluded)
+# Browser tests drive Debian's chromium through Playwright (Playwright's own download is unreachable).
+CHROMIUM ?= /usr/bin/chromium
+browser: ## make sure chromium (and a CJK font) is there for the browser tests; apt-get as root
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		apt-get install -y -q chromium fonts-wqy-microhei >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-wqy-microhei >/dev/null; } || \
+		echo "!!! apt-get could not install chromium: the browser tests will be SKIPPED !!!"; \
+	else \
+		echo "!!! $(CHROMIUM) is missing and this is not root: the browser tests will be SKIPPED."; \
+		echo "!!! Install it with: sudo apt-get install -y chromium fonts-wqy-microhei"; \
+	fi
+
+test: $(STAMP) browser ## lint the contracts and code, then run the test suite (slow chaos tests excluded)
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not slow"

@@ -124,7 +124,9 @@ function updateWho() {
   $("drop-login").hidden = logged;
   if (logged) {
     $("who-name").textContent = state.user.username;
-    document.querySelector(".avatar").textContent = state.user.username.slice(0, 1).toUpperCase();
+    const avatar = document.querySelector(".avatar");
+    avatar.textContent = state.user.username.slice(0, 1).toUpperCase();
+    avatar.title = state.user.username;
   }
 }
 
@@ -268,7 +270,8 @@ function hideError() {
 function showError(err) {
   const { title, detail } = explain(err);
   $("error-title").textContent = title;
-  $("error-detail").textContent = detail;
+  const name = state.file && state.file.name ? `${state.file.name}: ` : "";
+  $("error-detail").textContent = detail ? name + detail : "";
   $("error-retry").hidden = !RETRYABLE.has(err.code);
   $("error").hidden = false;
   state.error = err;
@@ -340,6 +343,13 @@ async function startUpload(file) {
   }
 }
 
+// "CPU", or "CUDA (TensorRT)" when the execution provider is not the device's own.
+function device(name, provider) {
+  const short = (provider || "").replace("ExecutionProvider", "");
+  if (!name) return short || "-";
+  return short && short.toLowerCase() !== name.toLowerCase() ? `${name.toUpperCase()} (${short})` : name.toUpperCase();
+}
+
 function ms(value) {
   return value >= 1000 ? `${(value / 1000).toFixed(2)} s` : `${Math.round(value)} ms`;
 }
@@ -373,9 +383,9 @@ function renderResult(result, roundTripMs) {
   $("meta-time").textContent = ms(result.timing.total_ms);
   $("meta-trip").textContent = ms(roundTripMs);
   $("meta-instance").textContent = result.served_by.instance_id || "-";
-  const provider = (result.served_by.execution_provider || "").replace("ExecutionProvider", "");
-  $("meta-device").textContent = [result.served_by.device, provider].filter(Boolean).join(" · ") || "-";
+  $("meta-device").textContent = device(result.served_by.device, result.served_by.execution_provider);
   $("result").hidden = false;
+  if (window.matchMedia("(max-width: 760px)").matches) $("result").scrollIntoView({ block: "start" });
 }
 
 function highlight(i, on) {
@@ -486,8 +496,7 @@ function renderStatus(snapshot) {
     badge.className = `badge ${inst.health === "SERVING" ? "good" : "bad"}`;
     badge.textContent = inst.health;
     health.append(badge);
-    const provider = (inst.execution_provider || "").replace("ExecutionProvider", "");
-    cell(row, [inst.device, provider].filter(Boolean).join(" · ") || "-");
+    cell(row, device(inst.device, inst.execution_provider));
     cell(row, inst.slots ? String(inst.slots) : "-");
     cell(row, inst.queue || "-");
     cell(row, inst.in_flight === null || inst.in_flight === undefined ? "-" : String(inst.in_flight));
