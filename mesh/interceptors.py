@@ -59,9 +59,12 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             error: BaseException | None = None
             try:
-                if unary:
-                    await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
                 yield
+                if unary:
+                    # Sent after the handler, just before its response: headers sent earlier tell a
+                    # proxy (Envoy) the response has started, so it can no longer retry the call on
+                    # another instance when this one dies mid-call.
+                    await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
             except BaseException as exc:
                 error = exc
                 raise
