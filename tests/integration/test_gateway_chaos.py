@@ -1,0 +1,213 @@
+"""Gateway under failure: an OCR instance killed under load, and the control plane killed and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import aetcd
+import grpc
+import psutil
+from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
+
+from etcd.launcher import EtcdProcess, free_port
+from mesh import balancer
+from mesh.registry import instance_key
+from tests.corpus import CORPUS
+from tests.integration.auth_fixtures import running_auth
+from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
+from tests.integration.gateway_fixtures import (
+    GatewayProcess,
+    cluster_hosts,
+    healthy,
+    login_through,
+    running_gateway,
+    start_command,
+)
+from tests.integration.ocr_fixtures import OcrProcess, start_ocr, stop
+
+__all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
+
+LINE = (CORPUS / "real" / "cnocr_rand_cn1.png").read_bytes()
+LINE_ONLY = ocr_pb2.RecognizeOptions(use_det=False, use_cls=False)
+
+
+@contextlib.contextmanager
+def ocr_pair(tmp: Path, etcd: str) -> Iterator[list[OcrProcess]]:
+    common = (
+        "--workers",
+        "1",
+        "--etcd",
+        etcd,
+        "--lease-ttl-s",
+        "3",
+        "--debug-delay-ms",
+        "100",
+        "--queue-depth",
+        "16",
+    )
+    started: list[OcrProcess] = []
+    try:
+        for name in ("gw-victim", "gw-survivor"):
+            started.append(start_ocr(tmp, *common, "--instance-id", name, "--require-auth"))
+        yield started
+    finally:
+        for svc in started:
+            stop(svc.proc)
+
+
+class Load:
+    """Closed-loop Recognize callers through the gateway; records who served and every failure."""
+
+    def __init__(self, target: str, token: str, callers: int) -> None:
+        self.target = target
+        self.metadata = [("authorization", f"Bearer {token}")]
+        self.callers = callers
+        self.served: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _caller(self) -> None:
+        async with balancer.direct_channel(self.target) as channel:
+            stub = ocr_pb2_grpc.OcrServiceStub(channel)
+            request = ocr_pb2.RecognizeRequest(image=LINE, filename="line.png", options=LINE_ONLY)
+            while not self._stop.is_set():
+                try:
+                    answer = await stub.Recognize(request, metadata=self.metadata, timeout=20)
+                except grpc.aio.AioRpcError as exc:
+                    self.failures.append(f"{exc.code().name}: {exc.details()}")
+                    await asyncio.sleep(0.05)
+                    continue
+                self.served.append((time.monotonic(), answer.result.served_by.instance_id))
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._caller()) for _ in range(self.callers)]
+
+    async def finish(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def count(self) -> int:
+        return len(self.served)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its children (an OCR instance and its engine workers)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        children = psutil.Process(pid).children(recursive=True)
+        os.kill(pid, signal.SIGKILL)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
+
+async def test_killed_instance_leaves_with_no_failed_request(
+    tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client
+) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
+    with (
+        running_auth(tmp_path, "--etcd", etcd.endpoint, "--db", db),
+        ocr_pair(tmp_path, etcd.endpoint) as (victim, survivor),
+        running_gateway(tmp_path, etcd.endpoint) as gateway,
+    ):
+        await eventually(lambda: _healthy(gateway, {victim.address, survivor.address}), 30)
+        token = await login_through(gateway.address, "chaos-user")
+        load = Load(gateway.address, token, callers=6)
+        load.start()
+        try:
+            await eventually(lambda: _served_by_both(load), 60)
+            kill_tree(victim.pid)
+            killed_at = time.monotonic()
+            # The victim leaves Envoy's endpoints once its lease expires; calls keep succeeding.
+            await eventually(lambda: _gone(gateway, victim.address), 30)
+            settled = load.count()
+            await eventually(lambda: _at_least(load.count, settled + 10), 60)
+        finally:
+            await load.finish()
+    assert load.failures == [], load.failures[:5]
+    after = Counter(who for at, who in load.served if at > killed_at + 1.0)
+    assert after["gw-survivor"] > 0 and after["gw-victim"] == 0, after
+
+
+async def test_control_plane_restart_does_not_interrupt_traffic(
+    tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client
+) -> None:
+    xds_port = free_port()
+    xds_args = ["serve", "xds", "--etcd", etcd.endpoint, "--port", str(xds_port)]
+    db = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
+    xds = start_command(tmp_path, "xds", xds_args)
+    try:
+        with (
+            running_auth(tmp_path, "--etcd", etcd.endpoint, "--db", db),
+            ocr_pair(tmp_path, etcd.endpoint) as pair,
+            running_gateway(tmp_path, etcd.endpoint, "--xds", f"127.0.0.1:{xds_port}") as gateway,
+        ):
+            await eventually(lambda: _healthy(gateway, {svc.address for svc in pair}), 30)
+            token = await login_through(gateway.address, "restart-user")
+            load = Load(gateway.address, token, callers=4)
+            load.start()
+            try:
+                await eventually(lambda: _at_least(load.count, 10), 60)
+                # The control plane dies: Envoy keeps its config and keeps serving.
+                kill_tree(xds.proc.pid)
+                xds.proc.wait(10)
+                await eventually(lambda: _connected(gateway, False), 30)
+                during = load.count()
+                await eventually(lambda: _at_least(load.count, during + 10), 60)
+                # A new control plane on the same port: Envoy reconnects and takes new registrations.
+                xds = await asyncio.to_thread(start_command, tmp_path, "xds", xds_args)
+                await eventually(lambda: _connected(gateway, True), 60)
+                port = free_port()
+                await etcd_client.put(
+                    instance_key("ocr", "after-restart").encode(),
+                    json.dumps({"address": f"127.0.0.1:{port}"}).encode(),
+                )
+                await eventually(lambda: _listed(gateway, f"127.0.0.1:{port}"), 20)
+                await etcd_client.delete(instance_key("ocr", "after-restart").encode())
+                after = load.count()
+                await eventually(lambda: _at_least(load.count, after + 10), 60)
+            finally:
+                await load.finish()
+        assert load.failures == [], load.failures[:5]
+    finally:
+        stop(xds.proc)
+
+
+async def _healthy(gateway: GatewayProcess, addresses: set[str]) -> bool:
+    return addresses <= healthy(gateway.admin, "ocr")
+
+
+async def _gone(gateway: GatewayProcess, address: str) -> bool:
+    return address not in cluster_hosts(gateway.admin, "ocr")
+
+
+async def _listed(gateway: GatewayProcess, address: str) -> bool:
+    return address in cluster_hosts(gateway.admin, "ocr")
+
+
+async def _served_by_both(load: Load) -> bool:
+    return len({who for _, who in load.served}) == 2
+
+
+async def _at_least(get: object, n: int) -> bool:
+    return bool(get() >= n)  # type: ignore[operator]
+
+
+def _connected_state(admin: str) -> str:
+    with urllib.request.urlopen(admin + "/stats?filter=control_plane.connected_state", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+async def _connected(gateway: GatewayProcess, want: bool) -> bool:
+    """Envoy's own view of its ADS stream (stat control_plane.connected_state)."""
+    text = await asyncio.to_thread(_connected_state, gateway.admin)
+    return f"control_plane.connected_state: {int(want)}" in text
