@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,12 @@ async def _ocr(ns: argparse.Namespace) -> int:
     except credentials.CredentialsError as exc:
         print(f"ocrmesh ocr: {exc}", file=sys.stderr)
         return 2
+    if ns.via == "xds":
+        from gateway.proxyless import xds_channel
+
+        where = f"xds:///{ns.service} (control plane {ns.xds})"
+        async with xds_channel(ns.service, ns.xds) as channel:
+            return await _recognize_all(ns, OcrClient(channel), paths, where, metadata)
     mesh, where = _mesh_client(ns)
     async with contextlib.AsyncExitStack() as stack:
         if mesh is None:
@@ -193,6 +200,18 @@ def add_ocr_arguments(parser: argparse.ArgumentParser) -> None:
         "calls are balanced over the instances registered there instead",
     )
     parser.add_argument("--service", default="ocr", help="service name in the registry (with --etcd)")
+    parser.add_argument(
+        "--via",
+        choices=("direct", "xds"),
+        default="direct",
+        help="direct: call --target (a gateway too) or --etcd instances; xds: proxyless gRPC, balanced by "
+        "gRPC's own xDS client from the control plane at --xds (no Envoy in the path)",
+    )
+    parser.add_argument(
+        "--xds",
+        default=os.environ.get("OCRMESH_XDS", "127.0.0.1:18000"),
+        help="control plane HOST:PORT for --via xds (`serve gateway` or `serve xds`; env OCRMESH_XDS)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON with lines, boxes, timings")
     parser.add_argument("--timing", action="store_true", help="print timings to stderr")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per image")
