@@ -129,6 +129,7 @@ def meta(config: SweepConfig, elapsed_s: float, notes: Sequence[str]) -> dict[st
         "warmup_s": config.warmup_s,
         "workers": config.workers,
         "mix": config.mix,
+        "mix_users": MIX_USERS if config.mix.get("login") else 0,
         "command": config.command,
         "elapsed_s": elapsed_s,
         "notes": list(notes),

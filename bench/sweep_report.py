@@ -185,6 +185,10 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         f"{meta.get('elapsed_s', 0) / 60:.1f} min in all.",
         "",
     ]
+    if meta.get("mix"):
+        mix = ", ".join(f"{kind}={weight}" for kind, weight in sorted(meta["mix"].items()))
+        users = meta.get("mix_users", "?")
+        out += [f"Mixed workload: {mix} (logins of {users} bench accounts in turn, among the OCR calls).", ""]
     for note in meta.get("notes") or ():
         out.append(f"- {note}")
     if meta.get("notes"):
