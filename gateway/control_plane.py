@@ -15,6 +15,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from gateway import profile as profiles
 from gateway.cache import SnapshotCache
+from gateway.client_status import ClientStatusPublisher
 from gateway.snapshot_builder import Endpoint, MeshState, build_snapshot
 from gateway.xds_server import AdsServer
 from mesh.discovery import Discovery
@@ -197,13 +198,16 @@ class XdsService:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(control_plane.ads, self.server)
         self.health = Health(self.server, [ADS_SERVICE])
         self.address = bind(self.server, host, port)
+        self.client_status = ClientStatusPublisher(control_plane.etcd, control_plane.cache, self.address)
 
     async def start(self) -> None:
         await self.control_plane.start()
         await self.server.start()
         await self.health.set(True)
+        await self.client_status.start()
 
     async def stop(self, grace: float = 1.0) -> None:
         await self.health.set(False)
+        await self.client_status.close()
         await self.server.stop(grace)
         await self.control_plane.close()

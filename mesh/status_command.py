@@ -123,7 +123,16 @@ async def collect(etcd: str, timeout: float, metadata: credentials.Metadata = ()
         entry = services.setdefault(v.service, {"instances": 0, "healthy": 0})
         entry["instances"] += 1
         entry["healthy"] += int(v.healthy)
-    return {"etcd": etcd, "at": time.time(), "services": services, "instances": [asdict(v) for v in views]}
+    from gateway.client_status import read_clients  # the gateway's control plane writes these
+
+    xds_clients = await read_clients(etcd, timeout)
+    return {
+        "etcd": etcd,
+        "at": time.time(),
+        "services": services,
+        "instances": [asdict(v) for v in views],
+        "xds_clients": xds_clients,
+    }
 
 
 def _uptime(started_at: float, now: float) -> str:
@@ -179,7 +188,29 @@ def render(snapshot: dict[str, Any]) -> Group:
         detail.caption = (
             "no instances registered: start some with `make up` or `ocrmesh serve ocr --etcd ...`"
         )
-    return Group(summary, detail)
+    return Group(summary, detail, *_xds_table(snapshot.get("xds_clients", [])))
+
+
+def _xds_table(clients: list[dict[str, Any]]) -> list[Table]:
+    """Envoys and proxyless gRPC clients of the control plane: the version of each type they ACKed."""
+    if not clients:
+        return []
+    table = Table(title="xDS clients (gateway Envoys, proxyless gRPC)")
+    for col in ("node", "kind", "connected", "CDS", "EDS", "LDS", "RDS", "last NACK"):
+        table.add_column(col)
+    for c in clients:
+        types = c.get("types", {})
+        nacks = [
+            f"{t} {s['nacked'][:8]}: {s['error'].strip()[:60]}" for t, s in types.items() if s.get("nacked")
+        ]
+        table.add_row(
+            str(c.get("node", "?")),
+            str(c.get("group", "")),
+            "[green]yes[/]" if c.get("connected") else "[red]no[/]",
+            *[(types.get(t, {}).get("acked") or "-")[:8] for t in ("CDS", "EDS", "LDS", "RDS")],
+            "[red]" + "; ".join(nacks) + "[/]" if nacks else "-",
+        )
+    return [table]
 
 
 async def _status(ns: argparse.Namespace) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 from etcd.launcher import EtcdProcess, free_port
 from mesh import balancer
 from mesh.registry import instance_key
+from mesh.status_command import collect
 from tests.corpus import CORPUS
 from tests.integration.auth_fixtures import running_auth
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
@@ -76,8 +80,23 @@ async def test_ocr_through_the_gateway_needs_a_token_and_follows_the_registry(
 
         # Envoy ACKed what it runs: the control plane's view and Envoy's config dump agree.
         dump = admin_json(gateway.admin, "/config_dump?resource=dynamic_active_clusters")
-        names = {c["cluster"]["name"] for c in dump["configs"]}
-        assert {"ocr", "auth"} <= names
+        versions = {c["cluster"]["name"]: c["version_info"] for c in dump["configs"]}
+        assert {"ocr", "auth"} <= set(versions)
+
+        # `ocrmesh status` lists the gateway's Envoy with the versions it ACKed.
+        async def listed() -> bool:
+            clients = (await collect(etcd.endpoint, 3.0))["xds_clients"]
+            return any(
+                c["node"] == gateway.info["node"] and c["types"]["CDS"]["acked"] == versions["ocr"]
+                for c in clients
+            )
+
+        await eventually(listed, 15)
+        argv = [sys.executable, "-m", "mesh.cli", "status", "--etcd", etcd.endpoint, "--json"]
+        out = await asyncio.to_thread(subprocess.run, argv, capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr.decode()
+        [shown] = [c for c in json.loads(out.stdout)["xds_clients"] if c["node"] == gateway.info["node"]]
+        assert shown["connected"] and shown["group"] == "gateway" and shown["types"]["LDS"]["acked"]
 
 
 async def _has(admin: str, cluster: str, address: str) -> bool:

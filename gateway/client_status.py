@@ -1,0 +1,120 @@
+"""Each xDS client's ACK/NACK state in etcd (/ocrmesh/v1/xds/clients/<node>), for `ocrmesh status`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import aetcd
+
+from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from gateway.cache import SnapshotCache
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/ocrmesh/v1/xds/clients/"
+"""One key per node: PREFIX + node id ('/' replaced), JSON from NodeStatus.summary() + control_plane."""
+
+
+def client_key(node_id: str) -> str:
+    return PREFIX + node_id.replace("/", "_")
+
+
+class ClientStatusPublisher:
+    """Writes every node's status under a lease of `ttl` seconds, refreshed every `interval`.
+
+    The lease makes the entries vanish when the control plane is gone. Writes happen only when a
+    status changed; etcd errors drop the client and lease and start over on the next round.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        cache: SnapshotCache,
+        control_plane: str,
+        *,
+        interval: float = 1.0,
+        ttl: int = 10,
+        call_timeout: float = 1.0,
+    ) -> None:
+        self.cache = cache
+        self.control_plane = control_plane
+        self.interval = interval
+        self.ttl = ttl
+        self.call_timeout = call_timeout
+        self._factory = ClientFactory(endpoints, call_timeout)
+        self._task: asyncio.Task[None] | None = None
+        self._client: aetcd.Client | None = None
+        self._lease_id: int | None = None
+        self.writes = 0
+        self.last_error = ""
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="xds client status")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._client is not None and self._lease_id is not None:
+            try:  # the entries go at once rather than at the end of the TTL
+                await bounded(self._client.revoke_lease(self._lease_id), self.call_timeout)
+            except ETCD_ERRORS as exc:
+                log.info(
+                    "could not revoke the status lease; entries expire with it", extra={"error": repr(exc)}
+                )
+        await close_quietly(self._client, self.call_timeout)
+        self._client = None
+
+    async def _run(self) -> None:
+        seen = -1
+        while True:
+            try:
+                if self._client is None:
+                    self._client = self._factory.new()
+                if self._lease_id is None:
+                    lease = await bounded(self._client.lease(self.ttl), self.call_timeout)
+                    self._lease_id, seen = int(lease.id), -1
+                else:
+                    reply = await bounded(self._client.refresh_lease(self._lease_id), self.call_timeout)
+                    if int(getattr(reply, "TTL", 0) or 0) <= 0:
+                        self._lease_id = None
+                        continue
+                if self.cache.status_generation != seen:
+                    seen = self.cache.status_generation
+                    for status in self.cache.statuses():
+                        value = json.dumps({**status, "control_plane": self.control_plane}).encode()
+                        key = client_key(status["node"]).encode()
+                        await bounded(self._client.put(key, value, lease=self._lease_id), self.call_timeout)
+                        self.writes += 1
+                self.last_error = ""
+            except ETCD_ERRORS as exc:
+                self.last_error = repr(exc)
+                await close_quietly(self._client, self.call_timeout)
+                self._client, self._lease_id = None, None
+            await asyncio.sleep(self.interval)
+
+
+async def read_clients(etcd: str, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """Every published xDS client status (empty when etcd has none or cannot be read)."""
+    client = ClientFactory(etcd, timeout).new()
+    try:
+        got = await bounded(client.get_prefix(PREFIX.encode()), timeout)
+    except ETCD_ERRORS:
+        return []
+    finally:
+        await close_quietly(client, timeout)
+    found = []
+    for kv in got:
+        try:
+            value = json.loads(kv.value)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return sorted(found, key=lambda v: str(v.get("node", "")))
