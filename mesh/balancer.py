@@ -38,6 +38,9 @@ def channel_options() -> list[tuple[str, int | str]]:
         # Servers allow these pings (mesh/lifecycle.py: min_ping_interval_without_data_ms).
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # grpc 1.85 closes the connection on an unanswered ping after this (default 60 s), not
+        # after keepalive_timeout_ms alone (chttp2 writing.cc): set both.
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.max_pings_without_data", 0),  # keep pinging during one long call
         # Reconnecting to a frozen peer gets a TCP connection from its kernel, then waits for the
         # HTTP/2 SETTINGS that never come; give up after this long, not grpc's default 20 s.

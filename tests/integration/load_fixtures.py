@@ -111,11 +111,11 @@ class ClosedLoop:
         return f"{len(self.served)} OK {dict(self.counts())}, {len(self.failures)} failed {dict(codes)}"
 
 
-def start_registered(tmp: Path, etcd: str, ids: Sequence[str], *args: str) -> list[OcrProcess]:
-    """Start OCR instances (1 worker each) registered in `etcd` under `ids`, in parallel (each warms
-    up for seconds); all of them or none."""
+def start_instances(tmp: Path, ids: Sequence[str], *args: str) -> list[OcrProcess]:
+    """Start OCR instances named `ids` (see `start_instance`) in parallel (each warms up for
+    seconds); all of them or none."""
     with ThreadPoolExecutor(len(ids)) as pool:
-        futures = [pool.submit(start_registered_one, tmp, etcd, one, *args) for one in ids]
+        futures = [pool.submit(start_instance, tmp, one, *args) for one in ids]
     started = [f.result() for f in futures if f.exception() is None]
     failed = [f.exception() for f in futures if f.exception() is not None]
     if failed:
@@ -125,17 +125,7 @@ def start_registered(tmp: Path, etcd: str, ids: Sequence[str], *args: str) -> li
     return started
 
 
-def start_registered_one(tmp: Path, etcd: str, instance_id: str, *args: str) -> OcrProcess:
-    """One OCR instance with 1 worker and room for a closed loop of 8 in its queue, registered in etcd."""
-    return start_ocr(
-        tmp,
-        "--workers",
-        "1",
-        "--queue-depth",
-        "16",
-        "--etcd",
-        etcd,
-        "--instance-id",
-        instance_id,
-        *args,
-    )
+def start_instance(tmp: Path, instance_id: str, *args: str) -> OcrProcess:
+    """One OCR instance with 1 worker and room for a closed loop of 8 in its queue (chaos is not
+    overload: with one instance left, every caller's call must fit), plus `args` (--etcd ...)."""
+    return start_ocr(tmp, "--workers", "1", "--queue-depth", "16", "--instance-id", instance_id, *args)

@@ -22,18 +22,28 @@ from etcd.launcher import EtcdProcess
 from mesh.mesh_client import MeshClient
 from mesh.registry import instance_key
 from tests.integration.etcd_fixtures import etcd_fixture, eventually
-from tests.integration.load_fixtures import ClosedLoop, start_registered, start_registered_one
+from tests.integration.load_fixtures import ClosedLoop, start_instance, start_instances
 from tests.integration.ocr_fixtures import OcrProcess, stop
 
 __all__ = ["etcd_fixture"]  # pytest fixture used below
 
 IDS = ("chaos-a", "chaos-b")
+# Delay each job a little so that calls are in flight on both instances whenever chaos strikes.
+DELAY = ("--debug-delay-ms", "100")
+# Shorter than the 15 s freeze: a call left waiting on the frozen instance fails instead of
+# finishing when it thaws.
+FROZEN_DEADLINE_S = 10.0
+
+
+def registered(etcd: EtcdProcess) -> tuple[str, ...]:
+    """Flags of an instance registered in `etcd` with a 3 s lease."""
+    return ("--etcd", etcd.endpoint, "--lease-ttl-s", "3", *DELAY)
 
 
 @pytest.fixture
 def pair(tmp_path: Path, etcd: EtcdProcess) -> Iterator[list[OcrProcess]]:
     """chaos-a and chaos-b, 1 worker each, registered in etcd with a 3 s lease."""
-    svcs = start_registered(tmp_path, etcd.endpoint, IDS, "--lease-ttl-s", "3", "--debug-delay-ms", "100")
+    svcs = start_instances(tmp_path, IDS, *registered(etcd))
     try:
         yield svcs
     finally:
@@ -108,7 +118,7 @@ async def test_sigstop_for_15s_under_load(
     etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient
 ) -> None:
     victim, survivor = pair
-    async with ClosedLoop(mesh, 8) as load:
+    async with ClosedLoop(mesh, 8, deadline_s=FROZEN_DEADLINE_S) as load:
         await warmed(load)
         os.kill(victim.pid, signal.SIGSTOP)
         frozen = time.monotonic()
@@ -203,16 +213,7 @@ async def test_rolling_restart_under_load(
             port = old.address.rsplit(":", 1)[1]
             # The new incarnation comes back on the same address with the same id.
             new = await asyncio.to_thread(
-                start_registered_one,
-                tmp_path,
-                etcd.endpoint,
-                instance_id,
-                "--lease-ttl-s",
-                "3",
-                "--debug-delay-ms",
-                "100",
-                "--port",
-                port,
+                start_instance, tmp_path, instance_id, *registered(etcd), "--port", port
             )
             pair[index] = new  # the fixture stops it
             started = time.monotonic()
@@ -222,3 +223,52 @@ async def test_rolling_restart_under_load(
     report("rolling", load, mesh, **figures)
     assert not load.failures, load.describe_failures()
     assert load.counts()["chaos-a"] >= 6 and load.counts()["chaos-b"] >= 6
+
+
+@pytest.mark.slow
+async def test_kill_9_under_load_with_etcd(pair: list[OcrProcess], mesh: MeshClient) -> None:
+    victim, survivor = pair
+    async with ClosedLoop(mesh, 8) as load:
+        await warmed(load)
+        os.kill(victim.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        # Its key stays until the 3 s lease runs out; the client ejects it long before.
+        gone_s = await has_endpoints(mesh, {survivor.address}, timeout=10)
+        await load.wait_served("chaos-b", 10, timeout=30)
+    report("kill-9", load, mesh, gone_from_discovery_s=gone_s)
+    assert not load.failures, load.describe_failures()
+    assert load.counts(since=killed + 0.5)["chaos-a"] == 0
+
+
+@pytest.fixture
+def unregistered_pair(tmp_path: Path) -> Iterator[list[OcrProcess]]:
+    """chaos-a and chaos-b without etcd: the client gets a fixed list of addresses."""
+    svcs = start_instances(tmp_path, IDS, *DELAY)
+    try:
+        yield svcs
+    finally:
+        for svc in svcs:
+            with_cont(svc)
+            stop(svc.proc)
+
+
+@pytest.mark.slow
+async def test_sigstop_without_etcd_is_found_by_keepalive(unregistered_pair: list[OcrProcess]) -> None:
+    # No lease to run out: only the client's HTTP/2 keepalive pings notice the frozen peer.
+    victim = unregistered_pair[0]
+    async with MeshClient.from_addresses([s.address for s in unregistered_pair], "ocr") as mesh:
+        async with ClosedLoop(mesh, 8, deadline_s=FROZEN_DEADLINE_S) as load:
+            await warmed(load)
+            os.kill(victim.pid, signal.SIGSTOP)
+            frozen = time.monotonic()
+            try:
+                await load.wait_served("chaos-b", 20, timeout=30)
+                await asyncio.sleep(max(0.0, frozen + 15.0 - time.monotonic()))
+            finally:
+                os.kill(victim.pid, signal.SIGCONT)
+            resumed = time.monotonic()
+            thawed_s = await load.wait_served("chaos-a", 1, timeout=30)
+            await load.wait_served("chaos-a", 3, timeout=30)
+        report("sigstop-static", load, mesh, serving_again_after_sigcont_s=thawed_s)
+    assert not load.failures, load.describe_failures()
+    assert load.counts(since=frozen + 0.5, until=resumed)["chaos-a"] == 0
