@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
-from bench.mix import sequence
+from bench.loadgen import LoadOptions, run_load
+from bench.mix import MixRecorder, mixed_factory, mixed_request, sequence
 from bench.sweep_plan import (
     Cell,
     PlanError,
@@ -95,3 +100,35 @@ def test_mix_spreads_logins_among_ocr_calls_and_rotates_accounts() -> None:
     spread = [kind for kind, _ in sequence({"login": 2, "ocr": 2}, users=1)]
     assert spread in (["ocr", "login", "ocr", "login"], ["login", "ocr", "login", "ocr"])
     assert {kind for kind, _ in sequence({"ocr": 1}, users=4)} == {"ocr"}
+
+
+async def test_mixed_calls_go_to_their_own_connection_and_are_counted_per_kind() -> None:
+    sent: dict[str, list[bytes]] = {"ocr": [], "login": []}
+
+    def transport(kind: str, fail_every: int = 0) -> Callable[..., Any]:
+        # stands in for a gRPC connection: what the mix does with calls is under test, not gRPC
+        @contextlib.asynccontextmanager
+        async def factory(target: str, path: str, options: LoadOptions) -> AsyncIterator[Sequence[Any]]:
+            async def call(request: bytes, *, timeout: float | None = None, metadata: object = None) -> bytes:
+                sent[kind].append(request)
+                if fail_every and len(sent[kind]) % fail_every == 0:
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(), "busy"
+                    )
+                return b""
+
+            yield [call]
+
+        return factory
+
+    data, kinds = mixed_request({"login": 1, "ocr": 3}, b"image-request", [("u0", "p0"), ("u1", "p1")])
+    recorder = MixRecorder()
+    factory = mixed_factory(transport("ocr", fail_every=3), transport("login"), "auth", kinds, recorder)
+    options = LoadOptions(call="ocrmesh.ocr.v1.OcrService.Recognize", concurrency=1, total=16)
+    report = await run_load(options, "ocr", data, False, call_factory=factory)
+    assert len(sent["login"]) == 4 and len(sent["ocr"]) == 12
+    assert set(sent["ocr"]) == {b"image-request"} and len(set(sent["login"])) == 2
+    by_kind = recorder.reports(int(report["total"]))
+    assert by_kind["login"]["statusCodeDistribution"] == {"OK": 4}
+    assert by_kind["ocr"]["statusCodeDistribution"] == {"OK": 8, "ResourceExhausted": 4}
+    assert report["count"] == 16
