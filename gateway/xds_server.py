@@ -53,7 +53,7 @@ def requested_names(request: discovery_pb2.DiscoveryRequest) -> frozenset[str] |
     return None if not names or "*" in names else names
 
 
-class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """StreamAggregatedResources over a SnapshotCache; `resolve_group` maps a node to its group."""
 
     def __init__(self, cache: SnapshotCache, resolve_group: GroupResolver) -> None:
