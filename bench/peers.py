@@ -82,6 +82,7 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
     )
     reports: dict[tuple[str, int], list[dict[str, Any]]] = {}
     peaks: dict[tuple[str, int], float] = {}
+    loads: dict[tuple[str, int], float] = {}  # the machine's 1-minute load average after each run
     notes = list(mesh.notes)
     async with mesh:
         account = new_accounts(1)[0]
@@ -139,10 +140,17 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
                                 report = await _run_one(runners[target], c, cfg.duration_s, f"{target} c{c}")
                             reports.setdefault((target, c), []).append(report)
                             peaks[(target, c)] = max(peaks.get((target, c), 0.0), rss.peak / MIB)
+                            loads[(target, c)] = max(loads.get((target, c), 0.0), os.getloadavg()[0])
                             _save_raw(cfg.out, target, c, round_no, report)
                             progress.advance(task)
     table = [
-        {"target": t, "concurrency": c, **pooled(found), "peak_rss_mib": peaks[(t, c)]}
+        {
+            "target": t,
+            "concurrency": c,
+            **pooled(found),
+            "peak_rss_mib": peaks[(t, c)],
+            "load_1m": round(loads[(t, c)], 2),
+        }
         for (t, c), found in sorted(reports.items(), key=lambda kv: (kv[0][1], kv[0][0]))
     ]
     meta = {

@@ -172,17 +172,20 @@ def markdown(table: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot_n
         "web BFF's POST /api/ocr with a logged-in session (cookies + CSRF), the same upload a browser "
         "makes. RSS for ocrmesh is the whole mesh: etcd, auth, OCR instances and workers, gateway and BFF.",
         "- OK latency percentiles pool every round's OK calls. Clients told RESOURCE_EXHAUSTED (gRPC) or "
-        "429 (HTTP) wait the Retry hint before their next call; calls in flight at the end finish and count.",
+        "429 (HTTP) wait the Retry hint before their next call; calls in flight at the end finish and count. "
+        "`load avg`: the machine's highest 1-minute load average after that target's runs (above the CPU "
+        "count, other work was competing for the cores).",
         "",
         "| clients | target | calls | OK/s | mean OK (s) | p50 OK (s) | p95 OK (s) | RESOURCE_EXHAUSTED "
-        "| other failures | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| other failures | peak RSS (MiB) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(table, key=lambda r: (r["concurrency"], r["target"] != PEER, r["target"])):
         out.append(
             f"| {r['concurrency']} | {r['target']} | {r['calls']} | {r['ok_per_s']:.2f} "
             f"| {r['avg_ok_ms'] / 1e3:.2f} | {r['p50_ok_ms'] / 1e3:.2f} | {r['p95_ok_ms'] / 1e3:.2f} "
-            f"| {r['resource_exhausted']} | {r['other_failures']} | {r['peak_rss_mib']:.0f} |"
+            f"| {r['resource_exhausted']} | {r['other_failures']} | {r['peak_rss_mib']:.0f} "
+            f"| {r.get('load_1m', 0.0):.1f} |"
         )
     out += [
         "",

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -285,7 +286,9 @@ class Sweep:
                     mesh, cell.path, duration_s=c.warmup_s, name=f"{cell.key} warm-up", **common
                 )
             before = await scrape_all(metrics)
+            load_before = os.getloadavg()[0]
             result = await run_path_load(mesh, cell.path, duration_s=c.duration_s, name=cell.key, **common)
+            load_after = os.getloadavg()[0]
             after = await scrape_all(metrics)
         return {
             "cell": {
@@ -311,6 +314,8 @@ class Sweep:
                 "total_peak": rss.peak / MIB,
                 "by_process": {name: peak / MIB for name, peak in rss.peaks.items()},
             },
+            # The machine's 1-minute load average around the measured load (other work shows here).
+            "load_1m": [round(load_before, 2), round(load_after, 2)],
             "mix": {kind: summarize(r) for kind, r in result.by_kind.items()} if result.by_kind else None,
             "ghz": without_details(result.report),
         }

@@ -16,6 +16,7 @@ CSV_COLUMNS = (
     "key", "ocr", "auth", "path", "concurrency", "calls", "ok", "ok_per_s", "avg_ms", "avg_ok_ms",
     "p50_ok_ms", "p95_ok_ms", "p99_ok_ms", "failure_rate", "resource_exhausted", "other_failures",
     "server_queue_ms", "server_compute_ms", "server_rejected", "share", "peak_rss_mib", "peak_rss_ocr_mib",
+    "load_1m",
 )  # fmt: skip
 
 
@@ -87,6 +88,7 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
         "share": " ".join(f"{name}:{d.get('share', 0.0):.2f}" for name, d in sorted(instances.items())),
         "peak_rss_mib": float(rss.get("total_peak", 0.0)),
         "peak_rss_ocr_mib": max(ocr_rss, default=0.0),
+        "load_1m": float(max(record.get("load_1m") or [0.0])),
     }
 
 
@@ -128,11 +130,19 @@ def plot(table: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[P
     styles = {"direct": "-", "gateway": "--", "bff": ":"}
     made: list[Path] = []
 
+    # One colour per mesh (instance counts), one line style per way in: same mesh, same colour.
+    meshes = sorted({(r["ocr"], r["auth"]) for r in table})
+    palette = matplotlib.colormaps["tab10"]
+    colours = {mesh: palette(i % 10) for i, mesh in enumerate(meshes)}
+
     def draw(ax: Any, field: str, scale: float = 1.0) -> None:
         for label, points in lines.items():
             xs = [p["concurrency"] for p in points]
             ys = [p[field] * scale for p in points]
-            ax.plot(xs, ys, styles.get(str(points[0]["path"]), "-"), marker="o", label=label)
+            first = points[0]
+            style = styles.get(str(first["path"]), "-")
+            colour = colours[(first["ocr"], first["auth"])]
+            ax.plot(xs, ys, style, color=colour, marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["concurrency"] for r in table}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -140,7 +150,7 @@ def plot(table: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[P
         ax.grid(True, alpha=0.3)
 
     mean, p95 = ("avg_ok_ms", "mean latency of OK calls (s)"), ("p95_ok_ms", "p95 latency of OK calls (s)")
-    failed = ("failure_rate", "failed calls (% of all)")
+    failed = ("failure_rate", "calls not answered with text (% of calls made)")
     other = ("other_failures", "failures other than RESOURCE_EXHAUSTED (count)")
     specs = (
         ("latency.png", (mean, p95)),
@@ -153,7 +163,9 @@ def plot(table: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[P
             scale = 1e-3 if field.endswith("_ms") else 100.0 if field == "failure_rate" else 1.0
             draw(ax, field, scale)
             ax.set_ylabel(ylabel)
-            ax.set_ylim(bottom=0)
+            ax.set_ylim(bottom=0, top=max(1.0, *(r[field] * scale for r in table)) * 1.08)
+            if field == "other_failures":
+                ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes[0][0].legend(fontsize="small")
         fig.suptitle(title, fontsize="medium")
         fig.tight_layout()
@@ -197,11 +209,13 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         "## Client side",
         "",
         "Closed loop: each client sends the next call when its last one ends; a client told "
-        "RESOURCE_EXHAUSTED waits the server's RetryInfo hint. Calls in flight at the end finish and count.",
+        "RESOURCE_EXHAUSTED waits the server's RetryInfo hint. Calls in flight at the end finish and count. "
+        f"`load avg` is the machine's 1-minute load average around the cell ({meta.get('cpus', '?')} CPUs; "
+        "anything above that means other work was competing for the cores).",
         "",
         "| path | OCR | auth | clients | calls | OK/s | mean OK (s) | p50 OK (s) | p95 OK (s) | p99 OK (s) "
-        "| mean all, ghz (s) | failed | RESOURCE_EXHAUSTED | other failures |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean all, ghz (s) | failed | RESOURCE_EXHAUSTED | other failures | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         out.append(
@@ -209,7 +223,7 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
             f"| {_f(r['ok_per_s'])} | {_f(r['avg_ok_ms'] / 1e3)} | {_f(r['p50_ok_ms'] / 1e3)} "
             f"| {_f(r['p95_ok_ms'] / 1e3)} "
             f"| {_f(r['p99_ok_ms'] / 1e3)} | {_f(r['avg_ms'] / 1e3)} | {100 * r['failure_rate']:.1f}% "
-            f"| {r['resource_exhausted']} | {r['other_failures']} |"
+            f"| {r['resource_exhausted']} | {r['other_failures']} | {r['load_1m']:.1f} |"
         )
     out += [
         "",
