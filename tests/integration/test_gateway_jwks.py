@@ -1,0 +1,105 @@
+"""Envoy's jwt_authn follows the JWKS in etcd: a key rotation there changes which tokens get through."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aetcd
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from jwt.algorithms import ECAlgorithm
+from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
+
+from etcd.launcher import EtcdProcess
+from mesh import balancer
+from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER, JWKS_KEY
+from mesh.registry import instance_key
+from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
+from tests.integration.gateway_fixtures import healthy, running_gateway
+
+__all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
+
+
+class Key:
+    """An ES256 signing key and its public JWK."""
+
+    def __init__(self, kid: str) -> None:
+        self.kid = kid
+        self.private = ec.generate_private_key(ec.SECP256R1())
+        self.jwk = {**json.loads(ECAlgorithm.to_jwk(self.private.public_key())), "kid": kid, "alg": "ES256"}
+
+    def token(self) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": DEFAULT_ISSUER,
+            "aud": DEFAULT_AUDIENCE,
+            "sub": "u1",
+            "iat": now,
+            "exp": now + 600,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self.private, algorithm="ES256", headers={"kid": self.kid})
+
+
+@pytest.fixture(name="stand_in_ocr")
+async def stand_in_ocr_fixture(etcd_client: aetcd.Client) -> AsyncIterator[str]:
+    """A registered "ocr" upstream with health only: an OCR call that reaches it is UNIMPLEMENTED."""
+    server = grpc.aio.server()
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health.set("ocrmesh.ocr.v1.OcrService", health_pb2.HealthCheckResponse.SERVING)
+    address = f"127.0.0.1:{port}"
+    await etcd_client.put(instance_key("ocr", "stand-in").encode(), json.dumps({"address": address}).encode())
+    try:
+        yield address
+    finally:
+        await server.stop(0)
+
+
+async def test_key_rotation_in_etcd_reaches_envoy(
+    tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client, stand_in_ocr: str
+) -> None:
+    old, new = Key("k-old"), Key("k-new")
+    await etcd_client.put(JWKS_KEY.encode(), json.dumps({"keys": [old.jwk]}).encode())
+    with running_gateway(tmp_path, etcd.endpoint) as gateway:
+        await eventually(lambda: _healthy(gateway.admin, stand_in_ocr), 20)
+        async with balancer.direct_channel(gateway.address) as channel:
+            stub = ocr_pb2_grpc.OcrServiceStub(channel)
+
+            async def code(token: str) -> grpc.StatusCode:
+                try:
+                    await stub.GetInfo(
+                        ocr_pb2.GetInfoRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=5
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            # Passing jwt_authn means reaching the stand-in, which does not implement GetInfo.
+            await eventually(lambda: _is(code(old.token()), grpc.StatusCode.UNIMPLEMENTED), 20)
+            assert await code(new.token()) == grpc.StatusCode.UNAUTHENTICATED
+            # Rotate: the new key only. The control plane re-pushes the listener with the new JWKS.
+            await etcd_client.put(JWKS_KEY.encode(), json.dumps({"keys": [new.jwk]}).encode())
+            await eventually(lambda: _is(code(new.token()), grpc.StatusCode.UNIMPLEMENTED), 20)
+            assert await code(old.token()) == grpc.StatusCode.UNAUTHENTICATED
+            # Something that is not a JWKS is ignored: the last good keys stay in force.
+            await etcd_client.put(JWKS_KEY.encode(), b"not json")
+            await eventually(lambda: _is(code(new.token()), grpc.StatusCode.UNIMPLEMENTED), 5)
+
+
+async def _is(got: object, want: grpc.StatusCode) -> bool:
+    return await got == want  # type: ignore[misc]
+
+
+async def _healthy(admin: str, address: str) -> bool:
+    return address in healthy(admin, "ocr")
