@@ -18,6 +18,8 @@ from ocr_svc.metrics import OcrMetrics
 from ocr_svc.workers import JobFailed, WorkerPool
 
 log = logging.getLogger(__name__)
+# How close to its deadline a cancelled call counts as expired (see `recognize`).
+EXPIRY_SLACK_S = 0.25
 
 
 @dataclass
@@ -125,7 +127,12 @@ class Recognizer:
             ) from None
         except asyncio.CancelledError:
             if self.queue.discard(ticket):
-                self.counters.dropped_cancelled += 1
+                # gRPC cancels the handler when the call's deadline passes, which can beat our own
+                # timer by a few ms (more on a loaded machine): count that as expired, not cancelled.
+                if deadline is not None and time.monotonic() >= deadline - EXPIRY_SLACK_S:
+                    self.counters.dropped_expired += 1
+                else:
+                    self.counters.dropped_cancelled += 1
             raise
         except JobFailed as exc:
             raise self._failure(exc) from None
