@@ -205,3 +205,16 @@ def test_without_the_mesh_the_ready_file_says_what_is_missing_and_sigterm_exits_
         assert bff.proc.wait(30) == 0
     finally:
         stop(bff.proc)
+
+
+def test_an_ocr_call_over_the_deadline_is_504(mesh: Mesh, tmp_path: Path) -> None:
+    # A second BFF on the same mesh that gives OCR 1 s: the busy instance takes 2.5 s longer per job.
+    impatient = start_bff(tmp_path, mesh.etcd, "--ocr-timeout-s", "1")
+    try:
+        with api_client(impatient.url) as c:
+            register_and_login(c, new_user())
+            got = upload(c, PHOTO.read_bytes())
+        assert got.status_code == 504 and got.json()["error"] == "timeout", got.text
+        assert "did not answer in time" in got.json()["message"]
+    finally:
+        stop(impatient.proc)

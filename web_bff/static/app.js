@@ -96,6 +96,7 @@ function show(view) {
   for (const name of ["login", "ocr", "status"]) $(`view-${name}`).hidden = name !== view;
   document.querySelectorAll(".nav a").forEach((a) => a.classList.toggle("active", a.dataset.route === view));
   document.body.dataset.view = view;
+  $("login-link").hidden = Boolean(state.user) || view === "login";
 }
 
 function route() {
@@ -120,7 +121,7 @@ function route() {
 function updateWho() {
   const logged = Boolean(state.user);
   $("who").hidden = !logged;
-  $("login-link").hidden = logged;
+  $("login-link").hidden = logged || document.body.dataset.view === "login";
   $("drop-login").hidden = logged;
   if (logged) {
     $("who-name").textContent = state.user.username;
