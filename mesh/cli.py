@@ -50,6 +50,7 @@ BENCH = [
     Command("foundation", "engine vs service, overload and large-image runs", "bench.foundation"),
     Command("auth", "logins/s vs raw bcrypt, token verifications/s", "bench.auth_bench"),
     Command("balancer", "MeshClient overhead per call vs a direct channel", "bench.balancer_overhead"),
+    Command("layout", "2 OCR instances x 1 worker vs 1 x 2 workers, side by side", "bench.instance_layout"),
     Command("gateway", "Envoy gateway vs direct: GetInfo p50/p95, OCR throughput", "bench.gateway_bench"),
     Command("sweep", "instances x concurrency x path matrix on a local mesh, with report", "bench.sweep"),
     Command("peers", "rapidocr-api vs ocrmesh (gRPC, BFF): same load, side by side", "bench.peers"),
