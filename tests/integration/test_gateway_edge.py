@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aetcd
 import grpc
+import psutil
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,7 +23,8 @@ from etcd.launcher import EtcdProcess
 from mesh import balancer
 from mesh.registry import instance_key
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
-from tests.integration.gateway_fixtures import healthy, running_gateway
+from tests.integration.gateway_fixtures import healthy, running_gateway, start_gateway
+from tests.integration.ocr_fixtures import stop
 
 __all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
 
@@ -160,3 +162,23 @@ async def test_tls_listener(tmp_path: Path, etcd: EtcdProcess, etcd_client: aetc
 
 async def _healthy(admin: str, address: str) -> bool:
     return address in await asyncio.to_thread(healthy, admin, "auth")
+
+
+def _envoy_child(pid: int) -> psutil.Process:
+    [envoy] = [p for p in psutil.Process(pid).children(recursive=True) if "envoy" in p.name()]
+    return envoy
+
+
+async def test_envoy_never_outlives_the_gateway(tmp_path: Path, etcd: EtcdProcess) -> None:
+    # SIGTERM: the gateway stops Envoy itself before it exits.
+    gateway = start_gateway(tmp_path, etcd.endpoint)
+    envoy = _envoy_child(gateway.proc.pid)
+    assert stop(gateway.proc) == 0
+    assert not envoy.is_running() or envoy.status() == psutil.STATUS_ZOMBIE
+    # SIGKILL: no chance to clean up; the parent-death signal still takes Envoy down.
+    gateway = start_gateway(tmp_path, etcd.endpoint)
+    envoy = _envoy_child(gateway.proc.pid)
+    gateway.proc.kill()
+    gateway.proc.wait(10)
+    gone, _ = await asyncio.to_thread(psutil.wait_procs, [envoy], 15)
+    assert gone, "Envoy outlived a killed gateway"
