@@ -29,8 +29,10 @@ def split_hostport(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def envoy_bootstrap(node_id: str, xds: str, admin_port: int, profile: Profile) -> dict[str, Any]:
-    """Envoy's bootstrap: node (with the listener profile as metadata), loopback admin, ADS."""
+def envoy_bootstrap(
+    node_id: str, xds: str, admin_port: int, profile: Profile, *, delta: bool = False
+) -> dict[str, Any]:
+    """Envoy's bootstrap: node (with the listener profile as metadata), loopback admin, ADS (delta or not)."""
     xds_host, xds_port = split_hostport(xds)
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
@@ -39,7 +41,7 @@ def envoy_bootstrap(node_id: str, xds: str, admin_port: int, profile: Profile) -
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],

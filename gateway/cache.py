@@ -43,6 +43,7 @@ class NodeStatus:
     cluster: str = ""
     streams: int = 0
     connected_at: float = 0.0
+    protocol: str = "sotw"  # or "delta" (incremental xDS)
     types: dict[str, TypeState] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class NodeStatus:
             "user_agent": self.user_agent,
             "group": self.group.split(":", 1)[0],
             "connected": self.streams > 0,
+            "protocol": self.protocol,
             "connected_at": self.connected_at,
             "types": {
                 rs.SHORT.get(t, t): {
@@ -133,11 +135,14 @@ class SnapshotCache:
 
     # -- node status --------------------------------------------------------------------
 
-    def connect(self, node_id: str, group: str, user_agent: str, cluster: str) -> NodeStatus:
+    def connect(
+        self, node_id: str, group: str, user_agent: str, cluster: str, protocol: str = "sotw"
+    ) -> NodeStatus:
         status = self.nodes.get(node_id)
         if status is None or status.group != group:
             status = NodeStatus(node_id, group, user_agent, cluster, connected_at=self._clock())
             self.nodes[node_id] = status
+        status.protocol = protocol
         status.streams += 1
         status.connected_at = self._clock()
         self.status_generation += 1

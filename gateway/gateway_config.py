@@ -43,6 +43,9 @@ class GatewayConfig:
     xds: str = setting(
         "", help="HOST:PORT of an external control plane (`ocrmesh serve xds`); none started here"
     )
+    xds_delta: bool = setting(
+        False, help="Envoy uses incremental xDS (DELTA_GRPC) instead of state of the world"
+    )
     tls_cert: Path | None = setting(None, help="PEM certificate: serve TLS (with --tls-key)")
     tls_key: Path | None = setting(None, help="PEM private key for --tls-cert")
     rate_limit_rps: int = setting(

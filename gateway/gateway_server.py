@@ -102,7 +102,9 @@ async def serve(config: GatewayConfig) -> int:
             xds_service = XdsService(control_plane, "127.0.0.1", config.xds_port)
             await xds_service.start()
             xds_address = xds_service.address
-        bootstrap = envoy_bootstrap(node_id, xds_address, admin_port, profile_of(config, port))
+        bootstrap = envoy_bootstrap(
+            node_id, xds_address, admin_port, profile_of(config, port), delta=config.xds_delta
+        )
     except (OSError, ValueError) as exc:
         print(f"ocrmesh serve gateway: {exc}", file=sys.stderr)
         if xds_service is not None:

@@ -6,7 +6,8 @@ versions and nonces are per type URL; a request whose nonce is not the last one 
 is stale and ignored; an ACK (same nonce, no error_detail) is not answered unless the resource
 names changed; a NACK (error_detail set) is recorded and not answered; wildcard subscriptions
 (CDS, LDS from Envoy) get every resource, named ones (EDS, RDS, and all of gRPC's) only those
-named; when a snapshot changes, types are pushed in the order CDS, EDS, LDS, RDS.
+named; when a snapshot changes, types are pushed in the order CDS, EDS, LDS, RDS. Incremental
+(delta) streams are served by `gateway.delta_xds` over the same cache.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from google.protobuf import any_pb2
 
 from gateway import resources as rs
 from gateway.cache import SnapshotCache
+from gateway.delta_xds import DeltaStream
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +113,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
         ],
     ) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "this control plane serves state-of-the-world ADS only: use api_type GRPC, not DELTA_GRPC",
-        )
+        await DeltaStream(self.cache, self.resolve_group, context).run(request_iterator)
 
     async def _handle(
         self,
