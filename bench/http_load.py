@@ -14,7 +14,6 @@ from bench.loadgen import usable_cpus
 from bench.report import CallResult, build_report, ghz_options, go_error
 
 Send = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
-Setup = Callable[[httpx.AsyncClient, int], Awaitable[None]]
 RETRY_AFTER_CAP_S = 5.0
 
 # HTTP status -> the gRPC code name ghz would report, by grpc-gateway's mapping read backwards.
@@ -76,16 +75,25 @@ class HttpLoad:
     honor_retry_after: bool = True
 
 
-async def run_http_load(load: HttpLoad, send: Send, setup: Setup | None = None) -> dict[str, Any]:
-    """Run the load; `setup(client, index)` runs once per virtual user first (log in, say)."""
+def new_client(timeout_s: float) -> httpx.AsyncClient:
+    """One virtual user's client: its own connection and cookie jar, as one browser has."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), limits=limits)
+
+
+async def run_http_load(
+    load: HttpLoad, send: Send, clients: list[httpx.AsyncClient] | None = None
+) -> dict[str, Any]:
+    """Run the load, one virtual user per client: `clients` (kept open: sessions logged in once are
+    reused from run to run), else fresh ones made and closed here."""
     results: list[CallResult] = []
     offset = time.time_ns() - time.perf_counter_ns()
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    timeout = httpx.Timeout(load.timeout_s, connect=10.0)
-    clients = [httpx.AsyncClient(timeout=timeout, limits=limits) for _ in range(load.concurrency)]
+    owned = clients is None
+    if clients is None:
+        clients = [new_client(load.timeout_s) for _ in range(load.concurrency)]
+    if len(clients) != load.concurrency:
+        raise ValueError(f"{len(clients)} clients for {load.concurrency} virtual users")
     try:
-        if setup is not None:
-            await asyncio.gather(*(setup(client, i) for i, client in enumerate(clients)))
         began = time.perf_counter_ns()
         end = began + round(load.duration_s * 1e9)
 
@@ -110,7 +118,8 @@ async def run_http_load(load: HttpLoad, send: Send, setup: Setup | None = None) 
         await asyncio.gather(*(user(client) for client in clients))
         total_ns = time.perf_counter_ns() - began
     finally:
-        await asyncio.gather(*(client.aclose() for client in clients))
+        if owned:
+            await asyncio.gather(*(client.aclose() for client in clients))
     options = ghz_options(
         call=f"POST {load.url}",
         host=load.url,

@@ -26,7 +26,14 @@ from bench.peer_server import PeerError, PeerServer, find_peer_python, peer_vers
 from bench.peers_report import PEER, comparisons, markdown, plot, pooled, verdicts
 from bench.process_rss import RssSampler
 from bench.sweep import DEFAULT_IMAGE, ROOT, versions
-from bench.sweep_paths import PathUnavailable, bearer_metadata, new_accounts, register, run_path_load
+from bench.sweep_paths import (
+    PathUnavailable,
+    bearer_metadata,
+    bff_sessions,
+    new_accounts,
+    register,
+    run_path_load,
+)
 from bench.sweep_plan import PlanError, parse_counts
 from bench.sweep_report import MIB, without_details
 from bench.web_session import peer_ocr_sender
@@ -89,6 +96,8 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
         await register(mesh.addresses("auth")[0], account)
         peer = PeerServer(python, free_port(), cfg.data_dir / "logs" / "rapidocr-api.log")
 
+        sessions = bff_sessions(mesh, account)
+
         def ocrmesh_runner(path: str) -> Runner:
             async def run(concurrency: int, duration_s: float, name: str) -> dict[str, Any]:
                 result = await run_path_load(
@@ -100,7 +109,7 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
                     filename=cfg.image.name,
                     metadata=await bearer_metadata(mesh, account),
                     name=name,
-                    account=account,
+                    sessions=sessions,
                 )
                 return result.report
 
@@ -123,26 +132,32 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
             TimeRemainingColumn(elapsed_when_finished=True),
         )
         total = cfg.rounds * len(cfg.concurrency) * len(targets)
-        with Progress(*columns, console=console, disable=not cfg.progress) as progress:
-            task = progress.add_task("peers", total=total)
-            for round_no in range(cfg.rounds):
-                # A fresh peer every round: its memory only grows, and RSS per concurrency must be its own.
-                async with peer:
-                    for target in targets:
-                        progress.update(task, description=f"round {round_no + 1}: warming {target}")
-                        await _run_one(runners[target], 2, cfg.warmup_s, f"{target} warm-up")
-                    for c in cfg.concurrency:
-                        order = targets if round_no % 2 == 0 else list(reversed(targets))
-                        for target in order:
-                            progress.update(task, description=f"round {round_no + 1}: {target} -c {c}")
-                            pids = {PEER: peer.pid} if target == PEER else mesh.pids()
-                            with RssSampler(pids) as rss:
-                                report = await _run_one(runners[target], c, cfg.duration_s, f"{target} c{c}")
-                            reports.setdefault((target, c), []).append(report)
-                            peaks[(target, c)] = max(peaks.get((target, c), 0.0), rss.peak / MIB)
-                            loads[(target, c)] = max(loads.get((target, c), 0.0), os.getloadavg()[0])
-                            _save_raw(cfg.out, target, c, round_no, report)
-                            progress.advance(task)
+        try:
+            with Progress(*columns, console=console, disable=not cfg.progress) as progress:
+                task = progress.add_task("peers", total=total)
+                for round_no in range(cfg.rounds):
+                    # A fresh peer every round: its memory only grows; RSS per concurrency must be its own.
+                    async with peer:
+                        for target in targets:
+                            progress.update(task, description=f"round {round_no + 1}: warming {target}")
+                            await _run_one(runners[target], 2, cfg.warmup_s, f"{target} warm-up")
+                        for c in cfg.concurrency:
+                            order = targets if round_no % 2 == 0 else list(reversed(targets))
+                            for target in order:
+                                progress.update(task, description=f"round {round_no + 1}: {target} -c {c}")
+                                pids = {PEER: peer.pid} if target == PEER else mesh.pids()
+                                with RssSampler(pids) as rss:
+                                    report = await _run_one(
+                                        runners[target], c, cfg.duration_s, f"{target} c{c}"
+                                    )
+                                reports.setdefault((target, c), []).append(report)
+                                peaks[(target, c)] = max(peaks.get((target, c), 0.0), rss.peak / MIB)
+                                loads[(target, c)] = max(loads.get((target, c), 0.0), os.getloadavg()[0])
+                                _save_raw(cfg.out, target, c, round_no, report)
+                                progress.advance(task)
+        finally:
+            if sessions is not None:
+                await sessions.close()
     table = [
         {
             "target": t,

@@ -26,7 +26,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.durations import parse_duration
 from bench.process_rss import RssSampler
 from bench.sweep_metrics import scrape_all, server_summary
-from bench.sweep_paths import Account, PathUnavailable, bearer_metadata, new_accounts, register, run_path_load
+from bench.sweep_paths import (
+    Account,
+    PathUnavailable,
+    bearer_metadata,
+    bff_sessions,
+    new_accounts,
+    register,
+    run_path_load,
+)
 from bench.sweep_plan import (
     Cell,
     PlanError,
@@ -42,6 +50,7 @@ from bench.sweep_plan import (
     recorded,
 )
 from bench.sweep_report import MIB, load_records, summarize, without_details, write_report
+from bench.web_session import BffSessions
 from deploy.supervisor import LocalMesh, MeshPorts
 from mesh import __version__
 
@@ -227,29 +236,47 @@ class Sweep:
             self.mesh_started = 0.0
             self.running_mesh = (ocr, auth)
             account, mix_accounts = await self._accounts(mesh)
-            for cell in cells:
-                progress.update(overall, description=cell.key)
-                self.cell_started = time.monotonic()
-                try:
-                    record = await self._measure(mesh, cell, account, mix_accounts)
-                except PathUnavailable as exc:
-                    self._note(f"{cell.path}: skipped ({exc})")
-                    self.todo.remove(cell)
-                    self.cell_started = 0.0
-                    continue
-                path = cell_file(c.out, cell)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-                self.pace.cells.append(time.monotonic() - self.cell_started)
-                self.cell_started = 0.0
-                self.todo.remove(cell)
-                progress.advance(overall)
-                s = record["summary"]
-                progress.console.print(
-                    f"{cell.key}: {s['ok_per_s']:.2f} OK/s, p95 {s['p95_ok_ms'] / 1e3:.2f}s, failed "
-                    f"{100 * s['failure_rate']:.1f}%, peak RSS {record['rss_mib']['total_peak']:.0f} MiB"
-                )
+            sessions = bff_sessions(mesh, account)
+            try:
+                await self._run_cells(mesh, cells, account, mix_accounts, sessions, progress, overall)
+            finally:
+                if sessions is not None:
+                    await sessions.close()
         self.running_mesh = None
+
+    async def _run_cells(
+        self,
+        mesh: LocalMesh,
+        cells: list[Cell],
+        account: Account | None,
+        mix_accounts: list[Account],
+        sessions: BffSessions | None,
+        progress: Progress,
+        overall: Any,
+    ) -> None:
+        c = self.config
+        for cell in cells:
+            progress.update(overall, description=cell.key)
+            self.cell_started = time.monotonic()
+            try:
+                record = await self._measure(mesh, cell, account, mix_accounts, sessions)
+            except PathUnavailable as exc:
+                self._note(f"{cell.path}: skipped ({exc})")
+                self.todo.remove(cell)
+                self.cell_started = 0.0
+                continue
+            path = cell_file(c.out, cell)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            self.pace.cells.append(time.monotonic() - self.cell_started)
+            self.cell_started = 0.0
+            self.todo.remove(cell)
+            progress.advance(overall)
+            s = record["summary"]
+            progress.console.print(
+                f"{cell.key}: {s['ok_per_s']:.2f} OK/s, p95 {s['p95_ok_ms'] / 1e3:.2f}s, failed "
+                f"{100 * s['failure_rate']:.1f}%, peak RSS {record['rss_mib']['total_peak']:.0f} MiB"
+            )
 
     def _note(self, note: str) -> None:
         if note not in self.notes:
@@ -266,7 +293,12 @@ class Sweep:
         return account, mix_accounts
 
     async def _measure(
-        self, mesh: LocalMesh, cell: Cell, account: Account | None, mix_accounts: list[Account]
+        self,
+        mesh: LocalMesh,
+        cell: Cell,
+        account: Account | None,
+        mix_accounts: list[Account],
+        sessions: BffSessions | None,
     ) -> dict[str, Any]:
         c = self.config
         metadata = await bearer_metadata(mesh, account)
@@ -277,7 +309,7 @@ class Sweep:
             "metadata": metadata,
             "mix": c.mix or None,
             "mix_accounts": mix_accounts,
-            "account": account,
+            "sessions": sessions,
         }
         metrics = {child.name: str(child.info.get("metrics", "")) for child in mesh.children("ocr")}
         with RssSampler(mesh.pids()) as rss:

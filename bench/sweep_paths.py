@@ -15,7 +15,7 @@ from ocrmesh.ocr.v1 import ocr_pb2
 from bench.http_load import HttpLoad, run_http_load
 from bench.loadgen import CallFactory, LoadOptions, RequestData, insecure_calls, run_load
 from bench.mix import MixRecorder, mixed_factory, mixed_request
-from bench.web_session import bff_login, bff_ocr_sender
+from bench.web_session import BffSessions, bff_ocr_sender
 from deploy.supervisor import LocalMesh
 from mesh import balancer, credentials
 from mesh.mesh_client import mesh_call_factory
@@ -46,9 +46,8 @@ async def register(auth_address: str, account: Account) -> None:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-                raise PathUnavailable(
-                    credentials.explain_login_error(exc, account.username, auth_address)
-                ) from None
+                why = credentials.explain_login_error(exc, account.username, auth_address)
+                raise RuntimeError(f"cannot register the bench account: {why}") from None
 
 
 def new_accounts(count: int) -> list[Account]:
@@ -63,6 +62,16 @@ async def bearer_metadata(mesh: LocalMesh, account: Account | None) -> dict[str,
         return {}
     reply = await credentials.login(mesh.addresses("auth"), account.username, account.password)
     return dict(credentials.bearer(reply.tokens.access_token))
+
+
+def bff_sessions(mesh: LocalMesh, account: Account | None) -> BffSessions | None:
+    """Browser-like sessions on the mesh's BFF (logged in as `account` when auth is on), or None."""
+    url = mesh.bff_url
+    if not url:
+        return None
+    if account is None or not mesh.auth_on:
+        return BffSessions(url, None, None, CALL_TIMEOUT_S)
+    return BffSessions(url, account.username, account.password, CALL_TIMEOUT_S)
 
 
 def grpc_way_in(mesh: LocalMesh, path: str) -> tuple[str, CallFactory, str, CallFactory]:
@@ -105,24 +114,19 @@ async def run_path_load(
     name: str,
     mix: Mapping[str, int] | None = None,
     mix_accounts: Sequence[Account] = (),
-    account: Account | None = None,
+    sessions: BffSessions | None = None,
 ) -> LoadResult:
     """One closed-loop run through `path`; calls still in flight at the end finish and count."""
     if path == "bff":
         if mix:
             raise PathUnavailable("--mix is measured over gRPC paths only (the BFF path sends OCR only)")
         url = mesh.bff_url
-        if not url:
+        if not url or sessions is None:
             raise PathUnavailable("no BFF in this mesh (`ocrmesh serve bff` is not in this build yet)")
-
-        async def setup(client: Any, _index: int) -> None:
-            if account is not None and mesh.auth_on:
-                await bff_login(client, url, account.username, account.password)
-
         report = await run_http_load(
             HttpLoad(url, concurrency, duration_s, CALL_TIMEOUT_S, name=name),
             bff_ocr_sender(url, image, filename),
-            setup,
+            await sessions.take(concurrency),
         )
         return LoadResult(report)
     target, factory, login_target, login_factory = grpc_way_in(mesh, path)

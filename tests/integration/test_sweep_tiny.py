@@ -9,16 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.corpus import CORPUS
 from tests.integration.ocr_fixtures import ROOT
 
 
-def sweep(out: Path, data: Path) -> subprocess.CompletedProcess[str]:
+def sweep(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = [
         sys.executable, "-m", "mesh.cli", "bench", "sweep", "--ocr", "1", "--auth", "1",
         "--concurrency", "1,2", "--duration", "3s", "--warmup", "1s", "--path", "direct",
         "--image", str(CORPUS / "real" / "rapidocr_ch_en_num.jpg"),
-        "--out", str(out), "--data-dir", str(data), "--no-progress",
+        "--out", str(out), "--data-dir", str(data), "--no-progress", *extra,
     ]  # fmt: skip
     return subprocess.run(
         argv, cwd=ROOT, capture_output=True, text=True, timeout=280, env={**os.environ, "COLUMNS": "200"}
@@ -52,3 +54,16 @@ def test_tiny_sweep_records_cells_and_report_then_resumes_without_rerunning(tmp_
     assert "2 of 2 cells already recorded" in again.stderr
     assert "starting etcd" not in again.stderr  # nothing left to measure: no mesh was started
     assert [p.stat().st_mtime_ns for p in cells] == stamps
+
+
+@pytest.mark.slow
+def test_gateway_and_bff_paths_reach_ocr_with_tokens_and_sessions(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = sweep(out, tmp_path / "data", "--path", "gateway,bff", "--concurrency", "1,8")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for key in ("ocr1-auth1-gateway-c1", "ocr1-auth1-gateway-c8", "ocr1-auth1-bff-c1", "ocr1-auth1-bff-c8"):
+        rec = json.loads((out / "cells" / f"{key}.json").read_text())
+        # 8 clients on one worker: some are turned away (RESOURCE_EXHAUSTED / 429), none fail otherwise
+        assert rec["summary"]["ok"] > 0 and rec["summary"]["other_failures"] == 0, (key, rec["summary"])
+        assert rec["server"]["instances"]["ocr-1"]["completed"] >= rec["summary"]["ok"]
+        assert {"gateway", "bff"} <= set(rec["rss_mib"]["by_process"])
