@@ -77,7 +77,7 @@ class SnapshotCache:
         self._good: dict[str, Snapshot] = {}
         self._acked_types: dict[str, set[str]] = {}
         self._rejected: dict[str, dict[str, str]] = {}
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # replaced by a fresh one at every change
         self.generation = 0
         self.nodes: dict[str, NodeStatus] = {}
         self.status_generation = 0
@@ -121,16 +121,13 @@ class SnapshotCache:
 
     def _bump(self) -> None:
         self.generation += 1
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()  # wakes every stream waiting on this generation; later waiters get the new event
 
     async def changed(self, seen: int) -> int:
         """Wait until the generation moves past `seen`; returns the new generation."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.generation != seen)
+        while self.generation == seen:
+            await self._changed.wait()
         return self.generation
 
     # -- node status --------------------------------------------------------------------
