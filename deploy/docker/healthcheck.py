@@ -1,19 +1,20 @@
 """Container health check: exit 0 when the local ocrmesh server's gRPC health says SERVING."""
 
-# Used by the images' HEALTHCHECK (Docker, compose). Kubernetes uses its native `grpc:` probes.
-# Usage: healthcheck.py [HOST:PORT ...]. Without targets it asks 127.0.0.1 on the OCR port, then
-# the auth port (OCRMESH_OCR_PORT / OCRMESH_AUTH_PORT, defaults 50051 / 50050), so one image-wide
-# HEALTHCHECK fits whichever service the container runs. Healthy: one target answers SERVING for
-# the overall server (service ""), which ocrmesh flips together with its named services.
+# Used by the images' HEALTHCHECK (Docker, compose) and by exec probes (Kubernetes) where a native
+# probe cannot reach: the gateway's Envoy admin and in-process control plane listen on loopback only.
+# Usage: healthcheck.py [TARGET ...]. A target is HOST:PORT (grpc.health.v1 Check("") must answer
+# SERVING, which ocrmesh flips together with its named services) or an http:// URL (must answer
+# 2xx: the BFF's /healthz, Envoy admin's /ready). Without targets it asks 127.0.0.1 on the OCR port,
+# then the auth port (OCRMESH_OCR_PORT / OCRMESH_AUTH_PORT, defaults 50051 / 50050), so one
+# image-wide HEALTHCHECK fits whichever service the container runs. Healthy: one target answers.
 
 from __future__ import annotations
 
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 TIMEOUT_S = 3.0
 
@@ -28,8 +29,22 @@ def targets(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
     ]
 
 
-def serving(target: str, timeout: float = TIMEOUT_S) -> bool:
+def http_ok(url: str, timeout: float = TIMEOUT_S) -> bool:
+    """True when GET `url` answers 2xx (no proxy: the target is this container's own port)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as answer:
+            return bool(200 <= answer.status < 300)
+    except (urllib.error.URLError, OSError):  # HTTPError (a 503) is a URLError
+        return False
+
+
+def grpc_serving(target: str, timeout: float = TIMEOUT_S) -> bool:
     """True when `target` answers grpc.health.v1 Check("") with SERVING."""
+    # Imported here so an HTTP probe (run every few seconds) does not pay for loading gRPC.
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -37,6 +52,13 @@ def serving(target: str, timeout: float = TIMEOUT_S) -> bool:
         except grpc.RpcError:
             return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def serving(target: str, timeout: float = TIMEOUT_S) -> bool:
+    """True when `target` (HOST:PORT for gRPC health, or an http:// URL) says it is healthy."""
+    if target.startswith(("http://", "https://")):
+        return http_ok(target, timeout)
+    return grpc_serving(target, timeout)
 
 
 def main(argv: Sequence[str]) -> int:

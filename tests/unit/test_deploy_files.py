@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import json
 import re
 import shlex
@@ -30,6 +31,7 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from deploy.kustomize_render import containers, pod_specs, render, resource_id, split_image
+from mesh import cli
 from mesh import config as mesh_config
 from mesh.cli import SERVE
 
@@ -55,8 +57,23 @@ PARENT_MIB = 200  # the OCR server process: gRPC, admission queue, metrics
 SHUTDOWN_MARGIN_S = 5  # after the drain: worker pool and metrics shutdown
 
 KNOWN_INSTRUCTIONS = {
-    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
-    "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+    "FROM",
+    "RUN",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+    "ENV",
+    "ADD",
+    "COPY",
+    "ENTRYPOINT",
+    "VOLUME",
+    "USER",
+    "WORKDIR",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
 }
 SECRET_NAME = re.compile(r"(?i)(password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key)")
 PLACEHOLDER = re.compile(r"(?i)placeholder|change-me|replace")
@@ -101,7 +118,9 @@ class ServiceSettings:
 
 def _is_config(value: Any) -> bool:
     return (
-        isinstance(value, type) and dataclasses.is_dataclass(value) and bool(dataclasses.fields(value))
+        isinstance(value, type)
+        and dataclasses.is_dataclass(value)
+        and bool(dataclasses.fields(value))
         and all("help" in f.metadata for f in dataclasses.fields(value))
     )
 
@@ -120,8 +139,9 @@ def _services() -> dict[str, ServiceSettings]:
     for command in SERVE:
         module = importlib.import_module(command.module)
         add, _ = command.load()
-        parser = argparse.ArgumentParser(prog=f"ocrmesh serve {command.name}", exit_on_error=False,
-                                         allow_abbrev=False)
+        parser = argparse.ArgumentParser(
+            prog=f"ocrmesh serve {command.name}", exit_on_error=False, allow_abbrev=False
+        )
         add(parser)
         services[command.name] = ServiceSettings(
             command.name, _config_classes(module), parser, getattr(module, "SERVICE_NAME", None)
@@ -131,6 +151,28 @@ def _services() -> dict[str, ServiceSettings]:
 
 SERVICES = _services()
 ALL_ENV_NAMES = set().union(*(s.env_names for s in SERVICES.values()))
+ENTRY_POINTS = {"gateway", "bff"}  # what clients reach from outside: they publish ports
+HEALTHCHECK = "/opt/ocrmesh/healthcheck.py"  # where the Dockerfiles put deploy/docker/healthcheck.py
+
+
+def health_target(service: str, config: Any) -> str:
+    """What a container health check asks: the BFF's /healthz, else gRPC health on the service port
+    (through Envoy's listener for the gateway: SERVING once it routes to a serving OCR instance)."""
+    if service == "bff":
+        return f"http://127.0.0.1:{config.port}/healthz"
+    return f"127.0.0.1:{config.port}"
+
+
+def shutdown_s(service: str, config: Any) -> float:
+    """Seconds `ocrmesh serve NAME` may take from SIGTERM to exit, read from its config or code."""
+    if hasattr(config, "grace_s"):
+        return float(config.grace_s + getattr(config, "drain_linger_s", 0.0))
+    if service == "bff":  # uvicorn's graceful shutdown for requests in flight
+        return float(importlib.import_module("web_bff.server").SHUTDOWN_GRACE_S)
+    if service == "gateway":  # Envoy gets SIGTERM, then SIGKILL after this grace
+        stop = importlib.import_module("gateway.envoy_process").EnvoyProcess.stop
+        return float(inspect.signature(stop).parameters["grace"].default)
+    raise AssertionError(f"how long does `ocrmesh serve {service}` take to stop? Add it here")
 
 
 def serve_command(argv: list[str]) -> tuple[ServiceSettings, list[str]]:
@@ -338,7 +380,7 @@ def dockerfile_problems(text: str, *, check_context: bool = True) -> list[str]:
         problems.append('final stage: ENTRYPOINT must be ["ocrmesh"] (exec form)')
     cmd = [ins for ins in final if ins.keyword == "CMD"]
     if not cmd or not (cmd[-1].exec_form() or [""])[0] == "serve":
-        problems.append('final stage: CMD must be an exec-form `serve ...`')
+        problems.append("final stage: CMD must be an exec-form `serve ...`")
     return problems
 
 
@@ -358,8 +400,10 @@ def _run_problems(ins: Instruction) -> list[str]:
             problems.append(f"line {ins.line}: remove /var/lib/apt/lists in the same RUN")
     if "apt-get update" in script and "apt-get install" not in script:
         problems.append(f"line {ins.line}: apt-get update without install in the same RUN")
-    if re.search(r"\bpip3? install\b", script) and "--no-cache-dir" not in script and not any(
-        "type=cache" in flag for flag in ins.flags
+    if (
+        re.search(r"\bpip3? install\b", script)
+        and "--no-cache-dir" not in script
+        and not any("type=cache" in flag for flag in ins.flags)
     ):
         problems.append(f"line {ins.line}: pip install without --no-cache-dir or a cache mount")
     return problems
@@ -386,7 +430,7 @@ def _copy_problems(ins: Instruction, stage_names: set[str], check_context: bool)
 
 def copied_sources(text: str) -> set[str]:
     """Local paths the Dockerfile COPYs from the build context."""
-    found = set()
+    found: set[str] = set()
     for ins in parse_dockerfile(text):
         if ins.keyword == "COPY" and not any(f.startswith("--from=") for f in ins.flags):
             found.update(s.strip("/") for s in (ins.exec_form() or ins.args.split())[:-1])
@@ -404,22 +448,34 @@ def test_dockerfile_lint(dockerfile: Path) -> None:
 
 
 def test_dockerfile_lint_catches_bad_files() -> None:
-    bad = "\n".join([
-        "FROM python AS build",
-        "ADD https://example.invalid/x.tar.gz /x",
-        "RUN cd /x && apt-get install curl",
-        "ENV DB_PASSWORD=hunter2",
-        "MAINTAINER someone",
-        "FROM debian:latest",
-        "COPY --from=nowhere /a /b",
-        'CMD ["serve", "ocr"]',
-        "USER root",
-        'ENTRYPOINT ["ocrmesh"]',
-    ])
+    bad = "\n".join(
+        [
+            "FROM python AS build",
+            "ADD https://example.invalid/x.tar.gz /x",
+            "RUN cd /x && apt-get install curl",
+            "ENV DB_PASSWORD=hunter2",
+            "MAINTAINER someone",
+            "FROM debian:latest",
+            "COPY --from=nowhere /a /b",
+            'CMD ["serve", "ocr"]',
+            "USER root",
+            'ENTRYPOINT ["ocrmesh"]',
+        ]
+    )
     problems = "\n".join(dockerfile_problems(bad, check_context=False))
-    for expected in ("not pinned", "ADD", "cd", "no-install-recommends", "/var/lib/apt/lists",
-                     "secret-looking", "MAINTAINER", "no earlier stage", "non-root uid",
-                     "CMD comes before USER", "no HEALTHCHECK"):
+    for expected in (
+        "not pinned",
+        "ADD",
+        "cd",
+        "no-install-recommends",
+        "/var/lib/apt/lists",
+        "secret-looking",
+        "MAINTAINER",
+        "no earlier stage",
+        "non-root uid",
+        "CMD comes before USER",
+        "no HEALTHCHECK",
+    ):
         assert expected in problems, f"{expected!r} not reported:\n{problems}"
 
 
@@ -507,12 +563,15 @@ def test_no_secrets_committed() -> None:
 
 
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    return loaded
 
 
 def interpolate(text: str) -> str:
-    """Compose interpolation with a dummy value for every variable; `$$` is a literal `$`."""
-    text = re.sub(r"\$\{[A-Za-z_]\w*(?::?[-?+][^}]*)?\}", "dummy", text)
+    """Compose interpolation with deploy/.env unset: `${X:-default}` gives the default, any other
+    variable "dummy"; `$$` is a literal `$`."""
+    text = re.sub(r"\$\{[A-Za-z_]\w*:?-([^}]*)\}", lambda m: m[1], text)
+    text = re.sub(r"\$\{[A-Za-z_]\w*(?::?[?+][^}]*)?\}", "dummy", text)
     return text.replace("$$", "$")
 
 
@@ -576,11 +635,17 @@ def test_compose_services_and_images() -> None:
         if repo in THIRD_PARTY:
             assert tag and tag != "latest", f"{name}: pin {svc['image']}"
         assert "healthcheck" in svc, f"{name}: no healthcheck"
-        assert not svc.get("ports"), f"{name}: fixed host ports stop it from scaling"
+        if name in ENTRY_POINTS:
+            assert len(svc["ports"]) == 1 and svc.get("deploy", {}).get("replicas", 1) == 1, (
+                f"{name}: one published port, so one replica"
+            )
+        else:
+            assert not svc.get("ports"), f"{name}: fixed host ports stop it from scaling"
         for dep, cond in (svc.get("depends_on") or {}).items():
             assert dep in services and cond.get("condition") == "service_healthy", f"{name} -> {dep}"
     for svc in ("auth", "ocr"):
         assert services[svc]["deploy"]["replicas"] >= 2
+    assert ENTRY_POINTS <= set(services), "the gateway and the BFF are the entry points"
     pg = services["postgres"]
     assert compose_env(pg).get("POSTGRES_PASSWORD") == "dummy", "the password comes from deploy/.env"
     assert compose()["volumes"].keys() >= {"postgres-data"}
@@ -605,15 +670,40 @@ def test_compose_ocrmesh_services_read_their_settings() -> None:
         assert config.host in ("0.0.0.0", "::"), f"{name}: listens on {config.host} only"
         assert str(config.port) in [str(p) for p in svc.get("expose", [])], f"{name}: port not exposed"
         health = svc["healthcheck"]["test"]
-        assert health[-1] == f"127.0.0.1:{config.port}", f"{name}: healthcheck asks the wrong port"
-        grace = config.grace_s + getattr(config, "drain_linger_s", 0) + SHUTDOWN_MARGIN_S
+        assert health[:3] == ["CMD", "python", HEALTHCHECK], f"{name}: {health}"
+        assert health[3:] == [health_target(service.name, config)], f"{name}: healthcheck asks the wrong port"
+        grace = shutdown_s(service.name, config) + SHUTDOWN_MARGIN_S
         assert duration_s(svc.get("stop_grace_period", "10s")) >= grace, f"{name}: stop_grace_period"
         if getattr(config, "etcd", ""):
             hosts = {h.split(":")[0] for h in config.etcd.split(",")}
             assert hosts <= set(services) and len(hosts) == 3, f"{name}: etcd endpoints {hosts}"
         if name == "auth":
             assert config.db_url.startswith("postgresql+asyncpg://") and "@postgres:" in config.db_url
-    assert seen >= {"ocr", "auth"}
+    assert seen >= {"ocr", "auth", "gateway", "bff"}
+
+
+def test_compose_entry_points() -> None:
+    """The gateway and the BFF publish their own port (loopback by default) and start after the mesh."""
+    services = compose()["services"]
+    etcd = {n for n, s in services.items() if split_image(s["image"])[0].endswith("/etcd")}
+    configs = {}
+    for name in sorted(ENTRY_POINTS):
+        svc = services[name]
+        service, flags = serve_command(compose_argv(svc) or [])
+        assert service.name == name, f"compose service {name} runs `ocrmesh serve {service.name}`"
+        config = service.load(flags, {**image_env(built_images()["ocrmesh"]), **compose_env(svc)})
+        (port,) = svc["ports"]
+        assert isinstance(port, dict), f"{name}: use the long port syntax (named, host_ip)"
+        assert port["target"] == config.port and int(interpolate(port["published"])) == config.port, name
+        assert interpolate(port["host_ip"]) == "127.0.0.1", f"{name}: publish on loopback unless told"
+        assert set(svc["depends_on"]) >= etcd | {"auth", "ocr"}, f"{name}: {sorted(svc['depends_on'])}"
+        assert set(str(p) for p in svc["expose"]) == {str(config.port)}, f"{name}: only its own port"
+        configs[name] = config
+    gateway = configs["gateway"]
+    # Envoy's admin and the control plane stay on the container's loopback: never exposed.
+    assert gateway.xds == "" and gateway.tls_cert is None, "the control plane runs in the container"
+    exposed = {str(p) for s in services.values() for p in s.get("expose", [])}
+    assert not {str(gateway.admin_port), str(gateway.xds_port)} & exposed
 
 
 # ---------------------------------------------------------------- Kubernetes
@@ -649,7 +739,7 @@ def validate_k8s(resource: dict[str, Any], version: str) -> str | None:
     except kubernetes_validate.ValidationError as exc:
         return f"{'.'.join(map(str, exc.path))}: {exc.message}"
     except kubernetes_validate.SchemaNotFoundError as exc:
-        return exc.message
+        return str(exc.message)
     return None
 
 
@@ -747,8 +837,13 @@ def test_renderer_agrees_with_kustomize_when_present(overlay: str) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl (with its built-in kustomize) is not installed")
-    result = subprocess.run([kubectl, "kustomize", str(OVERLAYS[overlay])], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(OVERLAYS[overlay])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if result.returncode != 0:
         pytest.skip(f"kubectl kustomize did not run: {result.stderr.strip()[:200]}")
     real = {resource_id(r): r for r in yaml.safe_load_all(result.stdout) if r}
@@ -782,6 +877,111 @@ def test_k8s_images_are_built_or_allowed(overlay: str) -> None:
                 assert (major, minor) > (3, 5) or (minor == 5 and patch >= 17), "etcd 3.5.x needs x >= 17"
 
 
+def pre_stop_s(container: dict[str, Any]) -> float:
+    """The longest a container's preStop hook can take: its sleeps plus its calls' timeouts."""
+    command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if command[:1] == ["sleep"]:
+        return float(command[1])
+    script = " ".join(command[2:]) if command[:2] == ["/bin/sh", "-c"] else ""
+    found = re.findall(r"\bsleep (\d+(?:\.\d+)?)|timeout=(\d+(?:\.\d+)?)", script)
+    return sum(float(sleep or timeout) for sleep, timeout in found)
+
+
+def check_env_references(where: str, container: dict[str, Any]) -> None:
+    """$(NAME) in an env value expands only when NAME is defined earlier in the same list."""
+    defined: set[str] = set()
+    for item in container.get("env") or []:
+        for name in re.findall(r"\$\((\w+)\)", str(item.get("value", ""))):
+            assert name in defined, f"{where}: {item['name']} uses $({name}) before it is defined"
+        defined.add(item["name"])
+
+
+def check_grpc_service(
+    where: str,
+    overlay: str,
+    service: ServiceSettings,
+    config: Any,
+    workload: dict[str, Any],
+    container: dict[str, Any],
+) -> None:
+    """OCR and auth: gRPC port and metrics, native gRPC probes on their own health service."""
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": config.port, "metrics": config.metrics_port}, where
+    template = workload["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(config.metrics_port)
+    for probe in ("readinessProbe", "livenessProbe"):
+        grpc = container[probe]["grpc"]
+        assert grpc == {"port": config.port, "service": service.grpc_service}, f"{where}: {probe}"
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    if service.name == "ocr":
+        assert "startupProbe" in container, f"{where}: OCR warm-up needs a startupProbe"
+        assert quantity(requests["cpu"]) == config.worker_count * config.threads_per_worker, (
+            f"{where}: set OCRMESH_OCR_WORKERS to the CPU request (cpu_count sees the node)"
+        )
+        peak = max(WORKER_PEAK_MIB, config.max_worker_rss_mb) * 2**20
+        assert quantity(limits["memory"]) >= PARENT_MIB * 2**20 + config.worker_count * peak, where
+        assert config.max_worker_rss_mb * 2**20 < quantity(limits["memory"]), where
+        if overlay == "cpu":
+            assert config.device == "cpu"
+
+
+def check_gateway(
+    where: str,
+    overlay: str,
+    service: ServiceSettings,
+    config: Any,
+    workload: dict[str, Any],
+    container: dict[str, Any],
+) -> None:
+    """Envoy + in-process control plane: probes reach Envoy admin and the control plane on loopback."""
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": config.port}, f"{where}: only the listener; admin and xDS stay in the pod"
+    assert config.xds == "" and config.tls_cert is None, f"{where}: the control plane runs in the pod"
+    assert config.admin_port != config.port != config.xds_port != config.admin_port, where
+    ready = ["python", HEALTHCHECK, f"http://127.0.0.1:{config.admin_port}/ready"]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["exec"]["command"] == ready, f"{where}: {probe} asks Envoy's /ready"
+    live = ["python", HEALTHCHECK, f"127.0.0.1:{config.xds_port}"]
+    assert container["livenessProbe"]["exec"]["command"] == live, f"{where}: liveness = control plane health"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] > config.ready_timeout_s, where
+    script = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    assert f"http://127.0.0.1:{config.admin_port}/drain_listeners?graceful" in script, where
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OCRMESH_GATEWAY_NODE_ID"]["value"] == "$(POD_NAME)", f"{where}: one xDS node per pod"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def check_bff(
+    where: str,
+    overlay: str,
+    service: ServiceSettings,
+    config: Any,
+    workload: dict[str, Any],
+    container: dict[str, Any],
+) -> None:
+    """The BFF: one HTTP port, probes on routes the app really serves."""
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": config.port}, where
+    app_module = importlib.import_module("web_bff.app")
+    backends = importlib.import_module("web_bff.backends").Backends(config.etcd, 1.0, 1.0)
+    app = app_module.create_app(config, backends)
+    gets = {r.path for r in app.routes if "GET" in (getattr(r, "methods", None) or ())}
+    expected = {"startupProbe": "/", "readinessProbe": "/healthz", "livenessProbe": "/"}
+    for probe, path in expected.items():
+        http = container[probe]["httpGet"]
+        assert http == {"path": path, "port": "http"} and path in gets, f"{where}: {probe} {http}"
+    assert config.cookie_secure in ("always", "auto"), where
+
+
+CONTAINER_CHECKS = {
+    "ocr": check_grpc_service,
+    "auth": check_grpc_service,
+    "gateway": check_gateway,
+    "bff": check_bff,
+}
+
+
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_k8s_ocrmesh_containers_read_their_settings(overlay: str) -> None:
     """Env names, flags, ports, probes, drain timing and sizing all agree with the configs."""
@@ -791,45 +991,38 @@ def test_k8s_ocrmesh_containers_read_their_settings(overlay: str) -> None:
         where = f"{overlay}: {workload['kind']}/{workload['metadata']['name']}"
         service, flags = serve_command(container["args"])
         seen.add(service.name)
+        check_env_references(where, container)
         env = container_env(container, resources)
         named = {k for k in env if k.startswith("OCRMESH_")}
         assert named <= service.env_names, f"{where}: not read: {sorted(named - service.env_names)}"
         config = service.load(flags, env)
         assert config.host in ("0.0.0.0", "::"), f"{where}: listens on {config.host} only"
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports["grpc"] == config.port and ports["metrics"] == config.metrics_port, where
-        template = workload["spec"]["template"]
-        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(config.metrics_port)
-        for probe in ("readinessProbe", "livenessProbe"):
-            grpc = container[probe]["grpc"]
-            assert grpc == {"port": config.port, "service": service.grpc_service}, f"{where}: {probe}"
-        pod = template["spec"]
-        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-        sleep_s = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
-        drain = sleep_s + getattr(config, "drain_linger_s", 0.0) + config.grace_s + SHUTDOWN_MARGIN_S
+        pod = workload["spec"]["template"]["spec"]
+        drain = pre_stop_s(container) + shutdown_s(service.name, config) + SHUTDOWN_MARGIN_S
         assert pod["terminationGracePeriodSeconds"] >= drain, f"{where}: grace period < {drain} s"
         liveness = container["livenessProbe"]
         assert liveness["periodSeconds"] * liveness["failureThreshold"] > pod["terminationGracePeriodSeconds"]
         requests, limits = container["resources"]["requests"], container["resources"]["limits"]
         assert {"cpu", "memory"} <= set(requests) and "memory" in limits, f"{where}: resources"
-        if service.name == "ocr":
-            assert "startupProbe" in container, f"{where}: OCR warm-up needs a startupProbe"
-            assert quantity(requests["cpu"]) == config.worker_count * config.threads_per_worker, (
-                f"{where}: set OCRMESH_OCR_WORKERS to the CPU request (cpu_count sees the node)"
-            )
-            peak = max(WORKER_PEAK_MIB, config.max_worker_rss_mb) * 2**20
-            assert quantity(limits["memory"]) >= PARENT_MIB * 2**20 + config.worker_count * peak, where
-            assert config.max_worker_rss_mb * 2**20 < quantity(limits["memory"]), where
-            if overlay == "cpu":
-                assert config.device == "cpu"
-    assert seen >= {"ocr", "auth"}
+        assert service.name in CONTAINER_CHECKS, f"{where}: add checks for `ocrmesh serve {service.name}`"
+        CONTAINER_CHECKS[service.name](where, overlay, service, config, workload, container)
+    assert seen >= {"ocr", "auth", "gateway", "bff"}
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_k8s_security_contexts(overlay: str) -> None:
-    uid = {name: int(p) for name, p in (
-        (repo, [i for i in parse_dockerfile(path.read_text(encoding="utf-8")) if i.keyword == "USER"][-1]
-         .args.split(":")[0]) for repo, path in built_images().items())}
+    uid = {
+        name: int(p)
+        for name, p in (
+            (
+                repo,
+                [i for i in parse_dockerfile(path.read_text(encoding="utf-8")) if i.keyword == "USER"][
+                    -1
+                ].args.split(":")[0],
+            )
+            for repo, path in built_images().items()
+        )
+    }
     for workload in workloads(RENDERED[overlay]):
         where = f"{overlay}: {workload['metadata']['name']}"
         pod = workload["spec"]["template"]["spec"]
@@ -889,35 +1082,107 @@ def test_k8s_etcd_cluster() -> None:
     assert ocr == ",".join(f"etcd-{i}.{headless['metadata']['name']}:2379" for i in range(3))
 
 
+def egress_ports(
+    policies: list[dict[str, Any]], labels: Mapping[str, str], peer: Mapping[str, str]
+) -> set[int]:
+    """Ports pods with `labels` may open to pods with `peer` labels (same namespace)."""
+    allowed = set()
+    for policy in policies:
+        if policy["spec"]["podSelector"] and selects(policy["spec"]["podSelector"], labels):
+            for rule in policy["spec"].get("egress", []):
+                if any(selects(to.get("podSelector", {}), peer) for to in rule.get("to", [])):
+                    allowed |= {port["port"] for port in rule["ports"]}
+    return allowed
+
+
+def ingress_ports(
+    policies: list[dict[str, Any]], labels: Mapping[str, str], peer: Mapping[str, str] | None
+) -> set[int]:
+    """Ports pods with `labels` accept from pods with `peer` labels; peer None: from anywhere."""
+    allowed = set()
+    for policy in policies:
+        if policy["spec"]["podSelector"] and selects(policy["spec"]["podSelector"], labels):
+            for rule in policy["spec"].get("ingress", []):
+                sources = rule.get("from")
+                if sources is None or (
+                    peer is not None
+                    and any(
+                        set(src) == {"podSelector"} and selects(src["podSelector"], peer) for src in sources
+                    )
+                ):
+                    allowed |= {port["port"] for port in rule["ports"]}
+    return allowed
+
+
 def test_k8s_network_policies() -> None:
     resources = RENDERED["cpu"]
     policies = list(by_kind(resources, "NetworkPolicy").values())
-    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
-            and not p["spec"].get("egress")]
+    deny = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress") and not p["spec"].get("egress")
+    ]
     assert deny and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}, "default deny"
     dns = [p for p in policies if p["spec"]["podSelector"] == {} and p["spec"].get("egress")]
     assert dns and {port["port"] for r in dns[0]["spec"]["egress"] for port in r["ports"]} == {53}
     pods = workloads(resources)
-    etcd_labels = pod_labels(by_kind(resources, "StatefulSet")["etcd"])
-
-    def egress_ports(labels: Mapping[str, str], peer: Mapping[str, str]) -> set[int]:
-        allowed = set()
-        for policy in policies:
-            if policy["spec"]["podSelector"] and selects(policy["spec"]["podSelector"], labels):
-                for rule in policy["spec"].get("egress", []):
-                    if any(selects(t.get("podSelector", {}), peer) for t in rule.get("to", [])):
-                        allowed |= {p["port"] for p in rule["ports"]}
-        return allowed
-
     for policy in policies:
         if policy["spec"]["podSelector"]:
             assert [w for w in pods if selects(policy["spec"]["podSelector"], pod_labels(w))], (
                 f"NetworkPolicy {policy['metadata']['name']} selects no pod"
             )
+    labels = {w["metadata"]["name"]: pod_labels(w) for w in pods}
     for workload, container in ocrmesh_containers(resources):
+        name = workload["metadata"]["name"]
         if container_env(container, resources).get("OCRMESH_ETCD"):
-            assert 2379 in egress_ports(pod_labels(workload), etcd_labels), workload["metadata"]["name"]
-    assert 2380 in egress_ports(etcd_labels, etcd_labels), "etcd peers"
+            assert 2379 in egress_ports(policies, labels[name], labels["etcd"]), f"{name} -> etcd"
+            assert 2379 in ingress_ports(policies, labels["etcd"], labels[name]), f"etcd <- {name}"
+    assert 2380 in egress_ports(policies, labels["etcd"], labels["etcd"]), "etcd peers"
+    assert 2380 in ingress_ports(policies, labels["etcd"], labels["etcd"]), "etcd peers"
+    # The gateway (Envoy) and the BFF call OCR and auth pods directly and read etcd: both ends allow it.
+    for client in sorted(ENTRY_POINTS):
+        for server, port in (("ocr", 50051), ("auth", 50050), ("etcd", 2379)):
+            assert port in egress_ports(policies, labels[client], labels[server]), f"{client} -> {server}"
+            assert port in ingress_ports(policies, labels[server], labels[client]), f"{server} <- {client}"
+    # Only the entry points accept connections from anywhere, and only on the port they serve.
+    for workload in pods:
+        name = workload["metadata"]["name"]
+        served = {p["containerPort"] for c in containers(workload) for p in c.get("ports", [])}
+        open_ports = ingress_ports(policies, labels[name], None)
+        assert open_ports == (served if name in ENTRY_POINTS else set()), (
+            f"{name} open to all on {open_ports}"
+        )
+
+
+def container_commands() -> Iterator[tuple[str, list[str]]]:
+    """(where, `ocrmesh` arguments) of every container running our image, in compose and k8s."""
+    images = built_images()
+    for name, svc in compose()["services"].items():
+        if split_image(svc["image"])[0] in images:
+            yield f"compose {name}", compose_argv(svc) or []
+    for overlay, resources in RENDERED.items():
+        for workload, container in ocrmesh_containers(resources):
+            yield f"{overlay} {workload['metadata']['name']}", list(container["args"])
+
+
+def test_container_commands_parse_with_the_ocrmesh_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each container's command is a real `ocrmesh serve NAME`, and the parser `ocrmesh` itself builds
+    for it (mesh/cli.py's Command registry) accepts its flags; the gateway and the BFF are among them."""
+    by_name = {command.name: command for command in cli.SERVE}
+    seen = set()
+    for where, argv in container_commands():
+        assert argv[:1] == ["serve"] and argv[1] in by_name, f"{where}: {argv} is no `ocrmesh serve` command"
+        parser, _ = cli._parser_for(by_name[argv[1]], f"ocrmesh serve {argv[1]}")
+        try:
+            parser.parse_args(argv[2:])
+        except SystemExit:
+            pytest.fail(f"{where}: `ocrmesh {' '.join(argv)}` is refused: {capsys.readouterr().err}")
+        seen.add(argv[1])
+    assert seen >= {"ocr", "auth", "gateway", "bff"}
+    for name in sorted(ENTRY_POINTS):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["serve", name, "--help"])
+        assert exited.value.code == 0 and f"ocrmesh serve {name}" in capsys.readouterr().out
 
 
 def test_secret_template_is_a_placeholder_outside_the_kustomization() -> None:
