@@ -435,6 +435,11 @@ def print_next_steps(mesh: LocalMesh) -> None:
     exe = Path(sys.executable).parent / "ocrmesh"
     ocr_address = mesh.addresses("ocr")[0]
     image = "../shared/ocr-corpus/real/rapidocr_ch_en_num.jpg"
+    if mesh.bff_url:
+        console.print(f"web:  {mesh.bff_url} (register, log in, upload an image)")
+    if mesh.gateway_address:
+        token = " (OCR routes need a token)" if mesh.auth_on else ""
+        console.print(f"gateway: {mesh.gateway_address}, gRPC for every service{token}")
     if mesh.auth_on:
         auth_address = mesh.addresses("auth")[0]
         account = f"{exe} account --auth-target {auth_address}"
@@ -446,10 +451,6 @@ def print_next_steps(mesh: LocalMesh) -> None:
         console.print(f"      or: export OCRMESH_TOKEN=$({account} login alice)")
     else:
         console.print(f"try:  {exe} ocr {image} --target {ocr_address}")
-    if mesh.gateway_address:
-        console.print(f"gateway: {mesh.gateway_address} (gRPC; OCR routes need a token)")
-    if mesh.bff_url:
-        console.print(f"web:  {mesh.bff_url}")
     console.print(f"      {exe} status --etcd {mesh.etcd.endpoint}")
     console.print(f"logs: {mesh.data_dir / 'logs'}")
 

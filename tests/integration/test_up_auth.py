@@ -70,7 +70,7 @@ async def test_up_starts_auth_before_ocr_and_ocr_requires_tokens(tmp_path: Path)
         assert started == ["etcd", "auth-1", "auth-2", "ocr-1", "gateway", "bff"], text
         ready = {name: json.loads((data / "run" / f"{name}.json").read_text()) for name in started[1:]}
         # the gateway and the BFF picked free ports and the summary says where they are
-        assert f"gateway: {ready['gateway']['address']}" in text and f"web:  {ready['bff']['url']}" in text
+        assert f"gateway: {ready['gateway']['address']}," in text and f"web:  {ready['bff']['url']} " in text
         auth_address, ocr_address = ready["auth-1"]["address"], ready["ocr-1"]["address"]
         assert f"auth: {auth_address}" in text and "--login alice" in text
         assert ready["ocr-1"]["require_auth"] is True
