@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bench import mix
 from bench.durations import parse_duration
 from bench.ghz import run_ghz
 from bench.loadgen import (
@@ -134,6 +135,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--retry-cap", default="5s", help="longest RetryInfo wait honoured")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--mix",
+        default="",
+        help="mixed workload, e.g. login=1,ocr=9: logins of the --login account among the --image calls "
+        "(per-kind figures on stderr)",
+    )
 
 
 def _target(ns: argparse.Namespace) -> str:
@@ -279,6 +286,11 @@ def run(ns: argparse.Namespace) -> int:
         if auth:
             options = dataclasses.replace(options, metadata={**options.metadata, **dict(auth)})
         factory = _call_factory(ns, target)
+        recorder = None
+        if ns.mix:
+            if ns.engine == "ghz" or not ns.image:
+                raise BenchError("--mix needs --image and the builtin engine")
+            data, factory, recorder = asyncio.run(mix.for_load_cli(ns.mix, ns, data, factory))
         if ns.engine == "ghz":
             if factory is not insecure_calls:
                 raise BenchError("ghz cannot balance: use --engine builtin with --etcd or several targets")
@@ -305,6 +317,9 @@ def run(ns: argparse.Namespace) -> int:
             return 1
     else:
         sys.stdout.write(text)
+    if recorder is not None:
+        for kind, part in recorder.reports(int(report["total"])).items():
+            print(f"{PROG}: {kind}: {mix.summary_line(part)}", file=sys.stderr)
     hint = unreachable_hint(report, target, options.concurrency)
     if hint:
         print(f"{PROG}: {hint}", file=sys.stderr)

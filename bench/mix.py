@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,8 +12,12 @@ from typing import Any
 import grpc
 from ocrmesh.auth.v1 import auth_pb2
 
-from bench.loadgen import CallFactory, LoadOptions, RequestData, UnaryBytesCall
+from bench.loadgen import BenchError, CallFactory, LoadOptions, RequestData, UnaryBytesCall, insecure_calls
 from bench.report import CallResult, build_report, go_code_name, go_error
+from bench.sweep_plan import PlanError, parse_mix
+from bench.sweep_report import summarize
+from mesh import credentials
+from mesh.mesh_client import mesh_call_factory
 
 LOGIN_PATH = "/ocrmesh.auth.v1.AuthService/Login"
 KINDS = ("login", "ocr")
@@ -128,3 +133,45 @@ def mixed_factory(
             yield routed
 
     return calls
+
+
+async def for_load_cli(
+    mix_text: str, ns: Any, request: RequestData, ocr: CallFactory
+) -> tuple[RequestData, CallFactory, MixRecorder]:
+    """`ocrmesh bench --mix login=N,ocr=M`: the mixed request list and CallFactory for the flags given.
+
+    Logins use the --login account (password from USER:PASSWORD or OCRMESH_PASSWORD, never a second
+    prompt) at --auth-target, or at the `auth` instances in --etcd through the balancing client.
+    """
+    try:
+        mix = parse_mix(mix_text)
+    except PlanError as exc:
+        raise BenchError(str(exc)) from None
+    if not getattr(ns, "login", None):
+        raise BenchError("--mix needs --login USER[:PASSWORD]: the mixed logins use that account")
+    try:
+        user, password = credentials.split_login(ns.login)
+    except credentials.CredentialsError as exc:
+        raise BenchError(str(exc)) from None
+    password = password or os.environ.get(credentials.PASSWORD_ENV)
+    if not password:
+        raise BenchError(
+            f"--mix: give the password as --login {user}:PASSWORD or in {credentials.PASSWORD_ENV}"
+        )
+    if ns.etcd:
+        login_target, login = f"etcd://{ns.etcd}/auth", mesh_call_factory(ns.etcd, "auth")
+    else:
+        login_target, login = (await credentials.auth_targets(ns.auth_target, None))[0], insecure_calls
+    data, kinds = mixed_request(mix, request.messages[0], [(user, password)])
+    recorder = MixRecorder()
+    return data, mixed_factory(ocr, login, login_target, kinds, recorder), recorder
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """One kind's figures in a line: calls, OK/s, mean and p95 of OK calls, status counts."""
+    s = summarize(report)
+    codes = ", ".join(f"{code} {n}" for code, n in s["status_codes"].items())
+    return (
+        f"{s['calls']} calls, {s['ok_per_s']:.2f} OK/s, mean OK {s['avg_ok_ms'] / 1e3:.2f}s, "
+        f"p95 OK {s['p95_ok_ms'] / 1e3:.2f}s ({codes})"
+    )
