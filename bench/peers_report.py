@@ -226,7 +226,7 @@ def markdown(table: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot_n
         ]
     else:
         out.append("- Nowhere in this run.")
-    for note in meta.get("notes") or ():
-        out.append(f"- {note}")
+    if meta.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {note}" for note in meta["notes"]]
     out += ["", f"![peers]({plot_name})", ""]
     return "\n".join(out)
