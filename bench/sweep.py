@@ -140,6 +140,12 @@ def meta(config: SweepConfig, elapsed_s: float, notes: Sequence[str]) -> dict[st
         "workers": config.workers,
         "mix": config.mix,
         "mix_users": MIX_USERS if config.mix.get("login") else 0,
+        "matrix": {
+            "ocr": list(config.ocr),
+            "auth": list(config.auth),
+            "path": list(config.paths),
+            "concurrency": list(config.concurrency),
+        },
         "command": config.command,
         "elapsed_s": elapsed_s,
         "notes": list(notes),
@@ -427,16 +433,13 @@ def report(config: SweepConfig, elapsed_s: float, notes: Sequence[str], console:
     if not records:
         console.print(f"{PROG}: no recorded cells with these settings in {config.out}; run the sweep first")
         return 1
+    found = meta(config, elapsed_s, notes)
     previous = config.out / "sweep.json"
-    if not elapsed_s and previous.exists():  # --report-only keeps the run's own time and notes
-        with_meta = json.loads(previous.read_text(encoding="utf-8")).get("meta", {})
-        elapsed_s, notes, command = (
-            with_meta.get("elapsed_s", 0.0),
-            with_meta.get("notes", []),
-            with_meta.get("command"),
-        )
-        config.command = command or config.command
-    written = write_report(config.out, records, meta(config, elapsed_s, notes))
+    if not elapsed_s and previous.exists():  # --report-only keeps the run's own date, time, notes, matrix
+        before = json.loads(previous.read_text(encoding="utf-8")).get("meta", {})
+        kept = ("date", "elapsed_s", "notes", "command", "matrix")
+        found |= {key: before[key] for key in kept if key in before}
+    written = write_report(config.out, records, found)
     console.print(f"report: {written['md']} ({len(records)} cells; CSV, JSON and PNG plots beside it)")
     return 0
 

@@ -88,7 +88,7 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
         "share": " ".join(f"{name}:{d.get('share', 0.0):.2f}" for name, d in sorted(instances.items())),
         "peak_rss_mib": float(rss.get("total_peak", 0.0)),
         "peak_rss_ocr_mib": max(ocr_rss, default=0.0),
-        "load_1m": float(max(record.get("load_1m") or [0.0])),
+        "load_1m": max(record["load_1m"]) if record.get("load_1m") else None,  # not in older records
     }
 
 
@@ -176,6 +176,10 @@ def plot(table: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[P
     return made
 
 
+def _load(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _f(value: float, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
@@ -189,6 +193,14 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         "",
         f"`{meta.get('command', '')}`",
         "",
+    ]
+    matrix = meta.get("matrix") or {}
+    if matrix:
+        out += [
+            "Cells: " + ", ".join(f"{k} {','.join(str(v) for v in vs)}" for k, vs in matrix.items()) + ".",
+            "",
+        ]
+    out += [
         f"ocrmesh {meta.get('ocrmesh', '?')}, Python {meta.get('python', '?')}, "
         f"onnxruntime {meta.get('onnxruntime', '?')}, rapidocr {meta.get('rapidocr', '?')}, "
         f"{meta.get('cpus', '?')} CPUs ({meta.get('machine', '?')}), image `{meta.get('image', '?')}`, "
@@ -223,7 +235,7 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
             f"| {_f(r['ok_per_s'])} | {_f(r['avg_ok_ms'] / 1e3)} | {_f(r['p50_ok_ms'] / 1e3)} "
             f"| {_f(r['p95_ok_ms'] / 1e3)} "
             f"| {_f(r['p99_ok_ms'] / 1e3)} | {_f(r['avg_ms'] / 1e3)} | {100 * r['failure_rate']:.1f}% "
-            f"| {r['resource_exhausted']} | {r['other_failures']} | {r['load_1m']:.1f} |"
+            f"| {r['resource_exhausted']} | {r['other_failures']} | {_load(r['load_1m'])} |"
         )
     out += [
         "",
