@@ -679,6 +679,8 @@ def test_compose_ocrmesh_services_read_their_settings() -> None:
             assert hosts <= set(services) and len(hosts) == 3, f"{name}: etcd endpoints {hosts}"
         if name == "auth":
             assert config.db_url.startswith("postgresql+asyncpg://") and "@postgres:" in config.db_url
+        if service.name == "ocr":
+            assert config.require_auth, f"{name}: OCR checks tokens itself (the BFF calls it directly)"
     assert seen >= {"ocr", "auth", "gateway", "bff"}
 
 
@@ -915,6 +917,7 @@ def check_grpc_service(
     requests, limits = container["resources"]["requests"], container["resources"]["limits"]
     if service.name == "ocr":
         assert "startupProbe" in container, f"{where}: OCR warm-up needs a startupProbe"
+        assert config.require_auth, f"{where}: OCR checks tokens itself (the BFF calls pods directly)"
         assert quantity(requests["cpu"]) == config.worker_count * config.threads_per_worker, (
             f"{where}: set OCRMESH_OCR_WORKERS to the CPU request (cpu_count sees the node)"
         )
