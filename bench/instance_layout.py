@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.durations import parse_duration
+from bench.foundation import Service, ocr_service
 from bench.loadgen import LoadOptions, run_load
-from deploy.supervisor import Child, ocr_child
 from etcd.launcher import EtcdError, EtcdProcess
 from mesh import __version__
 from mesh.mesh_client import mesh_call_factory
@@ -57,34 +57,37 @@ class Running:
 
     layout: Layout
     etcd: EtcdProcess
-    children: list[Child]
+    services: list[Service]
 
 
 @contextlib.asynccontextmanager
 async def running(layouts: Sequence[Layout], workdir: Path) -> AsyncIterator[list[Running]]:
     """Every layout up at once, each with its own etcd (so each client sees only its layout's
-    instances; the idle layout's workers wait on an empty queue and take no CPU)."""
+    instances; the idle layout's workers wait on an empty queue and take no CPU).
+
+    The OCR processes stay in this process's session (bench.foundation.ocr_service), not one
+    session each as `ocrmesh up` starts them: with Linux's autogroup scheduling CPU is shared
+    per session, so on a busy machine two instances in two sessions would get twice the share
+    of one instance, and the comparison would measure the scheduler, not the layout.
+    """
     started: list[Running] = []
-    try:
+    async with contextlib.AsyncExitStack() as stack:
         for layout in layouts:
             data = workdir / layout.key
-            etcd = EtcdProcess(data / "etcd", log_file=data / "logs" / "etcd.log")
+            etcd = EtcdProcess(data / "etcd", log_file=data / "etcd.log")
             await etcd.start()
+            stack.push_async_callback(etcd.stop)
             run = Running(layout, etcd, [])
             started.append(run)
+            console.print(f"starting {layout.label} (logs in {data})")
             for index in range(1, layout.instances + 1):
-                extra = ("--threads-per-worker", "1", "--metrics-port", "-1", "--log-level", "warning")
-                child = ocr_child(
-                    index, etcd.endpoint, "127.0.0.1", 0, layout.workers, None, data, False, extra
-                )
-                run.children.append(child)
-            console.print(f"starting {layout.label} (logs in {data / 'logs'})")
-            await asyncio.gather(*(child.start() for child in run.children))
+                args = ("--etcd", etcd.endpoint, "--instance-id", f"{layout.key}-{index}")
+                args += ("--workers", str(layout.workers), "--threads-per-worker", "1")
+                home = data / f"ocr-{index}"
+                home.mkdir(parents=True, exist_ok=True)
+                service = ocr_service(home, *args)
+                run.services.append(await asyncio.to_thread(stack.enter_context, service))
         yield started
-    finally:
-        for run in reversed(started):
-            await asyncio.gather(*(child.stop() for child in run.children))
-            await run.etcd.stop()
 
 
 async def load(run: Running, request: bytes, concurrency: int, duration_s: float) -> dict[str, Any]:
@@ -201,7 +204,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"ocrmesh {m['ocrmesh']}, Python {m['python']}, {m['cpus']} CPUs ({m['machine']}), "
         "shared with other work.",
         f"Closed-loop Recognize of `{m['image']}` through `MeshClient.from_etcd` (each layout in its own "
-        "etcd), 1 ONNX Runtime thread per worker, default queue depth (2 per worker).",
+        "etcd), 1 ONNX Runtime thread per worker, default queue depth (2 per worker). All OCR processes run "
+        "in the bench's own session: with Linux autogroup scheduling, one session per instance would give "
+        "the 2-instance layout twice the CPU share on a busy machine (a first run that way measured "
+        "2x1 at about 1.6x the throughput of 1x2 while other work loaded the box).",
         f"{m['rounds']} round(s) of {m['duration_s']:.0f}s per layout and concurrency; the layouts alternate "
         "and the order flips each round.",
         "OK/s is over the summed time; p50/p95 are over the pooled OK latencies. "
