@@ -4,9 +4,10 @@
 # probe cannot reach: the gateway's Envoy admin and in-process control plane listen on loopback only.
 # Usage: healthcheck.py [TARGET ...]. A target is HOST:PORT (grpc.health.v1 Check("") must answer
 # SERVING, which ocrmesh flips together with its named services) or an http:// URL (must answer
-# 2xx: the BFF's /healthz, Envoy admin's /ready). Without targets it asks 127.0.0.1 on the OCR port,
-# then the auth port (OCRMESH_OCR_PORT / OCRMESH_AUTH_PORT, defaults 50051 / 50050), so one
-# image-wide HEALTHCHECK fits whichever service the container runs. Healthy: one target answers.
+# 2xx: the BFF's /healthz, Envoy admin's /ready). Without targets it asks, on 127.0.0.1, the OCR,
+# auth and gateway ports and the BFF's /healthz (OCRMESH_{OCR,AUTH,GATEWAY,BFF}_PORT, defaults
+# 50051, 50050, 8080, 8000), so one image-wide HEALTHCHECK fits whichever service the container
+# runs; ports nobody listens on fail at once. Healthy: one target answers.
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ TIMEOUT_S = 3.0
 
 
 def targets(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
-    """The addresses to ask: those given, else the OCR and auth ports on the loopback."""
+    """The addresses to ask: those given, else every ocrmesh service's port on the loopback."""
     if argv:
         return list(argv)
     return [
         f"127.0.0.1:{environ.get('OCRMESH_OCR_PORT', '50051')}",
         f"127.0.0.1:{environ.get('OCRMESH_AUTH_PORT', '50050')}",
+        f"127.0.0.1:{environ.get('OCRMESH_GATEWAY_PORT', '8080')}",
+        f"http://127.0.0.1:{environ.get('OCRMESH_BFF_PORT', '8000')}/healthz",
     ]
 
 

@@ -29,6 +29,7 @@ from etcd.launcher import EtcdProcess, free_port
 from gateway.client_status import client_key
 from mesh.registry import Instance
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
+from tests.integration.ocr_fixtures import running_ocr
 from tests.integration.service_process import stop
 
 __all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
@@ -104,9 +105,19 @@ def compose_health(service: str, ports: Mapping[int, int]) -> list[str]:
     return [sys.executable, *words]
 
 
-async def exit_code(argv: list[str], timeout: float = 30.0) -> int:
-    done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, timeout=timeout, check=False)
+async def exit_code(argv: list[str], env: Mapping[str, str] | None = None, timeout: float = 30.0) -> int:
+    done = await asyncio.to_thread(
+        subprocess.run, argv, env=env, capture_output=True, timeout=timeout, check=False
+    )
     return done.returncode
+
+
+async def image_health(container_env: Mapping[str, str]) -> int:
+    """The image-wide HEALTHCHECK (healthcheck.py without targets) with the container's env; the
+    ports the container does not set point at free ports here (others may run ocrmesh on 8080)."""
+    names = ("OCRMESH_OCR_PORT", "OCRMESH_AUTH_PORT", "OCRMESH_GATEWAY_PORT", "OCRMESH_BFF_PORT")
+    ports = {name: container_env.get(name) or str(free_port()) for name in names}
+    return await exit_code([sys.executable, str(HEALTHCHECK)], env={**os.environ, **ports})
 
 
 def http_status(url: str) -> int:
@@ -160,6 +171,7 @@ async def test_gateway_probes_and_prestop_drain_as_deployed(
         await eventually(listed, timeout=30, interval=0.2)
         # compose's check goes through the listener to an OCR instance: there is none, so unhealthy.
         assert await exit_code(compose_health("gateway", gateway.ports)) == 1
+        assert await image_health(gateway.env) == 1
         # preStop, without its waits: Envoy drains its listeners and then refuses new connections,
         # while the process keeps running until SIGTERM.
         hook = gateway.command(gateway.container["lifecycle"]["preStop"]["exec"]["command"])
@@ -200,6 +212,7 @@ async def test_bff_probes_as_deployed(tmp_path: Path, etcd: EtcdProcess, etcd_cl
         # No auth or OCR registered: not ready (kubelet) and unhealthy (compose).
         assert await asyncio.to_thread(http_status, probe_url("readinessProbe")) == 503
         assert await exit_code(compose_health("bff", bff.ports)) == 1
+        assert await image_health(bff.env) == 1
         for service in ("auth", "ocr"):
             instance = Instance(service=service, id=f"{service}-probe", address="127.0.0.1:9")
             await etcd_client.put(instance.key.encode(), instance.to_json().encode())
@@ -209,5 +222,44 @@ async def test_bff_probes_as_deployed(tmp_path: Path, etcd: EtcdProcess, etcd_cl
 
         await eventually(ready, timeout=30, interval=0.2)
         assert await exit_code(compose_health("bff", bff.ports)) == 0
+        assert await image_health(bff.env) == 0  # the image's HEALTHCHECK finds the BFF unaided
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0, log.read_text()[-3000:]
+
+
+async def test_gateway_health_follows_ocr_but_readiness_does_not(tmp_path: Path, etcd: EtcdProcess) -> None:
+    """compose's check (gRPC health through the listener) passes once a serving OCR instance is
+    registered and fails when it is gone; the k8s readiness probe (Envoy LIVE) passes throughout."""
+    gateway = Deployed(
+        "gateway",
+        etcd.endpoint,
+        {
+            "OCRMESH_GATEWAY_PORT": free_port(),
+            "OCRMESH_GATEWAY_ADMIN_PORT": free_port(),
+            "OCRMESH_GATEWAY_XDS_PORT": free_port(),
+        },
+    )
+    log = tmp_path / "gateway.log"
+    compose_check = compose_health("gateway", gateway.ports)
+    with gateway.running(tmp_path) as proc:
+
+        async def started() -> bool:
+            alive(proc, log)
+            return await exit_code(gateway.probe("startupProbe")) == 0
+
+        await eventually(started, timeout=120, interval=0.5)
+        with running_ocr(tmp_path, "--workers", "1", "--etcd", etcd.endpoint, "--require-auth"):
+
+            async def healthy() -> bool:
+                return await exit_code(compose_check) == 0
+
+            await eventually(healthy, timeout=60, interval=0.5)
+            assert await image_health(gateway.env) == 0
+            assert await exit_code(gateway.probe("readinessProbe")) == 0
+
+        async def unhealthy() -> bool:
+            return await exit_code(compose_check) == 1
+
+        await eventually(unhealthy, timeout=60, interval=0.5)
+        assert await exit_code(gateway.probe("readinessProbe")) == 0, "no OCR must not unready the gateway"
+        assert await exit_code(gateway.probe("livenessProbe")) == 0
