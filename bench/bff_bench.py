@@ -13,12 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.sweep_paths import bearer_metadata, new_accounts, register, run_path_load
+from bench.http_load import HttpLoad, Send, run_http_load
+from bench.sweep_paths import CALL_TIMEOUT_S, Account, bearer_metadata, new_accounts, register, run_path_load
+from bench.web_session import CSRF_HEADER, bff_login, bff_ocr_sender
 from deploy.supervisor import LocalMesh, MeshPorts
 
 PATHS = ("direct", "bff")
@@ -82,6 +85,27 @@ def combine(rounds: list[dict[str, Any]], path: str) -> dict[str, Any]:
     }
 
 
+async def bff_session(url: str, account: Account) -> tuple[httpx.Cookies, str]:
+    """Log in once: the session cookies and the CSRF token every virtual user then sends."""
+    async with httpx.AsyncClient(timeout=CALL_TIMEOUT_S) as client:
+        await bff_login(client, url, account.username, account.password)
+        return httpx.Cookies(client.cookies), str(client.headers[CSRF_HEADER])
+
+
+def session_sender(url: str, image: bytes, filename: str, cookies: httpx.Cookies, csrf: str) -> Send:
+    """Uploads as a logged-in browser tab: each client gets the session's cookies on first use, so no
+    round pays for logins (bcrypt) and every run sees the same session."""
+    upload = bff_ocr_sender(url, image, filename)
+
+    async def send(client: httpx.AsyncClient) -> httpx.Response:
+        if CSRF_HEADER not in client.headers:
+            client.cookies.update(cookies)
+            client.headers[CSRF_HEADER] = csrf
+        return await upload(client)
+
+    return send
+
+
 async def run_bff_bench(opts: BffBenchOptions, console: Console) -> dict[str, Any]:
     image = opts.image.read_bytes()
     with tempfile.TemporaryDirectory(prefix="ocrmesh-bff-bench-") as tmp:
@@ -98,25 +122,30 @@ async def run_bff_bench(opts: BffBenchOptions, console: Console) -> dict[str, An
         async with mesh:
             if not mesh.bff_url:
                 raise RuntimeError("the mesh started without a BFF: is `ocrmesh serve bff` registered?")
+            url = mesh.bff_url
             (account,) = new_accounts(1)
             await register(mesh.addresses("auth")[0], account)
+            upload = session_sender(url, image, opts.image.name, *await bff_session(url, account))
 
             async def one(path: str, seconds: float, name: str) -> dict[str, Any]:
-                metadata = await bearer_metadata(mesh, account)  # fresh token per run
                 bff_pid = mesh.pids().get("bff")
                 cpu_before = cpu_seconds(bff_pid)
-                result = await run_path_load(
-                    mesh,
-                    path,
-                    concurrency=opts.concurrency,
-                    duration_s=seconds,
-                    image=image,
-                    filename=opts.image.name,
-                    metadata=metadata,
-                    name=name,
-                    account=account,
-                )
-                row = summary(result.report)
+                if path == "bff":
+                    load = HttpLoad(url, opts.concurrency, seconds, CALL_TIMEOUT_S, name=name)
+                    report = await run_http_load(load, upload)
+                else:
+                    direct = await run_path_load(
+                        mesh,
+                        "direct",
+                        concurrency=opts.concurrency,
+                        duration_s=seconds,
+                        image=image,
+                        filename=opts.image.name,
+                        metadata=await bearer_metadata(mesh, account),  # a fresh token per run
+                        name=name,
+                    )
+                    report = direct.report
+                row = summary(report)
                 row["bff_cpu_s"] = round(cpu_seconds(bff_pid) - cpu_before, 3)
                 return row
 

@@ -35,7 +35,7 @@ from web_bff.session import (
     set_csrf,
     set_tokens,
 )
-from web_bff.upload import MULTIPART_OVERHEAD, BodyLimit, UnsupportedImage, image_format
+from web_bff.upload import ACCEPTED_FORMATS, MULTIPART_OVERHEAD, BodyLimit, UnsupportedImage, image_format
 
 STATIC = Path(__file__).resolve().parent / "static"
 OCR_PATH = "/api/ocr"
@@ -107,7 +107,7 @@ def create_app(config: BffConfig, backends: Backends | None = None) -> FastAPI:
         title="ocrmesh BFF",
         summary="Browser API in front of the ocrmesh auth and OCR services",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI loads from a CDN, which neither the CSP nor an offline box allows
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
@@ -209,6 +209,10 @@ def create_app(config: BffConfig, backends: Backends | None = None) -> FastAPI:
     @app.get("/api/csrf", summary="the CSRF token to send as X-CSRF-Token (also set as a cookie)")
     async def get_csrf(request: Request) -> dict[str, str]:
         return {"csrf": request.state.csrf, "header": "X-CSRF-Token"}
+
+    @app.get("/api/config", summary="what the page needs to know: upload limit and accepted formats")
+    async def get_config() -> dict[str, Any]:
+        return {"max_upload_bytes": config.max_upload_bytes, "formats": list(ACCEPTED_FORMATS)}
 
     @app.post("/api/register", status_code=201, summary="create an account (then log in)")
     async def register(body: Credentials) -> dict[str, Any]:

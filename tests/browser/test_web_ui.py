@@ -203,6 +203,12 @@ def test_a_bad_file_shows_a_clear_error(browser: Browser, mesh: Mesh, shots: Pat
     page.set_input_files("[data-testid=file-input]", str(TRUNCATED))
     expect(error).to_contain_text("The image could not be read.", timeout=RESULT_TIMEOUT_MS)
     expect(page.get_by_test_id("result")).to_be_hidden()
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8\xff" + bytes(11 * 1024 * 1024))
+    page.set_input_files("[data-testid=file-input]", str(big))  # refused at once, before uploading
+    expect(error).to_contain_text("The image is too large.")
+    expect(error).to_contain_text("the limit is 10.0 MiB")
+    expect(page.get_by_test_id("progress")).to_be_hidden()
     page.set_input_files("[data-testid=file-input]", str(PHOTO))  # and it recovers
     expect_result(page)
     expect(error).to_be_hidden()
@@ -246,6 +252,7 @@ def test_both_languages_switch_and_are_remembered(browser: Browser, mesh: Mesh, 
     page = signed_in(browser, mesh, locale="zh-CN")  # a Chinese browser gets the Chinese UI
     expect(page.locator("nav a[data-route=ocr]")).to_have_text("文字识别")
     expect(page.locator("#pick")).to_have_text("选择图片")
+    expect(page.locator("#drop-types")).to_contain_text("最大 10 MiB")
     assert page.evaluate("document.documentElement.lang") == "zh-CN"
     page.set_input_files("[data-testid=file-input]", str(PHOTO))
     expect_result(page)

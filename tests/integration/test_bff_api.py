@@ -56,6 +56,8 @@ def test_ready_file_names_the_url_once_auth_and_ocr_are_found(mesh: Mesh) -> Non
     assert page.status_code == 200 and "ocrmesh" in page.text
     assert "ocrmesh_csrf" in page.cookies
     assert page.headers["x-frame-options"] == "DENY"
+    limits = httpx.get(mesh.url + "api/config").json()
+    assert limits == {"max_upload_bytes": 10 * 1024 * 1024, "formats": ["JPEG", "PNG", "BMP", "TIFF", "WEBP"]}
 
 
 def test_session_cookies_are_httponly_and_samesite(mesh: Mesh) -> None:

@@ -8,6 +8,7 @@ const STATUS_EVERY_MS = 3000;
 
 const state = {
   user: null,
+  maxUploadBytes: 10 * 1024 * 1024, // replaced by the server's limit (GET /api/config)
   pending: null, // a file chosen while logged out, recognised right after login
   file: null,
   result: null,
@@ -258,6 +259,13 @@ function chooseFile(file) {
     state.pending = file;
     state.notice = "auth.loginFirst";
     go("login");
+    return;
+  }
+  if (file.size > state.maxUploadBytes) { // said at once, not after sending megabytes for a 413
+    clearWork();
+    const mib = (n) => (n / 1048576).toFixed(1);
+    const detail = t("ocr.tooLarge", { name: file.name || "", size: mib(file.size), mib: mib(state.maxUploadBytes) });
+    showError(new ApiError(413, { error: "too_large", message: detail }, null));
     return;
   }
   startUpload(file);
@@ -556,6 +564,7 @@ function stopStatus() {
 
 function applyLanguage() {
   window.i18n.apply(document);
+  $("drop-types").textContent = t("ocr.types", { mib: Math.round(state.maxUploadBytes / 1048576 * 10) / 10 });
   $("lang-toggle").textContent = t("lang.other");
   if (state.authMode) renderAuthSwitch();
   if (state.notice && !$("auth-notice").hidden) {
@@ -582,6 +591,10 @@ async function start() {
   $("status-refresh").addEventListener("click", loadStatus);
   bindUpload();
   await ensureCsrf();
+  try {
+    state.maxUploadBytes = (await api("GET", "/api/config")).max_upload_bytes;
+    applyLanguage();
+  } catch (e) { /* keep the default; the server still enforces its own limit */ }
   try {
     state.user = (await api("GET", "/api/me")).user;
   } catch (e) {
