@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
+import os
+import platform
 import random
 import statistics
 import sys
@@ -20,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.foundation import ocr_service
-from mesh import balancer
+from mesh import __version__, balancer
 from mesh.mesh_client import MeshClient, split_targets
 from mesh.ocr_client import OcrClient
 from mesh.picking import BalancerPolicy, EndpointStats, pick
@@ -33,6 +36,7 @@ LABELS = {
     "mesh_all": "MeshClient, all",
 }
 BASELINE = {"mesh_1": "direct", "mesh_all": "direct_rr"}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class RoundRobin:
@@ -126,6 +130,14 @@ async def measure(targets: list[str], calls: int, rounds: int, concurrency: int)
         },
         "mesh_retries": mesh_retries,
         "pick_us": {n: pick_cost_us(n) for n in (2, 10, 100)},
+        "meta": {
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "ocrmesh": __version__,
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+        },
     }
     paths = result["paths"]
     result["overhead_us"] = {
@@ -133,6 +145,53 @@ async def measure(targets: list[str], calls: int, rounds: int, concurrency: int)
         for path, base in BASELINE.items()
     }
     return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The report: latency and client CPU per path, the MeshClient's overhead, the pure pick cost."""
+    m = result["meta"]
+    lines = [
+        f"# Balancer overhead: GetInfo through MeshClient vs direct channels ({m['date']})",
+        "",
+        f"ocrmesh {m['ocrmesh']}, Python {m['python']}, grpcio {m['grpcio']}, {m['cpus']} CPUs "
+        f"({m['machine']}), shared with other work. {len(result['targets'])} real OCR instances on loopback "
+        f"(1 worker each); GetInfo is a trivial RPC, so what is left is the client path. "
+        f"{result['calls_per_round']} calls per path and round at -c {result['concurrency']}, "
+        f"{result['rounds']} rounds with the paths in rotating order; medians over the rounds. "
+        "Reproduce with `ocrmesh bench balancer`.",
+        "",
+        "| path | mean (µs) | p50 (µs) | p99 (µs) | client CPU per call (µs) | +mean | +p50 | +CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in PATHS:
+        row = result["paths"][path]
+        extra = result["overhead_us"].get(path)
+        added = (
+            " | ".join(f"{extra[k]:+.0f}" for k in ("mean_us", "p50_us", "client_cpu_us"))
+            if extra
+            else " | | "
+        )
+        lines.append(
+            f"| {LABELS[path]} | {row['mean_us']:.0f} | {row['p50_us']:.0f} | {row['p99_us']:.0f} "
+            f"| {row['client_cpu_us']:.0f} | {added} |"
+        )
+    picks = ", ".join(f"{n} endpoints {us:.1f} µs" for n, us in result["pick_us"].items())
+    one, every = result["overhead_us"]["mesh_1"], result["overhead_us"]["mesh_all"]
+    lines += [
+        "",
+        "+ columns: MeshClient minus its baseline (one endpoint: vs a direct channel; all endpoints: "
+        "vs direct channels taken round-robin).",
+        "",
+        f"- Added latency per call: {one['p50_us']:+.0f} µs at p50 with one endpoint, "
+        f"{every['p50_us']:+.0f} µs with all of them; added client CPU {one['client_cpu_us']:+.0f} / "
+        f"{every['client_cpu_us']:+.0f} µs per call. A negative figure is noise (one endpoint) or p2c "
+        "steering calls to the faster instance (all endpoints). Latency is noisy on a shared box; client CPU "
+        "per call is the steadier figure.",
+        f"- The pure p2c `pick()`: {picks}.",
+        f"- Retries during the run: {result['mesh_retries']}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -157,6 +216,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds (medians are reported)")
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="calls in flight")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "bench" / "results"),
+        help="folder for balancer-DATE.json and .md ('' to write none)",
+    )
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -171,6 +235,13 @@ def run(ns: argparse.Namespace) -> int:
     except (RuntimeError, grpc.aio.AioRpcError) as exc:
         print(f"balancer bench: {exc}", file=sys.stderr)
         return 1
+    if ns.out:
+        out = Path(ns.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = dt.date.today().isoformat()
+        (out / f"balancer-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"balancer-{stamp}.md").write_text(markdown(result))
+        print(f"report: {out / f'balancer-{stamp}.md'}", file=sys.stderr)
     if ns.json:
         print(json.dumps(result, indent=2))
         return 0
