@@ -35,6 +35,7 @@ from web_bff.session import (
     set_csrf,
     set_tokens,
 )
+from web_bff.status_view import SharedSnapshot
 from web_bff.upload import ACCEPTED_FORMATS, MULTIPART_OVERHEAD, BodyLimit, UnsupportedImage, image_format
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -93,6 +94,7 @@ def create_app(config: BffConfig, backends: Backends | None = None) -> FastAPI:
     """The BFF app; it opens the mesh clients on startup and closes them on shutdown."""
     mesh = backends or Backends(config.etcd, config.auth_timeout_s, config.ocr_timeout_s)
     coalescer = RefreshCoalescer()
+    registry_view = SharedSnapshot()
     cookie_mode = config.cookie_secure  # validated by choices
 
     @contextlib.asynccontextmanager
@@ -293,14 +295,16 @@ def create_app(config: BffConfig, backends: Backends | None = None) -> FastAPI:
 
     @app.get("/api/status", summary="services, instances and their health (the registry console)")
     async def status(access: str = Depends(session)) -> dict[str, Any]:
-        try:
-            snapshot = await status_command.collect(
+        async def gather() -> dict[str, Any]:
+            return await status_command.collect(
                 config.etcd, config.status_timeout_s, credentials.bearer(access)
             )
+
+        try:
+            snapshot = await registry_view.get(gather)
         except ConnectionError as exc:
             raise ApiError(503, "unavailable", f"{exc}: is etcd running?", {"Retry-After": "2"}) from None
-        snapshot["bff"] = {"auth": mesh.auth.status(), "ocr": mesh.ocr.status()}
-        return snapshot
+        return {**snapshot, "bff": {"auth": mesh.auth.status(), "ocr": mesh.ocr.status()}}
 
     @app.get("/healthz", summary="200 once an auth and an OCR endpoint are known, else 503")
     async def healthz() -> JSONResponse:

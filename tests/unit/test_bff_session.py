@@ -15,6 +15,7 @@ from starlette.requests import Request
 from mesh import errors
 from web_bff.http_errors import from_rpc
 from web_bff.session import RefreshCoalescer, Tokens, csrf_failure, needs_refresh, token_expiry
+from web_bff.status_view import SharedSnapshot
 from web_bff.upload import UnsupportedImage, image_format
 
 
@@ -127,3 +128,20 @@ def test_only_the_formats_the_ocr_service_takes_pass_the_type_gate() -> None:
         image_format(b"%PDF-1.7 not an image")
     with pytest.raises(UnsupportedImage, match="empty"):
         image_format(b"")
+
+
+async def test_status_snapshots_are_shared_by_concurrent_pages_for_a_moment() -> None:
+    now = [0.0]
+    calls = 0
+
+    async def gather() -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        return {"n": calls}
+
+    shared = SharedSnapshot(max_age_s=1.0, clock=lambda: now[0])
+    got = await asyncio.gather(*(shared.get(gather) for _ in range(5)))
+    assert calls == 1 and all(g == {"n": 1} for g in got)
+    now[0] = 2.0
+    assert await shared.get(gather) == {"n": 2}
