@@ -81,8 +81,8 @@ async def running(layouts: Sequence[Layout], workdir: Path) -> AsyncIterator[lis
             started.append(run)
             console.print(f"starting {layout.label} (logs in {data})")
             for index in range(1, layout.instances + 1):
-                args = ("--etcd", etcd.endpoint, "--instance-id", f"{layout.key}-{index}")
-                args += ("--workers", str(layout.workers), "--threads-per-worker", "1")
+                args = ["--etcd", etcd.endpoint, "--instance-id", f"{layout.key}-{index}"]
+                args += ["--workers", str(layout.workers), "--threads-per-worker", "1"]
                 home = data / f"ocr-{index}"
                 home.mkdir(parents=True, exist_ok=True)
                 service = ocr_service(home, *args)
