@@ -1,9 +1,10 @@
 """Chaos under load: real etcd, two real OCR instances, a closed loop of 8 callers, 0 failed calls.
 
 Each test keeps 8 callers doing Recognize through MeshClient.from_etcd while one instance is
-stopped (SIGTERM), frozen (SIGSTOP for 15 s), or restarted, or while etcd itself is away for
-10 s, and asserts that no call failed and that both instances served calls. kill -9 under load
-is in test_mesh_client.py. The figures each test measures are printed (run with -s to see them).
+stopped (SIGTERM), killed (kill -9), frozen (SIGSTOP for 15 s), or restarted, or while etcd
+itself is away for 10 s, and asserts that no call failed and that both instances served calls;
+one more freezes an instance behind a static address list, where only keepalive can find it.
+The figures each test measures are printed (run with -s to see them).
 """
 
 from __future__ import annotations
