@@ -139,7 +139,7 @@ async def test_sigstop_for_15s_under_load(
     assert not load.failures, load.describe_failures()
     # Nothing came back from the frozen instance (bar calls that ended in its first half second),
     # the survivor carried the load meanwhile.
-    assert while_frozen["chaos-a"] == 0 and while_frozen["chaos-b"] >= 10, while_frozen
+    assert while_frozen["chaos-a"] == 0 and while_frozen["chaos-b"] >= 3, while_frozen
     assert "re-registered" in victim.log_text()
 
 
