@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import importlib.resources
 import importlib.util
 import logging
@@ -13,8 +12,7 @@ import os
 import shutil
 import signal
 import socket
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,10 +21,9 @@ from typing import Any, ClassVar, TextIO
 from mesh import config as mesh_config
 from mesh import logs
 from mesh.config import setting
+from mesh.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
 
 
 class EtcdError(RuntimeError):
@@ -81,25 +78,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM etcd if we die, so it is never orphaned.
-
-    libc is loaded here, in the parent: the hook itself only makes one prctl call in the child.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    sigterm = int(signal.SIGTERM)
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
-
-    return hook
 
 
 async def http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes]:
@@ -285,12 +263,11 @@ class EtcdProcess:
         self._paused = False
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *self.command(),
+                *die_with_parent(self.command()),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=asyncio.subprocess.STDOUT if stdout is not None else None,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             self._close_log()

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mesh.parent_death import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -99,11 +101,7 @@ class EnvoyProcess:
             "--parent-shutdown-time-s",
             "3",
         ]
-        setpriv = shutil.which("setpriv")
-        if setpriv:
-            # Envoy gets SIGTERM if we die, so it is never orphaned. setpriv (util-linux) sets it in
-            # the child; a Python preexec_fn cannot, as forking a process that runs gRPC threads crashes.
-            args = [setpriv, "--pdeathsig", "SIGTERM", *args]
+        args = die_with_parent(args)  # Envoy gets SIGTERM if we die, so it is never orphaned
         out: Any = None
         if self.log_path is not None:
             out = self.log_path.open("ab")

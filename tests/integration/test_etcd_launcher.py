@@ -197,3 +197,42 @@ async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         if child.returncode is None:
             child.kill()
             await child.wait()
+
+
+async def test_etcd_never_outlives_a_killed_launcher(tmp_path: Path) -> None:
+    """SIGKILL gives the launcher no chance to stop etcd; the parent-death signal still does."""
+    client_port, peer_port = free_port(), free_port()
+    code = (
+        "import asyncio, sys, time\n"
+        "from pathlib import Path\n"
+        "from etcd.launcher import EtcdProcess\n"
+        "async def main():\n"
+        "    proc = EtcdProcess(data_dir=Path(sys.argv[1]), client_port=int(sys.argv[2]),"
+        " peer_port=int(sys.argv[3]))\n"
+        "    await proc.start()\n"
+        "    print(proc.pid, flush=True)\n"
+        "    await asyncio.sleep(120)\n"
+        "asyncio.run(main())\n"
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        str(tmp_path / "orphan"),
+        str(client_port),
+        str(peer_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    assert child.stdout is not None
+    line = await asyncio.wait_for(child.stdout.readline(), 60)
+    etcd_pid = int(line)
+    assert pid_alive(etcd_pid)
+    child.kill()
+    await child.wait()
+
+    async def gone() -> bool:
+        return not pid_alive(etcd_pid)
+
+    await eventually(gone, 15, interval=0.1)
