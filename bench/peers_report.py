@@ -164,7 +164,7 @@ def markdown(table: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot_n
         f"same image (`{meta.get('image', '?')}`), same closed-loop clients, "
         f"{meta.get('duration_s', 0):.0f}s per run, {meta.get('rounds', 1)} rounds; in each round the "
         "targets take turns at each concurrency (the order flips every round), so load from anything "
-        "else falls on all of them alike.",
+        f"else falls on all of them alike; {meta.get('elapsed_s', 0) / 60:.1f} min in all.",
         "",
         f"- **{PEER}** {peer_meta.get('rapidocr-api', '?')} (rapidocr {peer_meta.get('rapidocr', '?')}, "
         f"onnxruntime {peer_meta.get('onnxruntime', '?')}, uvicorn {peer_meta.get('uvicorn', '?')}): its "
@@ -178,8 +178,9 @@ def markdown(table: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot_n
         "makes. RSS for ocrmesh is the whole mesh: etcd, auth, OCR instances and workers, gateway and BFF.",
         "- OK latency percentiles pool every round's OK calls. Clients told RESOURCE_EXHAUSTED (gRPC) or "
         "429 (HTTP) wait the Retry hint before their next call; calls in flight at the end finish and count. "
-        "`load avg`: the machine's highest 1-minute load average after that target's runs (above the CPU "
-        "count, other work was competing for the cores).",
+        "`load avg`: the machine's highest 1-minute load average after that target's runs. It counts "
+        "runnable threads, the measured server's own included (rapidocr-api runs up to 40 OCR threads), "
+        "so only a high value in a light row points to other work on the machine.",
         "",
         "| clients | target | calls | OK/s | mean OK (s) | p50 OK (s) | p95 OK (s) | RESOURCE_EXHAUSTED "
         "| other failures | peak RSS (MiB) | load avg |",

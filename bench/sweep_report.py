@@ -222,8 +222,9 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         "",
         "Closed loop: each client sends the next call when its last one ends; a client told "
         "RESOURCE_EXHAUSTED waits the server's RetryInfo hint. Calls in flight at the end finish and count. "
-        f"`load avg` is the machine's 1-minute load average around the cell ({meta.get('cpus', '?')} CPUs; "
-        "anything above that means other work was competing for the cores).",
+        f"`load avg` is the machine's 1-minute load average around the cell ({meta.get('cpus', '?')} CPUs). "
+        "It counts runnable threads, the mesh's own included, so a value well above the CPU count in a "
+        "light cell points to other work on the machine.",
         "",
         "| path | OCR | auth | clients | calls | OK/s | mean OK (s) | p50 OK (s) | p95 OK (s) | p99 OK (s) "
         "| mean all, ghz (s) | failed | RESOURCE_EXHAUSTED | other failures | load avg |",
