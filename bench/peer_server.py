@@ -17,6 +17,8 @@ from types import TracebackType
 
 import httpx
 
+from bench.process_rss import kill_tree
+
 PEER = "rapidocr-api"
 PEER_VERSION = "0.2.0"
 # Started the way its console script does it; `main()` parses -ip/-p/-workers (default 1 worker).
@@ -95,7 +97,8 @@ def peer_versions(python: Path) -> dict[str, str]:
 
 class PeerServer:
     """rapidocr-api on 127.0.0.1:`port` with its default single worker; `async with` waits until
-    GET / answers and stops it (SIGTERM, then SIGKILL) on exit."""
+    GET / answers and stops it (SIGTERM, then SIGKILL) on exit. It stays in the bench's session, as
+    the mesh does in benchmarks, so autogroup scheduling gives neither side more CPU shares."""
 
     def __init__(self, python: Path, port: int, log_file: Path, start_timeout_s: float = 180.0) -> None:
         self.python, self.port, self.log_file = python, port, log_file
@@ -116,7 +119,7 @@ class PeerServer:
         with self.log_file.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 str(self.python), "-c", LAUNCH, "-ip", "127.0.0.1", "-p", str(self.port),
-                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                stdout=log, stderr=asyncio.subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
         deadline = time.monotonic() + self.start_timeout_s
@@ -143,8 +146,7 @@ class PeerServer:
         try:
             await asyncio.wait_for(proc.wait(), 20)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
             await proc.wait()
 
     async def __aexit__(

@@ -86,6 +86,7 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
         data_dir=cfg.data_dir / "mesh",
         ports=MeshPorts.ephemeral(),
         say=say,
+        own_sessions=False,  # one session with the peer and the load generator: one CPU share each
     )
     reports: dict[tuple[str, int], list[dict[str, Any]]] = {}
     peaks: dict[tuple[str, int], float] = {}

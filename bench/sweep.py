@@ -232,6 +232,7 @@ class Sweep:
             data_dir=data_dir,
             ports=MeshPorts.ephemeral(),
             say=say,
+            own_sessions=False,  # one session with the load generator: one CPU share on a busy box
         )
         for note in mesh.notes:
             self._note(note)

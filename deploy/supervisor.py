@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.process_rss import kill_tree
 from etcd.launcher import EtcdProcess
 
 console = Console(stderr=False)
@@ -37,6 +38,10 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     info: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
+    # Its own session (and process group): Ctrl-C in the terminal reaches only the supervisor, which
+    # stops children in order. Benchmarks keep children in their session instead: Linux autogroup
+    # scheduling shares CPU per session, so N children in N sessions would get N shares of a busy box.
+    own_session: bool = True
 
     @property
     def kind(self) -> str:
@@ -53,7 +58,10 @@ class Child:
         log = self.log_file.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True
+                *self.argv,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=self.own_session,
             )
         finally:
             log.close()
@@ -79,8 +87,11 @@ class Child:
         try:
             await asyncio.wait_for(proc.wait(), grace_s)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            if self.own_session:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                kill_tree(proc.pid)
             await proc.wait()
 
 
@@ -220,6 +231,7 @@ class LocalMesh:
         ocr_args: tuple[str, ...] = (),
         say: Say | None = None,
         start_timeout_s: float = 300.0,
+        own_sessions: bool = True,
     ) -> None:
         if ocr < 1:
             raise ValueError("a mesh needs at least one OCR instance")
@@ -232,6 +244,7 @@ class LocalMesh:
         self.ocr_args = ocr_args
         self.say: Say = say or (lambda _text: None)
         self.start_timeout_s = start_timeout_s
+        self.own_sessions = own_sessions  # False for benchmarks: see Child.own_session
         self.want_gateway, self.want_bff = gateway, bff
         self.notes = [
             f"{service}: skipped (`ocrmesh serve {service}` is not in this build yet)"
@@ -264,6 +277,8 @@ class LocalMesh:
             children.append(gateway_child(etcd, host, p.gateway, p.gateway_admin, p.xds, data))
         if self.want_bff and serve_command_registered("bff"):
             children.append(bff_child(etcd, host, p.bff, data))
+        for child in children:
+            child.own_session = self.own_sessions
         return children
 
     async def start(self) -> LocalMesh:
