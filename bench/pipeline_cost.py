@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import time
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_parts: dict[str, dict[str, list[float]]] = {"raw 1 thread": {}, "raw default threads": {}}
     info: dict[str, Any] = {}
     settings = ours.settings.pipeline
-    changes = {}
+    changes: dict[str, Any] = {}
     for item in ns.baseline:
         key, _, value = item.partition("=")
         current = getattr(settings, key)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             same_lines.append([t for t, _, _ in old["lines"]] == [t for t, _, _ in new["lines"]])
         for name, engine in (("raw 1 thread", raw1), ("raw default threads", rawd)):
-            out = whole.time(name, lambda engine=engine: engine(image))
+            out = whole.time(name, functools.partial(engine, image))
             for k, v in zip(("det", "cls", "rec"), out.elapse_list, strict=False):
                 raw_parts[name].setdefault(k, []).append(float(v or 0) * 1000)
     result = {

@@ -20,7 +20,8 @@ WIDTH_STEP = 8  # batch widths rounded up to this (fewer distinct input shapes)
 
 def input_width(crop: npt.NDArray[np.uint8], height: int = REC_HEIGHT) -> int:
     """Width of `crop` scaled to `height` rows, at least 1 px."""
-    return max(1, math.ceil(height * crop.shape[1] / max(1, crop.shape[0])))
+    rows, cols = int(crop.shape[0]), int(crop.shape[1])
+    return max(1, math.ceil(height * cols / max(1, rows)))
 
 
 def batches(widths: list[int], size: int) -> list[list[int]]:
