@@ -40,6 +40,7 @@ browser: ## make sure chromium (and a CJK font) is there for the browser tests; 
 test: $(STAMP) browser ## lint the contracts and code, then run the test suite (slow chaos tests excluded)
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -m "not slow"
 
 test-slow: $(STAMP) ## run only the slow chaos/soak tests

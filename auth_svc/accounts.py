@@ -77,15 +77,11 @@ class Accounts:
         try:
             name = normalise_username(username)
         except UsernameRejected as exc:
-            violations.append(
-                errors.FieldViolation("username", f"user name {exc.description}", exc.reason)
-            )
+            violations.append(errors.FieldViolation("username", f"user name {exc.description}", exc.reason))
         try:
             secret = password_bytes(password)
         except PasswordRejected as exc:
-            violations.append(
-                errors.FieldViolation("password", f"password {exc.description}", exc.reason)
-            )
+            violations.append(errors.FieldViolation("password", f"password {exc.description}", exc.reason))
         if violations:
             self._metrics.outcome("register", "invalid")
             summary = "; ".join(v.description for v in violations)
@@ -113,9 +109,7 @@ class Accounts:
             grpc.StatusCode.ALREADY_EXISTS, f"user name {name!r} is taken", reason="USERNAME_TAKEN"
         )
 
-    async def login(
-        self, username: str, password: str, address: str
-    ) -> tuple[UserRecord, TokenPair]:
+    async def login(self, username: str, password: str, address: str) -> tuple[UserRecord, TokenPair]:
         """Check credentials (throttled per name and address) and start a session."""
         try:
             secret = password_bytes(password, for_login=True)
@@ -178,9 +172,7 @@ class Accounts:
                 _user, pair = await self._sessions.refresh(token)
             except RefreshRejected as exc:
                 self._metrics.outcome("refresh", exc.reason.lower())
-                raise errors.simple(
-                    grpc.StatusCode.UNAUTHENTICATED, str(exc), reason=exc.reason
-                ) from None
+                raise errors.simple(grpc.StatusCode.UNAUTHENTICATED, str(exc), reason=exc.reason) from None
         self._metrics.outcome("refresh", "ok")
         return pair
 
@@ -189,9 +181,7 @@ class Accounts:
             try:
                 revoked = await self._sessions.logout(token, all_sessions)
             except RefreshRejected as exc:
-                raise errors.simple(
-                    grpc.StatusCode.UNAUTHENTICATED, str(exc), reason=exc.reason
-                ) from None
+                raise errors.simple(grpc.StatusCode.UNAUTHENTICATED, str(exc), reason=exc.reason) from None
         self._metrics.outcome("logout", "ok")
         return revoked
 

@@ -30,9 +30,7 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def user_message(user: UserRecord) -> auth_pb2.User:
-    return auth_pb2.User(
-        user_id=user.user_id, username=user.username, created_at=timestamp(user.created_at)
-    )
+    return auth_pb2.User(user_id=user.user_id, username=user.username, created_at=timestamp(user.created_at))
 
 
 def pair_message(pair: TokenPair) -> auth_pb2.TokenPair:
@@ -61,9 +59,7 @@ def jwks_message(jwks: Jwks) -> auth_pb2.GetJwksResponse:
     return auth_pb2.GetJwksResponse(keys=keys, jwks_json=json.dumps(jwks, sort_keys=True))
 
 
-def client_address(
-    peer: str, metadata: Iterable[tuple[str, Any]] | None, trust_forwarded_for: bool
-) -> str:
+def client_address(peer: str, metadata: Iterable[tuple[str, Any]] | None, trust_forwarded_for: bool) -> str:
     """The caller's IP: the first x-forwarded-for hop when trusted, else the peer without port."""
     if trust_forwarded_for:
         for key, value in metadata or ():
@@ -96,39 +92,27 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def Register(
         self, request: auth_pb2.RegisterRequest, context: Context
     ) -> auth_pb2.RegisterResponse:
-        user = await self._answer(
-            context, self._accounts.register(request.username, request.password)
-        )
+        user = await self._answer(context, self._accounts.register(request.username, request.password))
         return auth_pb2.RegisterResponse(user=user_message(user))
 
-    async def Login(
-        self, request: auth_pb2.LoginRequest, context: Context
-    ) -> auth_pb2.LoginResponse:
-        address = client_address(
-            context.peer(), context.invocation_metadata(), self._trust_forwarded_for
-        )
+    async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
+        address = client_address(context.peer(), context.invocation_metadata(), self._trust_forwarded_for)
         user, pair = await self._answer(
             context, self._accounts.login(request.username, request.password, address)
         )
         return auth_pb2.LoginResponse(user=user_message(user), tokens=pair_message(pair))
 
-    async def Refresh(
-        self, request: auth_pb2.RefreshRequest, context: Context
-    ) -> auth_pb2.RefreshResponse:
+    async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.RefreshResponse:
         pair = await self._answer(context, self._accounts.refresh(request.refresh_token))
         return auth_pb2.RefreshResponse(tokens=pair_message(pair))
 
-    async def Logout(
-        self, request: auth_pb2.LogoutRequest, context: Context
-    ) -> auth_pb2.LogoutResponse:
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
         revoked = await self._answer(
             context, self._accounts.logout(request.refresh_token, request.all_sessions)
         )
         return auth_pb2.LogoutResponse(revoked_sessions=revoked)
 
-    async def WhoAmI(
-        self, request: auth_pb2.WhoAmIRequest, context: Context
-    ) -> auth_pb2.WhoAmIResponse:
+    async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Context) -> auth_pb2.WhoAmIResponse:
         claims = current_claims.get()
         user = await self._answer(context, self._accounts.whoami(claims))
         assert claims is not None  # whoami refused a call without claims
@@ -138,7 +122,5 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
             token_id=str(claims["jti"]),
         )
 
-    async def GetJwks(
-        self, request: auth_pb2.GetJwksRequest, context: Context
-    ) -> auth_pb2.GetJwksResponse:
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Context) -> auth_pb2.GetJwksResponse:
         return jwks_message(self._jwks())

@@ -269,9 +269,7 @@ class AuthStore:
             await self._use_wal()
         async with self._write() as conn:
             if self.backend == "postgresql":
-                await conn.execute(
-                    sa.select(sa.func.pg_advisory_xact_lock(sa.literal(_PG_MIGRATION_LOCK)))
-                )
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(_PG_MIGRATION_LOCK))))
             await conn.run_sync(lambda sync: schema_version.create(sync, checkfirst=True))
             found = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
             before = int(found or 0)
@@ -283,9 +281,7 @@ class AuthStore:
             for version, step in MIGRATIONS:
                 if version > before:
                     await conn.run_sync(step)
-                    await conn.execute(
-                        schema_version.insert().values(version=version, applied_at=now)
-                    )
+                    await conn.execute(schema_version.insert().values(version=version, applied_at=now))
                     log.info("auth schema migrated", extra={"schema_version": version})
         return before
 
@@ -330,9 +326,7 @@ class AuthStore:
 
     async def count_users(self) -> int:
         async with self._read() as conn:
-            return int(
-                (await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar_one()
-            )
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar_one())
 
     # -- refresh tokens -------------------------------------------------------------------
 
@@ -343,9 +337,7 @@ class AuthStore:
     async def refresh_token(self, token_hash: str) -> RefreshRecord | None:
         async with self._read() as conn:
             row = (
-                await conn.execute(
-                    sa.select(refresh_tokens).where(refresh_tokens.c.token_hash == token_hash)
-                )
+                await conn.execute(sa.select(refresh_tokens).where(refresh_tokens.c.token_hash == token_hash))
             ).first()
         return _refresh(row) if row else None
 
@@ -405,9 +397,7 @@ class AuthStore:
     async def delete_refresh_tokens_expired_before(self, cutoff: float) -> int:
         """Housekeeping: drop tokens that expired before `cutoff`."""
         async with self._write() as conn:
-            done = await conn.execute(
-                refresh_tokens.delete().where(refresh_tokens.c.expires_at < cutoff)
-            )
+            done = await conn.execute(refresh_tokens.delete().where(refresh_tokens.c.expires_at < cutoff))
         return int(done.rowcount or 0)
 
     # -- signing keys ---------------------------------------------------------------------

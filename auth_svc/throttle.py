@@ -54,9 +54,7 @@ LOCKED = "locked"
 BUSY = "busy"
 
 
-def decide(
-    attempts: Attempts, in_flight: int, now: float, policy: ThrottlePolicy
-) -> tuple[float, str]:
+def decide(attempts: Attempts, in_flight: int, now: float, policy: ThrottlePolicy) -> tuple[float, str]:
     """(seconds to wait, LOCKED or BUSY); (0.0, "") means go ahead.
 
     Locked keys wait out the lockout. With `limit_parallel`, no more attempts may run at once

@@ -31,18 +31,12 @@ def normalise_username(raw: str) -> str:
     ending with a letter or digit; anything else (quotes, spaces, ';', other scripts) is refused.
     """
     if len(raw) > _MAX_RAW_CHARS:
-        raise UsernameRejected(
-            f"must be at most {MAX_USERNAME_CHARS} characters", "USERNAME_TOO_LONG"
-        )
+        raise UsernameRejected(f"must be at most {MAX_USERNAME_CHARS} characters", "USERNAME_TOO_LONG")
     name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold()).strip()
     if len(name) < MIN_USERNAME_CHARS:
-        raise UsernameRejected(
-            f"must be at least {MIN_USERNAME_CHARS} characters", "USERNAME_TOO_SHORT"
-        )
+        raise UsernameRejected(f"must be at least {MIN_USERNAME_CHARS} characters", "USERNAME_TOO_SHORT")
     if len(name) > MAX_USERNAME_CHARS:
-        raise UsernameRejected(
-            f"must be at most {MAX_USERNAME_CHARS} characters", "USERNAME_TOO_LONG"
-        )
+        raise UsernameRejected(f"must be at most {MAX_USERNAME_CHARS} characters", "USERNAME_TOO_LONG")
     bad = sorted({c for c in name if c not in _ALLOWED})
     if bad:
         shown = " ".join(repr(c) for c in bad[:5])

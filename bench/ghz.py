@@ -96,9 +96,7 @@ def _data_file(data: RequestData) -> tuple[bytes, bool]:
     return b"{}", False  # no data given: ghz sends the empty message for "{}"
 
 
-def run_ghz(
-    options: LoadOptions, target: str, method: MethodInfo, data: RequestData
-) -> dict[str, Any]:
+def run_ghz(options: LoadOptions, target: str, method: MethodInfo, data: RequestData) -> dict[str, Any]:
     """Run ghz to completion (Ctrl-C reaches it too and it still reports) and return its report."""
     ghz = find_ghz()
     with tempfile.TemporaryDirectory(prefix="ocrmesh-ghz-") as tmp:
@@ -116,9 +114,7 @@ def run_ghz(
             data_is_binary=is_binary,
             ghz=ghz,
         )
-        with subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        ) as proc:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
             try:
                 out, err = proc.communicate()
             except KeyboardInterrupt:  # ghz got the SIGINT as well: let it write the report
@@ -129,9 +125,7 @@ def run_ghz(
                     raise KeyboardInterrupt from None
     if proc.returncode != 0:
         lines = (err or "").strip().splitlines()
-        raise BenchError(
-            f"ghz failed (exit {proc.returncode}): {lines[-1] if lines else 'no message'}"
-        )
+        raise BenchError(f"ghz failed (exit {proc.returncode}): {lines[-1] if lines else 'no message'}")
     try:
         report: dict[str, Any] = json.loads(out)
     except json.JSONDecodeError as exc:

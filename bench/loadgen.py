@@ -181,9 +181,7 @@ def resolve_method(call: str) -> MethodInfo:
     if not sep:
         service, _, method = name.rpartition(".")
     if not service or not method or "/" in service:
-        raise BenchError(
-            f"--call {call!r}: expected package.Service.Method or package.Service/Method"
-        )
+        raise BenchError(f"--call {call!r}: expected package.Service.Method or package.Service/Method")
     try:
         found = descriptor_pool.Default().FindServiceByName(service)
     except KeyError:
@@ -292,9 +290,7 @@ def request_from_binary(method: MethodInfo, data: bytes, source: str = "") -> Re
     if parts and all(parses(part) for part in parts):
         return RequestData(tuple(parts), binary=True, source=source)
     if not parses(data):
-        raise BenchError(
-            f"{source or 'binary data'}: not a serialized {method.input_type.full_name}"
-        )
+        raise BenchError(f"{source or 'binary data'}: not a serialized {method.input_type.full_name}")
     return RequestData((data,), binary=True, source=source)
 
 
@@ -358,8 +354,7 @@ async def insecure_calls(
 ) -> AsyncIterator[Sequence[UnaryBytesCall]]:
     """The default CallFactory: `options.connections` plaintext channels to one target."""
     channels = [
-        grpc.aio.insecure_channel(target, options=channel_options(i))
-        for i in range(options.connections)
+        grpc.aio.insecure_channel(target, options=channel_options(i)) for i in range(options.connections)
     ]
     try:
         await asyncio.gather(*(_connect(ch, options.connect_timeout_s) for ch in channels))
@@ -419,11 +414,7 @@ class _Run:
                 latency = perf() - start
                 code = err.code()
                 status = go_code_name(code.value[0])
-                record(
-                    CallResult(
-                        start + offset, latency, status, go_error(status, err.details() or "")
-                    )
-                )
+                record(CallResult(start + offset, latency, status, go_error(status, err.details() or "")))
                 self.errors += 1
                 if self.honor and code is grpc.StatusCode.RESOURCE_EXHAUSTED:
                     await self._back_off(err)
@@ -431,11 +422,7 @@ class _Run:
             except asyncio.CancelledError:
                 if self.record_cut:
                     latency = perf() - start
-                    record(
-                        CallResult(
-                            start + offset, latency, "Canceled", go_error("Canceled", _CLOSING)
-                        )
-                    )
+                    record(CallResult(start + offset, latency, "Canceled", go_error("Canceled", _CLOSING)))
                     self.errors += 1
                 raise
             record(CallResult(start + offset, perf() - start, "OK", ""))
@@ -481,9 +468,7 @@ def _settled(tasks: Sequence[asyncio.Task[None]]) -> asyncio.Future[None]:
     return future
 
 
-async def _wait_for_end(
-    run: _Run, tasks: Sequence[asyncio.Task[None]], stop: asyncio.Event | None
-) -> str:
+async def _wait_for_end(run: _Run, tasks: Sequence[asyncio.Task[None]], stop: asyncio.Event | None) -> str:
     """Wait until the workers finish (normal), the duration passes (timeout) or `stop` is set
     (cancel); a worker's unexpected error is raised."""
     finished = _settled(tasks)
@@ -554,10 +539,7 @@ async def run_load(
         if not calls:
             raise BenchError(f"no connection to {target}")
         run.start(options.duration_s)
-        tasks = [
-            asyncio.create_task(run.worker(calls[i % len(calls)]))
-            for i in range(options.concurrency)
-        ]
+        tasks = [asyncio.create_task(run.worker(calls[i % len(calls)])) for i in range(options.concurrency)]
         shower = asyncio.create_task(_show_progress(run, options)) if progress else None
         try:
             reason = await _wait_for_end(run, tasks, stop)

@@ -179,9 +179,7 @@ def ghz_options(
         ("count-errors", count_errors, True),
     ]
     return {
-        key: value
-        for key, value, omit in raw
-        if not (value is None if omit is None else omit and not value)
+        key: value for key, value, omit in raw if not (value is None if omit is None else omit and not value)
     }
 
 
@@ -220,9 +218,7 @@ def build_report(
         if not result.error or count_errors:
             picked.append(seconds)
     count = len(kept)
-    report: dict[str, Any] = {
-        "date": go_time(time.time_ns() if date_ns is None else date_ns, False)
-    }
+    report: dict[str, Any] = {"date": go_time(time.time_ns() if date_ns is None else date_ns, False)}
     if options.get("name"):
         report["name"] = options["name"]
     report |= {

@@ -19,18 +19,37 @@ import yaml
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
 CLUSTER_SCOPED = {
-    "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-    "PersistentVolume", "StorageClass", "PriorityClass", "IngressClass", "RuntimeClass",
-    "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "APIService",
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+    "IngressClass",
+    "RuntimeClass",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "APIService",
 }
 # Kinds whose namespace handling in kustomize goes beyond metadata.namespace (not supported).
-NAMESPACE_REFERENCING = {"RoleBinding", "ClusterRoleBinding", "ValidatingWebhookConfiguration",
-                         "MutatingWebhookConfiguration", "APIService"}
+NAMESPACE_REFERENCING = {
+    "RoleBinding",
+    "ClusterRoleBinding",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "APIService",
+}
 # Strategic-merge keys of the lists deploy/k8s patches (k8s.io/api patchMergeKey); other lists
 # are replaced whole, as they are for fields without a merge strategy (args, tolerations, ...).
 MERGE_KEYS = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name",
-    "volumes": "name", "env": "name", "volumeMounts": "mountPath", "imagePullSecrets": "name",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "volumes": "name",
+    "env": "name",
+    "volumeMounts": "mountPath",
+    "imagePullSecrets": "name",
 }
 
 Resource = dict[str, Any]
@@ -129,14 +148,16 @@ def _matches(res: Resource, patch: Resource, target: dict[str, Any] | None) -> b
             raise RenderError(f"patch target fields not supported: {sorted(unknown)}")
         group, _, version = str(res.get("apiVersion", "")).rpartition("/")
         actual = {
-            "kind": res.get("kind"), "name": res["metadata"].get("name"), "group": group,
-            "version": version, "namespace": res["metadata"].get("namespace", ""),
+            "kind": res.get("kind"),
+            "name": res["metadata"].get("name"),
+            "group": group,
+            "version": version,
+            "namespace": res["metadata"].get("namespace", ""),
         }
         return all(str(actual[key]) == str(value) for key, value in target.items())
-    return (
-        res.get("kind") == patch.get("kind")
-        and res["metadata"].get("name") == (patch.get("metadata") or {}).get("name")
-    )
+    return res.get("kind") == patch.get("kind") and res["metadata"].get("name") == (
+        patch.get("metadata") or {}
+    ).get("name")
 
 
 def _apply_patch(
@@ -144,8 +165,9 @@ def _apply_patch(
 ) -> None:
     hits = [i for i, res in enumerate(resources) if _matches(res, patch, target)]
     if not hits:
-        raise RenderError(f"{kfile}: patch for {patch.get('kind')}/{patch.get('metadata')} "
-                          "matches no resource")
+        raise RenderError(
+            f"{kfile}: patch for {patch.get('kind')}/{patch.get('metadata')} matches no resource"
+        )
     for i in hits:
         body = copy.deepcopy(patch)
         if target:  # a targeted patch may name any resource; its own identity is not applied
@@ -202,7 +224,7 @@ def split_image(image: str) -> tuple[str, str, str]:
     colon = name.rfind(":")
     tag = ""
     if colon > slash:
-        name, tag = name[:colon], name[colon + 1:]
+        name, tag = name[:colon], name[colon + 1 :]
     return name, tag, digest
 
 

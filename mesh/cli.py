@@ -36,9 +36,7 @@ SERVE = [
 ]
 TOP = [
     Command("ocr", "recognise text in images", "mesh.ocr_commands", "add_ocr_arguments", "run_ocr"),
-    Command(
-        "info", "describe an OCR instance", "mesh.ocr_commands", "add_info_arguments", "run_info"
-    ),
+    Command("info", "describe an OCR instance", "mesh.ocr_commands", "add_info_arguments", "run_info"),
     Command("status", "services, instances and their health, from etcd", "mesh.status_command"),
     Command("config", "get or set live settings kept in etcd", "mesh.config_command"),
     Command("eval", "measure OCR accuracy (CER) on a labelled manifest", "bench.eval"),

@@ -64,9 +64,7 @@ def _error_info(reason: str, metadata: dict[str, str] | None) -> error_details_p
     return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
 
 
-def bad_request(
-    message: str, violations: Iterable[FieldViolation], reason: str = "BAD_REQUEST"
-) -> RichError:
+def bad_request(message: str, violations: Iterable[FieldViolation], reason: str = "BAD_REQUEST") -> RichError:
     """INVALID_ARGUMENT with google.rpc.BadRequest listing what is wrong."""
     detail = error_details_pb2.BadRequest(
         field_violations=[
@@ -76,9 +74,7 @@ def bad_request(
             for v in violations
         ]
     )
-    return RichError(
-        _status(grpc.StatusCode.INVALID_ARGUMENT, message, detail, _error_info(reason, None))
-    )
+    return RichError(_status(grpc.StatusCode.INVALID_ARGUMENT, message, detail, _error_info(reason, None)))
 
 
 def retry_later(message: str, retry_after_s: float, reason: str = "OVERLOADED") -> RichError:
@@ -86,23 +82,17 @@ def retry_later(message: str, retry_after_s: float, reason: str = "OVERLOADED") 
     delay = duration_pb2.Duration()
     delay.FromNanoseconds(max(0, round(retry_after_s * 1e9)))
     detail = error_details_pb2.RetryInfo(retry_delay=delay)
-    return RichError(
-        _status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, detail, _error_info(reason, None))
-    )
+    return RichError(_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, detail, _error_info(reason, None)))
 
 
-def unavailable(
-    message: str, reason: str = "UNAVAILABLE", retry_after_s: float | None = None
-) -> RichError:
+def unavailable(message: str, reason: str = "UNAVAILABLE", retry_after_s: float | None = None) -> RichError:
     """UNAVAILABLE, optionally with a retry hint; safe to retry on another instance."""
     retry = None
     if retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(max(0, round(retry_after_s * 1e9)))
         retry = error_details_pb2.RetryInfo(retry_delay=delay)
-    return RichError(
-        _status(grpc.StatusCode.UNAVAILABLE, message, retry, _error_info(reason, None))
-    )
+    return RichError(_status(grpc.StatusCode.UNAVAILABLE, message, retry, _error_info(reason, None)))
 
 
 def simple(code: grpc.StatusCode, message: str, reason: str = "", **metadata: str) -> RichError:
@@ -147,9 +137,7 @@ def field_violations(status: status_pb2.Status) -> list[FieldViolation]:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            found.extend(
-                FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations
-            )
+            found.extend(FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations)
     return found
 
 

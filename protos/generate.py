@@ -48,9 +48,7 @@ def generate(out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: protos/gen)"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: protos/gen)")
     ns = parser.parse_args(argv)
     written = generate(ns.out)
     print(f"wrote {len(written)} files under {ns.out}")

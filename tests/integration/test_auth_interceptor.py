@@ -64,11 +64,7 @@ async def channel(signing: keys.SigningKey, clock: Clock) -> AsyncIterator[grpc.
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                "test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(who)}
-            )
-        ]
+        [grpc.method_handlers_generic_handler("test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(who)})]
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -92,9 +88,7 @@ async def reason_of(channel: grpc.aio.Channel, token: str | None) -> tuple[grpc.
     return failed.value.code(), errors.error_reason(status)
 
 
-async def test_valid_token_passes_with_claims(
-    channel: grpc.aio.Channel, signing: keys.SigningKey
-) -> None:
+async def test_valid_token_passes_with_claims(channel: grpc.aio.Channel, signing: keys.SigningKey) -> None:
     answer = json.loads(await call(channel, token_for(signing.private_key, signing.kid)))
     assert answer["sub"] == "user-1"
 
@@ -109,9 +103,7 @@ async def test_refusals(channel: grpc.aio.Channel, signing: keys.SigningKey, clo
     assert await reason_of(channel, valid) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
 
 
-async def test_streaming_methods_are_guarded_too(
-    channel: grpc.aio.Channel, signing: keys.SigningKey
-) -> None:
+async def test_streaming_methods_are_guarded_too(channel: grpc.aio.Channel, signing: keys.SigningKey) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         async for _ in stub.Watch(health_pb2.HealthCheckRequest()):

@@ -61,9 +61,7 @@ async def test_migrations_are_versioned_and_idempotent(db: Database) -> None:
 
 
 async def test_concurrent_duplicate_users_one_wins(store: AuthStore) -> None:
-    results = await asyncio.gather(
-        *(store.add_user(user("dup")) for _ in range(10)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(store.add_user(user("dup")) for _ in range(10)), return_exceptions=True)
     assert sum(isinstance(r, UserRecord) for r in results) == 1
     assert sum(isinstance(r, UsernameTaken) for r in results) == 9
     assert await store.count_users() == 1

@@ -117,9 +117,7 @@ async def test_rejections_are_counted_like_ghz() -> None:
         report = await run_load(options, target, PAYLOAD)
     assert report["count"] == 50
     assert report["statusCodeDistribution"] == {"OK": 40, "ResourceExhausted": 10}
-    assert report["errorDistribution"] == {
-        "rpc error: code = ResourceExhausted desc = queue full": 10
-    }
+    assert report["errorDistribution"] == {"rpc error: code = ResourceExhausted desc = queue full": 10}
     rejected = [d for d in report["details"] if d["status"] == "ResourceExhausted"]
     assert len(rejected) == 10 and all(d["error"].startswith("rpc error:") for d in rejected)
     assert sum(b["count"] for b in report["histogram"]) == 40  # successes only, as ghz
@@ -128,9 +126,7 @@ async def test_rejections_are_counted_like_ghz() -> None:
 async def test_honoring_retry_info_slows_the_rejected_workers() -> None:
     async def count(honor: bool) -> dict[str, object]:
         async with serving(FakeOcr(reject_every=4, retry_s=0.3)) as target:
-            options = LoadOptions(
-                call=RECOGNIZE, duration="0.8s", concurrency=2, honor_retry_info=honor
-            )
+            options = LoadOptions(call=RECOGNIZE, duration="0.8s", concurrency=2, honor_retry_info=honor)
             return await run_load(options, target, PAYLOAD)
 
     hammering = await count(False)

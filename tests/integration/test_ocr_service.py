@@ -148,25 +148,19 @@ async def test_stream_rejects_oversize_upload_early(service: OcrProcess) -> None
         stub = ocr_pb2_grpc.OcrServiceStub(channel)
 
         async def parts():  # type: ignore[no-untyped-def]
-            yield ocr_pb2.RecognizeStreamRequest(
-                header=ocr_pb2.RecognizeStreamHeader(total_bytes=10**9)
-            )
+            yield ocr_pb2.RecognizeStreamRequest(header=ocr_pb2.RecognizeStreamHeader(total_bytes=10**9))
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.RecognizeStream(parts(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert (
-        errors.field_violations(errors.from_call_error(caught.value))[0].reason == "TOO_MANY_BYTES"
-    )
+    assert errors.field_violations(errors.from_call_error(caught.value))[0].reason == "TOO_MANY_BYTES"
 
 
 async def test_batch_returns_a_status_per_item(service: OcrProcess) -> None:
     items = [
         ocr_pb2.RecognizeBatchRequest(item_id="photo", image=PHOTO.read_bytes()),
         ocr_pb2.RecognizeBatchRequest(item_id="empty", image=b""),
-        ocr_pb2.RecognizeBatchRequest(
-            item_id="gray", image=(BAD / "grayscale_text.png").read_bytes()
-        ),
+        ocr_pb2.RecognizeBatchRequest(item_id="gray", image=(BAD / "grayscale_text.png").read_bytes()),
     ]
 
     async def requests():  # type: ignore[no-untyped-def]

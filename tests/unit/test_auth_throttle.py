@@ -16,9 +16,7 @@ from auth_svc.throttle import (
     lockout_s,
 )
 
-POLICY = ThrottlePolicy(
-    free_failures=3, base_lockout_s=1.0, max_lockout_s=60.0, forget_after_s=600.0
-)
+POLICY = ThrottlePolicy(free_failures=3, base_lockout_s=1.0, max_lockout_s=60.0, forget_after_s=600.0)
 
 
 class Clock:
@@ -60,9 +58,7 @@ def test_parallel_attempts_limited_to_free_failures() -> None:
 
 def test_throttle_per_user_and_per_address() -> None:
     clock = Clock()
-    throttle = LoginThrottle(
-        POLICY, ThrottlePolicy(free_failures=5, limit_parallel=False), clock=clock
-    )
+    throttle = LoginThrottle(POLICY, ThrottlePolicy(free_failures=5, limit_parallel=False), clock=clock)
     for _ in range(3):
         throttle.finish(throttle.begin("alice", "10.0.0.1"), succeeded=False)
     with pytest.raises(Throttled) as locked:

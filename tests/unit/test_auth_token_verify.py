@@ -91,9 +91,7 @@ def test_alg_none_is_rejected(verifier: TokenVerifier, key: keys.SigningKey) -> 
             verifier.verify(token)
 
 
-def test_hs256_with_public_key_as_secret_is_rejected(
-    verifier: TokenVerifier, key: keys.SigningKey
-) -> None:
+def test_hs256_with_public_key_as_secret_is_rejected(verifier: TokenVerifier, key: keys.SigningKey) -> None:
     pem = key.private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -142,9 +140,7 @@ def test_expired_is_rejected_after_leeway(
         verifier.verify(token)  # cached from the previous call, and still re-checked
 
 
-def test_wrong_audience_and_issuer_are_rejected(
-    verifier: TokenVerifier, key: keys.SigningKey
-) -> None:
+def test_wrong_audience_and_issuer_are_rejected(verifier: TokenVerifier, key: keys.SigningKey) -> None:
     with pytest.raises(TokenInvalid, match="audience"):
         verifier.verify(sign(key, aud="someone-else"))
     with pytest.raises(TokenInvalid, match="issuer"):
@@ -157,9 +153,7 @@ def test_required_claims(verifier: TokenVerifier, key: keys.SigningKey, claim: s
         verifier.verify(sign(key, **{claim: None}))
 
 
-def test_tampered_payload_and_signature_are_rejected(
-    verifier: TokenVerifier, key: keys.SigningKey
-) -> None:
+def test_tampered_payload_and_signature_are_rejected(verifier: TokenVerifier, key: keys.SigningKey) -> None:
     token = sign(key)
     header, body, signature = token.split(".")
     evil = b64(json.dumps(claims(sub="admin")).encode())

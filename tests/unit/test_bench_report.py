@@ -109,9 +109,7 @@ def test_report_counts_rps_average_and_distributions(utc: None) -> None:
     assert report["fastest"] == 10 * MS  # successful calls only
     assert report["slowest"] == 30 * MS
     assert report["statusCodeDistribution"] == {"OK": 3, RE: 2}
-    assert report["errorDistribution"] == {
-        "rpc error: code = ResourceExhausted desc = queue full": 2
-    }
+    assert report["errorDistribution"] == {"rpc error: code = ResourceExhausted desc = queue full": 2}
     assert sum(b["count"] for b in report["histogram"]) == 3
     assert [d["percentage"] for d in report["latencyDistribution"]] == [10, 25, 50, 75, 90, 95, 99]
     assert len(report["details"]) == 5
@@ -374,9 +372,7 @@ def test_protoset_holds_the_service_and_its_imports() -> None:
 def test_engine_ghz_without_the_binary_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     method = resolve_method("ocrmesh.ocr.v1.OcrService.GetInfo")
-    with pytest.raises(
-        BenchError, match=r"no `ghz` binary on PATH; install it from https://ghz.sh"
-    ):
+    with pytest.raises(BenchError, match=r"no `ghz` binary on PATH; install it from https://ghz.sh"):
         ghz.run_ghz(
             LoadOptions(call=method.full_name),
             "127.0.0.1:1",

@@ -16,15 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
     out = tmp_path / "gen"
-    subprocess.run(
-        [sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(out)], check=True
-    )
+    subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(out)], check=True)
     committed = ROOT / "protos" / "gen"
     fresh = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     kept = sorted(
-        p.relative_to(committed)
-        for p in committed.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
+        p.relative_to(committed) for p in committed.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     )
     assert fresh == kept, "protos/gen has extra or missing files: run `make protos` and commit"
     drifted = [str(p) for p in fresh if not filecmp.cmp(out / p, committed / p, shallow=False)]
