@@ -9,7 +9,6 @@ something the client subscribes to changed or went away. Resource versions are c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
@@ -25,6 +24,7 @@ from google.protobuf import any_pb2
 from gateway import resources as rs
 from gateway.cache import SnapshotCache
 from gateway.snapshot import Snapshot, type_version
+from gateway.stream_events import requests_and_changes
 
 log = logging.getLogger(__name__)
 
@@ -75,41 +75,16 @@ class DeltaStream:
         self.subs: dict[str, DeltaSubscription] = {}
 
     async def run(self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]) -> None:
-        requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await requests.put(request)
-            finally:
-                await requests.put(None)
-
-        reader = asyncio.create_task(read(), name="delta ads reader")
-        seen = self.cache.generation
         try:
-            while True:
-                got_request = asyncio.ensure_future(requests.get())
-                got_change = asyncio.ensure_future(self.cache.changed(seen))
-                done, _ = await asyncio.wait({got_request, got_change}, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in (got_request, got_change):
-                    if waiter not in done:
-                        waiter.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await waiter
-                if got_change in done:
-                    seen = got_change.result()
-                    for type_url in rs.ORDER:
-                        if type_url in self.subs:
-                            await self._send(type_url, force=False)
-                if got_request in done:
-                    request = got_request.result()
+            async with contextlib.aclosing(requests_and_changes(request_iterator, self.cache)) as events:
+                async for request in events:
                     if request is None:
-                        return
-                    await self._handle(request)
+                        for type_url in rs.ORDER:
+                            if type_url in self.subs:
+                                await self._send(type_url, force=False)
+                    else:
+                        await self._handle(request)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
             if self.node_id:
                 self.cache.disconnect(self.node_id)
 

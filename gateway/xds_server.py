@@ -12,7 +12,6 @@ named; when a snapshot changes, types are pushed in the order CDS, EDS, LDS, RDS
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
@@ -27,6 +26,7 @@ from google.protobuf import any_pb2
 from gateway import resources as rs
 from gateway.cache import SnapshotCache
 from gateway.delta_xds import DeltaStream
+from gateway.stream_events import requests_and_changes
 
 log = logging.getLogger(__name__)
 
@@ -69,39 +69,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
     ) -> None:
         state = StreamState()
-        requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await requests.put(request)
-            finally:
-                await requests.put(None)
-
-        reader = asyncio.create_task(read(), name="ads reader")
-        seen = self.cache.generation
         try:
-            while True:
-                got_request = asyncio.ensure_future(requests.get())
-                got_change = asyncio.ensure_future(self.cache.changed(seen))
-                done, _ = await asyncio.wait({got_request, got_change}, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in (got_request, got_change):
-                    if waiter not in done:
-                        waiter.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await waiter
-                if got_change in done:
-                    seen = got_change.result()
-                    await self._push_changes(state, context)
-                if got_request in done:
-                    request = got_request.result()
+            async with contextlib.aclosing(requests_and_changes(request_iterator, self.cache)) as events:
+                async for request in events:
                     if request is None:
-                        return
-                    await self._handle(state, request, context)
+                        await self._push_changes(state, context)
+                    else:
+                        await self._handle(state, request, context)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
             if state.node_id:
                 self.cache.disconnect(state.node_id)
                 log.info("xDS client disconnected", extra={"node": state.node_id})
