@@ -178,12 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    try:
-        config = mesh_config.load(GatewayConfig, ns)
-    except mesh_config.ConfigError as exc:
-        print(f"ocrmesh serve gateway: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(config))
+    return mesh_config.run_service(GatewayConfig, ns, "ocrmesh serve gateway", serve)
 
 
 def ready_info(path: Path) -> dict[str, Any]:

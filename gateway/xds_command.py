@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -44,9 +43,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    try:
-        config = mesh_config.load(XdsConfig, ns)
-    except mesh_config.ConfigError as exc:
-        print(f"ocrmesh serve xds: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(config))
+    return mesh_config.run_service(XdsConfig, ns, "ocrmesh serve xds", serve)
