@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -9,14 +10,20 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aetcd
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from mesh import balancer
+from mesh.registry import instance_key
 from tests.integration.ocr_fixtures import ROOT, stop
 
 PASSWORD = "correct horse battery"
@@ -103,6 +110,29 @@ def cluster_hosts(admin: str, cluster: str) -> dict[str, list[str]]:
 
 def healthy(admin: str, cluster: str) -> set[str]:
     return {addr for addr, flags in cluster_hosts(admin, cluster).items() if not flags}
+
+
+async def healthy_in_envoy(admin: str, address: str) -> bool:
+    """Whether Envoy's "ocr" cluster lists `address` as a healthy host."""
+    return address in await asyncio.to_thread(healthy, admin, "ocr")
+
+
+@pytest.fixture(name="stand_in_ocr")
+async def stand_in_ocr_fixture(etcd_client: aetcd.Client) -> AsyncIterator[str]:
+    """A registered "ocr" upstream serving only grpc.health.v1 (SERVING): an OCR call is UNIMPLEMENTED."""
+    server = grpc.aio.server()
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health.set("ocrmesh.ocr.v1.OcrService", health_pb2.HealthCheckResponse.SERVING)
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    address = f"127.0.0.1:{port}"
+    await etcd_client.put(instance_key("ocr", "stand-in").encode(), json.dumps({"address": address}).encode())
+    try:
+        yield address
+    finally:
+        await server.stop(0)
 
 
 async def login_through(target: str, user: str) -> str:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aetcd
-import grpc
-import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
 from etcd.launcher import EtcdProcess, free_port
 from gateway import resources as rs
@@ -24,10 +20,16 @@ from gateway.snapshot_builder import Endpoint, MeshState, build_snapshot
 from mesh import balancer
 from mesh.registry import instance_key
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
-from tests.integration.gateway_fixtures import cluster_hosts, healthy, start_gateway
+from tests.integration.gateway_fixtures import (
+    cluster_hosts,
+    healthy,
+    healthy_in_envoy,
+    stand_in_ocr_fixture,
+    start_gateway,
+)
 from tests.integration.ocr_fixtures import stop
 
-__all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
+__all__ = ["etcd_client_fixture", "etcd_fixture", "stand_in_ocr_fixture"]  # pytest fixtures used below
 
 
 def test_plan_sends_only_changes_and_removals() -> None:
@@ -46,26 +48,6 @@ def test_plan_sends_only_changes_and_removals() -> None:
     assert plan(two, rs.ENDPOINT, named)[1] == ["gone"]
 
 
-@pytest.fixture(name="stand_in_ocr")
-async def stand_in_ocr_fixture(etcd_client: aetcd.Client) -> AsyncIterator[str]:
-    """A registered "ocr" upstream serving only grpc.health.v1 (SERVING)."""
-    server = grpc.aio.server()
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await health.set("ocrmesh.ocr.v1.OcrService", health_pb2.HealthCheckResponse.SERVING)
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    address = f"127.0.0.1:{port}"
-    await etcd_client.put(
-        instance_key("ocr", "delta-stand-in").encode(), json.dumps({"address": address}).encode()
-    )
-    try:
-        yield address
-    finally:
-        await server.stop(0)
-
-
 async def test_envoy_on_delta_xds(
     tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client, stand_in_ocr: str
 ) -> None:
@@ -80,7 +62,7 @@ async def test_envoy_on_delta_xds(
             node = control_plane.cache.nodes["gw-delta"]
             assert node.protocol == "delta" and all(node.types[t].acked for t in rs.ORDER), node.types
             stand_in = stand_in_ocr
-            await eventually(lambda: _healthy(gateway.admin, stand_in), 20)
+            await eventually(lambda: healthy_in_envoy(gateway.admin, stand_in), 20)
             # Routed through Envoy to the upstream (health route -> ocr cluster).
             async with balancer.direct_channel(gateway.address) as channel:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(
@@ -112,10 +94,6 @@ async def test_envoy_on_delta_xds(
             assert stand_in in healthy(gateway.admin, "ocr")
     finally:
         await xds.stop()
-
-
-async def _healthy(admin: str, address: str) -> bool:
-    return address in await asyncio.to_thread(healthy, admin, "ocr")
 
 
 async def _listed(admin: str, address: str, want: bool) -> bool:

@@ -5,27 +5,26 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aetcd
 import grpc
 import jwt
-import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from jwt.algorithms import ECAlgorithm
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from etcd.launcher import EtcdProcess
 from mesh import balancer
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER, JWKS_KEY
-from mesh.registry import instance_key
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
-from tests.integration.gateway_fixtures import healthy, running_gateway
+from tests.integration.gateway_fixtures import (
+    healthy_in_envoy,
+    running_gateway,
+    stand_in_ocr_fixture,
+)
 
-__all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
+__all__ = ["etcd_client_fixture", "etcd_fixture", "stand_in_ocr_fixture"]  # pytest fixtures used below
 
 
 class Key:
@@ -49,30 +48,13 @@ class Key:
         return jwt.encode(claims, self.private, algorithm="ES256", headers={"kid": self.kid})
 
 
-@pytest.fixture(name="stand_in_ocr")
-async def stand_in_ocr_fixture(etcd_client: aetcd.Client) -> AsyncIterator[str]:
-    """A registered "ocr" upstream with health only: an OCR call that reaches it is UNIMPLEMENTED."""
-    server = grpc.aio.server()
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await health.set("ocrmesh.ocr.v1.OcrService", health_pb2.HealthCheckResponse.SERVING)
-    address = f"127.0.0.1:{port}"
-    await etcd_client.put(instance_key("ocr", "stand-in").encode(), json.dumps({"address": address}).encode())
-    try:
-        yield address
-    finally:
-        await server.stop(0)
-
-
 async def test_key_rotation_in_etcd_reaches_envoy(
     tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client, stand_in_ocr: str
 ) -> None:
     old, new = Key("k-old"), Key("k-new")
     await etcd_client.put(JWKS_KEY.encode(), json.dumps({"keys": [old.jwk]}).encode())
     with running_gateway(tmp_path, etcd.endpoint) as gateway:
-        await eventually(lambda: _healthy(gateway.admin, stand_in_ocr), 20)
+        await eventually(lambda: healthy_in_envoy(gateway.admin, stand_in_ocr), 20)
         async with balancer.direct_channel(gateway.address) as channel:
             stub = ocr_pb2_grpc.OcrServiceStub(channel)
 
@@ -99,7 +81,3 @@ async def test_key_rotation_in_etcd_reaches_envoy(
 
 async def _is(got: object, want: grpc.StatusCode) -> bool:
     return await got == want  # type: ignore[misc]
-
-
-async def _healthy(admin: str, address: str) -> bool:
-    return address in healthy(admin, "ocr")
