@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,7 +21,8 @@ from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from mesh import balancer
 from mesh.registry import instance_key
-from tests.integration.ocr_fixtures import ROOT, stop
+from tests.integration import service_process
+from tests.integration.ocr_fixtures import stop
 
 PASSWORD = "correct horse battery"
 
@@ -51,27 +49,8 @@ class GatewayProcess:
 
 def start_command(tmp: Path, name: str, argv: list[str], timeout_s: float = 90.0) -> GatewayProcess:
     """Run `python -m mesh.cli ARGV --ready-file F` and wait for the ready file."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    stamp = time.monotonic_ns()
-    ready = tmp / f"{name}-ready-{stamp}.json"
-    log_path = tmp / f"{name}-{stamp}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh.cli", *argv, "--ready-file", str(ready)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready.exists():
-            return GatewayProcess(proc, json.loads(ready.read_text()), log_path)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()}")
-        time.sleep(0.1)
-    stop(proc)
-    raise TimeoutError(f"{name} not ready in {timeout_s}s:\n{log_path.read_text()}")
+    proc, info, log_path = service_process.start_command(tmp, name, argv, timeout_s=timeout_s)
+    return GatewayProcess(proc, info, log_path)
 
 
 def start_gateway(tmp: Path, etcd: str, *args: str) -> GatewayProcess:
