@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also time run_pipeline with these PipelineSettings changed (e.g. tight_rec=false), "
         "alternating with the defaults; repeatable",
     )
+    parser.add_argument(
+        "--unflushed",
+        action="store_true",
+        help="also time an engine that keeps the models' subnormal weights (flush_subnormals=False), "
+        "alternating, and check it reads the same lines",
+    )
     ns = parser.parse_args(argv)
     from rapidocr import RapidOCR
 
@@ -100,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             "EngineConfig.onnxruntime.intra_op_num_threads": 1,
             "EngineConfig.onnxruntime.inter_op_num_threads": 1,
         }
+    )
+    unflushed = (
+        Engine(EngineSettings(device="cpu", threads=1, flush_subnormals=False)) if ns.unflushed else None
     )
     rawd = RapidOCR(params={"Global.log_level": "error"})
     for engine in (raw1, rawd):
@@ -117,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     baseline = dataclasses.replace(settings, **changes) if changes else None
     same_lines = []
+    same_as_unflushed = []
     for _ in range(ns.reps):
         info = staged_run(ours._ocr, image, settings, staged)
         new = whole.time("ours run_pipeline", lambda: run_pipeline(ours._ocr, image, StepOptions(), settings))
@@ -126,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: run_pipeline(ours._ocr, image, StepOptions(), baseline),
             )
             same_lines.append([t for t, _, _ in old["lines"]] == [t for t, _, _ in new["lines"]])
+        if unflushed is not None:
+            kept = whole.time(
+                "ours, subnormal weights kept",
+                functools.partial(run_pipeline, unflushed._ocr, image, StepOptions(), settings),
+            )
+            same_as_unflushed.append(kept["lines"] == new["lines"])
         for name, engine in (("raw 1 thread", raw1), ("raw default threads", rawd)):
             out = whole.time(name, functools.partial(engine, image))
             for k, v in zip(("det", "cls", "rec"), out.elapse_list, strict=False):
@@ -139,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         "raw_stage_ms": {n: {k: statistics.median(v) for k, v in p.items()} for n, p in raw_parts.items()},
         "ours_info": info,
         "baseline_same_lines_every_rep": all(same_lines) if same_lines else None,
+        "subnormal_weights_zeroed": ours.info.subnormal_weights_zeroed,
+        "unflushed_same_lines_scores_boxes_every_rep": all(same_as_unflushed) if same_as_unflushed else None,
     }
     if baseline is not None:
         key = "ours baseline " + " ".join(ns.baseline)

@@ -180,6 +180,7 @@ class WorkerPool:
                 "pid": slot.pid,
                 "provider": slot.info.execution_provider,
                 "warmup_ms": round(slot.info.warmup_ms),
+                "subnormal_weights_zeroed": slot.info.subnormal_weights_zeroed,
             },
         )
 
