@@ -160,7 +160,7 @@ class Engine:
             execution_provider=provider,
             models=_model_names(self._ocr),
             warmup_ms=(time.perf_counter() - started) * 1000,
-            subnormal_weights_zeroed=sum(f.subnormal_weights for f in flushed),
+            subnormal_weights_zeroed=sum(f.subnormal_weights for f in flushed if f.reloaded),
         )
 
     def run(self, image: np.ndarray, options: JobOptions) -> dict[str, Any]:
