@@ -18,8 +18,6 @@ from ocr_svc.detection_size import padding_px
 from ocr_svc.engine import Engine, EngineSettings
 from ocr_svc.pipeline import (
     Models,
-    PipelineSettings,
-    StepOptions,
     as_bgr,
     classify,
     crop_lines,
@@ -29,6 +27,7 @@ from ocr_svc.pipeline import (
     recognise,
     run_pipeline,
 )
+from ocr_svc.pipeline_settings import PipelineSettings, StepOptions
 
 DEFAULT_IMAGE = "../shared/ocr-corpus/real/rapidocr_ch_en_num.jpg"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ocr_svc.pipeline import Models, PipelineSettings, StepOptions, run_pipeline
-from ocr_svc.subnormal_weights import Flushed, flush_engine_sessions
+from ocr_svc.pipeline_settings import PipelineSettings, StepOptions
+from ocr_svc.subnormal_weights import flush_engine_sessions
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +132,22 @@ class Engine:
 
     def __init__(self, settings: EngineSettings) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.threads))
+        # OpenCV, RapidOCR and the pipeline are imported here, in the worker, never by the server.
         import cv2
         from rapidocr import RapidOCR
 
+        from ocr_svc.pipeline import Models, run_pipeline
+
+        self._run_pipeline = run_pipeline
         cv2.setNumThreads(settings.threads)
         self.settings = settings
         device = choose_device(settings.device, available_providers())
         started = time.perf_counter()
         self._ocr = RapidOCR(params=_ort_params(settings, use_cuda=device == "cuda"))
-        flushed: list[Flushed] = []
+        zeroed = 0
         if settings.flush_subnormals:
             flushed = flush_engine_sessions(Models.of(self._ocr))
+            zeroed = sum(f.subnormal_weights for f in flushed if f.reloaded)
         self.run(_warmup_image(), JobOptions())  # loads det, cls and rec sessions
         providers = _session_providers(self._ocr)
         provider = providers[0] if providers else CPU_EP
@@ -160,7 +165,7 @@ class Engine:
             execution_provider=provider,
             models=_model_names(self._ocr),
             warmup_ms=(time.perf_counter() - started) * 1000,
-            subnormal_weights_zeroed=sum(f.subnormal_weights for f in flushed if f.reloaded),
+            subnormal_weights_zeroed=zeroed,
         )
 
     def run(self, image: np.ndarray, options: JobOptions) -> dict[str, Any]:
@@ -173,7 +178,7 @@ class Engine:
         steps = StepOptions(
             use_det=options.use_det, use_cls=options.use_cls, use_rec=options.use_rec, min_score=min_score
         )
-        result = run_pipeline(self._ocr, image, steps, self.settings.pipeline)
+        result = self._run_pipeline(self._ocr, image, steps, self.settings.pipeline)
         if not options.return_boxes:
             result["lines"] = [(text, score, []) for text, score, _ in result["lines"]]
         return result

@@ -12,7 +12,8 @@ import pytest
 from ocr_svc.engine import Engine, EngineSettings
 from ocr_svc.guardrails import Limits, decode
 from ocr_svc.line_recognition import batch_tensor, batches, input_width
-from ocr_svc.pipeline import StepOptions, run_pipeline
+from ocr_svc.pipeline import run_pipeline
+from ocr_svc.pipeline_settings import StepOptions
 from tests.corpus import CORPUS
 
 
