@@ -40,6 +40,7 @@ class Flushed:
     tensors: int
     float_weights: int
     reloaded: bool
+    error: str = ""  # why the reload failed, if it did (the shipped model is then kept)
 
 
 def flush_array(values: np.ndarray) -> int:
@@ -116,16 +117,49 @@ def rebuild_session(session: Any, min_share: float = MIN_SHARE) -> tuple[Any, Fl
     return rebuilt, replace(flushed, reloaded=True)
 
 
+def reload_errors() -> tuple[type[Exception], ...]:
+    """What a failed reload raises: no `onnx`, a file gone or unreadable, ONNX Runtime refusing it."""
+    from google.protobuf.message import DecodeError
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort
+
+    return (
+        ImportError,
+        OSError,
+        ValueError,
+        DecodeError,
+        ort.Fail,
+        ort.InvalidArgument,
+        ort.InvalidGraph,
+        ort.InvalidProtobuf,
+        ort.NoSuchFile,
+        ort.EPFail,
+        ort.RuntimeException,
+    )
+
+
 def flush_engine_sessions(models: Any) -> list[Flushed]:
     """Swap each loaded RapidOCR stage's ONNX session (det, cls, rec) for its flushed twin where
-    that is worth it (see `MIN_SHARE`)."""
+    that is worth it (see `MIN_SHARE`). A stage whose reload fails keeps its session, loudly: the
+    results are the same, only slower on CPUs that trap subnormals."""
     done = []
-    for stage in (models.det, models.cls, models.rec):
+    for name, stage in (("det", models.det), ("cls", models.cls), ("rec", models.rec)):
         holder: Any = getattr(stage, "session", None)  # rapidocr's OrtInferSession
         session = getattr(holder, "session", None)
         if holder is None or session is None:
             continue
-        holder.session, flushed = rebuild_session(session)
+        try:
+            holder.session, flushed = rebuild_session(session)
+        except reload_errors() as exc:
+            model = Path(getattr(session, "_model_path", None) or name).name
+            log.warning(
+                "could not reload %s with its subnormal weights zeroed (%s: %s); keeping the model as "
+                "shipped, which gives the same results but is slower on CPUs that trap subnormals",
+                model,
+                type(exc).__name__,
+                exc,
+            )
+            done.append(Flushed(model, 0, 0, 0, reloaded=False, error=f"{type(exc).__name__}: {exc}"))
+            continue
         done.append(flushed)
         if flushed.reloaded:
             log.info(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -12,7 +14,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ocr_svc.engine import Engine, EngineSettings, JobOptions
 from ocr_svc.guardrails import Limits, decode
-from ocr_svc.subnormal_weights import SMALLEST_NORMAL, flush_array, flush_model, rebuild_session
+from ocr_svc.subnormal_weights import (
+    SMALLEST_NORMAL,
+    flush_array,
+    flush_engine_sessions,
+    flush_model,
+    rebuild_session,
+)
 from tests.corpus import CORPUS
 
 
@@ -123,6 +131,36 @@ def test_a_session_from_bytes_is_refused_with_a_reason() -> None:
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     with pytest.raises(ValueError, match="not created from a model file"):
         rebuild_session(session)
+
+
+def stage(session: onnxruntime.InferenceSession) -> SimpleNamespace:
+    """Where RapidOCR keeps a stage's ONNX session: `stage.session.session`."""
+    return SimpleNamespace(session=SimpleNamespace(session=session))
+
+
+def test_a_failed_reload_keeps_the_shipped_session_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    weight = np.array([[1e-39, 2.0], [3.0, -5e-40], [0.5, 1.0]], dtype=np.float32)
+    good, gone = tmp_path / "good.onnx", tmp_path / "gone.onnx"
+    for path in (good, gone):
+        onnx.save(matmul_model(weight), str(path))
+    sessions = [
+        onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (good, gone)
+    ]
+    gone.unlink()  # loaded, then removed from disk: the reload cannot read it
+    models = SimpleNamespace(det=stage(sessions[0]), cls=SimpleNamespace(), rec=stage(sessions[1]))
+
+    with caplog.at_level(logging.WARNING, logger="ocr_svc.subnormal_weights"):
+        done = flush_engine_sessions(models)
+
+    assert [(f.model, f.reloaded) for f in done] == [("good.onnx", True), ("gone.onnx", False)]
+    assert models.det.session.session is not sessions[0]
+    assert models.rec.session.session is sessions[1]  # kept, still usable
+    x = np.array([[1.0, 2.0, 4.0]], dtype=np.float32)
+    assert models.rec.session.session.run(None, {"x": x})[0].shape == (1, 2)
+    assert done[1].error.startswith("FileNotFoundError")
+    assert "could not reload gone.onnx" in caplog.text
 
 
 def test_the_engine_reads_exactly_the_same_with_flushed_weights() -> None:
