@@ -2,16 +2,18 @@
 
 RapidOCR's PP-OCRv6 detector ships with about 256,000 subnormal float32 weights (|w| < 1.18e-38),
 most of them in the two 768->384 1x1 convolutions of its neck. Multiplying by a subnormal makes
-many x86 CPUs take a microcode assist per operation: on the 2-core Xeon this project is measured on,
-those two small convolutions took 600 of the detector's 940 ms at 672x832 with one thread, and the
-whole pass fell to 315 ms once they were zero. ONNX Runtime's `session.set_denormal_as_zero` does not
-help here: it sets the flush-to-zero flags on its pool threads only, and a session with one intra-op
-thread runs on the caller's thread. A subnormal weight is below anything float32 inference can
-resolve, so zeroing it leaves every output bit-identical in practice (checked in the tests).
+many x86 CPUs take a microcode assist per operation: on the 2-core Xeon this project is measured
+on, those two small convolutions took 600 of the detector's 940 ms at 672x832 with one thread, and
+the whole pass fell to 315 ms once they were zero. ONNX Runtime's `session.set_denormal_as_zero`
+does not help here: it sets the flush-to-zero flags on its pool threads only, and a session with
+one intra-op thread runs on the caller's thread. Each product with a subnormal weight is far below
+float32's resolution of the sums it is added to, so zeroing the weights leaves the outputs
+unchanged (checked bit for bit in the tests).
 
-A model is only reloaded when its subnormal weights are a noticeable share of all its weights
-(`MIN_SHARE`): the recogniser has 241 of 5.3 million, costs the same with or without them, and a
-second load of its 21 MB would only add memory.
+Only sessions running on the CPU are rebuilt: GPUs handle subnormals at full speed. A model is only
+reloaded when its subnormal weights are a noticeable share of all its weights (`MIN_SHARE`): the
+recogniser has 241 of 5.3 million, costs the same with or without them, and a second load of its
+21 MB would only add memory.
 
 Nothing in onnxruntime or rapidocr does this, hence this module; `onnx` does the reading and writing.
 """
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SMALLEST_NORMAL = np.finfo(np.float32).tiny
 MIN_SHARE = 1e-3  # reload a model only if at least this share of its float weights is subnormal
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Flushed:
     tensors: int
     float_weights: int
     reloaded: bool
-    error: str = ""  # why the reload failed, if it did (the shipped model is then kept)
+    why_not: str = ""  # why the shipped model was kept, when it was
 
 
 def flush_array(values: np.ndarray) -> int:
@@ -95,19 +98,25 @@ def flushed_model(path: Path) -> tuple[Any, Flushed]:
 
 def rebuild_session(session: Any, min_share: float = MIN_SHARE) -> tuple[Any, Flushed]:
     """`session` again, from the same model file with subnormal weights zeroed, with the same
-    session options, providers and provider options; `session` itself when fewer than `min_share`
-    of its weights were subnormal."""
+    session options, providers and provider options.
+
+    `session` itself when it does not run on the CPU (GPUs handle subnormals at full speed, and a CUDA
+    session is better not rebuilt from options read back from it) or when fewer than `min_share` of
+    its weights were subnormal."""
     import onnxruntime
 
     model_path = getattr(session, "_model_path", None)
     if not model_path:
         raise ValueError("the session was not created from a model file; nothing to reload")
+    providers = session.get_providers()
+    if providers[:1] != [CPU_PROVIDER]:
+        name = Path(model_path).name
+        return session, Flushed(name, 0, 0, 0, reloaded=False, why_not=f"runs on {providers[0]}")
     model, flushed = flushed_model(Path(model_path))
     share = flushed.subnormal_weights / flushed.float_weights if flushed.float_weights else 0.0
     if flushed.subnormal_weights == 0 or share < min_share:
-        return session, replace(flushed, reloaded=False)
+        return session, replace(flushed, why_not=f"{share:.4%} of its weights are subnormal")
     options = session.get_provider_options()
-    providers = session.get_providers()
     rebuilt = onnxruntime.InferenceSession(
         model.SerializeToString(),
         sess_options=session.get_session_options(),
@@ -158,7 +167,7 @@ def flush_engine_sessions(models: Any) -> list[Flushed]:
                 type(exc).__name__,
                 exc,
             )
-            done.append(Flushed(model, 0, 0, 0, reloaded=False, error=f"{type(exc).__name__}: {exc}"))
+            done.append(Flushed(model, 0, 0, 0, reloaded=False, why_not=f"{type(exc).__name__}: {exc}"))
             continue
         done.append(flushed)
         if flushed.reloaded:

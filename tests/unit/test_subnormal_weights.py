@@ -94,6 +94,7 @@ def test_a_few_subnormals_among_many_weights_keep_the_session(tmp_path: Path) ->
     same, flushed = rebuild_session(session)
     assert same is session
     assert (flushed.subnormal_weights, flushed.float_weights, flushed.reloaded) == (1, 6000, False)
+    assert flushed.why_not == "0.0167% of its weights are subnormal"
     rebuilt, forced = rebuild_session(session, min_share=0.0)
     assert rebuilt is not session and forced.reloaded
 
@@ -124,6 +125,29 @@ def test_a_model_without_subnormals_keeps_its_session(tmp_path: Path) -> None:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     same, flushed = rebuild_session(session)
     assert same is session and flushed.subnormal_weights == 0 and not flushed.reloaded
+
+
+class CudaSessionStandIn:
+    """A GPU cannot exist on the CI machines, so a CUDA session is stood in for by the two things
+    rebuild_session reads first: the model path and the providers ONNX Runtime reports."""
+
+    _model_path = "/nonexistent/det.onnx"
+
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_a_cuda_session_is_kept_as_it_is() -> None:
+    # GPUs handle subnormals at full speed, and a CUDA session is not rebuilt from options read back from
+    # it. The model file is not even opened (the path does not exist).
+    session = CudaSessionStandIn()
+    same, flushed = rebuild_session(session)
+    assert same is session
+    assert (flushed.model, flushed.reloaded, flushed.why_not) == (
+        "det.onnx",
+        False,
+        "runs on CUDAExecutionProvider",
+    )
 
 
 def test_a_session_from_bytes_is_refused_with_a_reason() -> None:
@@ -159,7 +183,7 @@ def test_a_failed_reload_keeps_the_shipped_session_and_says_so(
     assert models.rec.session.session is sessions[1]  # kept, still usable
     x = np.array([[1.0, 2.0, 4.0]], dtype=np.float32)
     assert models.rec.session.session.run(None, {"x": x})[0].shape == (1, 2)
-    assert done[1].error.startswith("FileNotFoundError")
+    assert done[1].why_not.startswith("FileNotFoundError")
     assert "could not reload gone.onnx" in caplog.text
 
 
