@@ -144,7 +144,7 @@ async def run_foundation(image: Path, large: Path, duration_s: float, workdir: P
     engine = EngineBench(photo, workers=2, threads=1, concurrency=4)
     await engine.start()
     try:
-        with ocr_service(workdir, "--workers", "2", "--threads-per-worker", "1") as svc:
+        with ocr_service(workdir, "--workers", "2", "--threads-per-worker", "1", "--queue-depth", "4") as svc:
             await _load(svc.address, image, 2, 3.0)  # warm-up, not reported
             # Engine and service take turns in short rounds, so load from anything else on the
             # machine falls on both alike and the ratio stays meaningful.

@@ -53,6 +53,9 @@ BENCH = [
     Command("sweep", "instances x concurrency x path matrix on a local mesh, with report", "bench.sweep"),
     Command("peers", "rapidocr-api vs ocrmesh (gRPC, BFF): same load, side by side", "bench.peers"),
     Command("bff", "OCR through the web BFF vs direct gRPC, alternating rounds", "bench.bff_bench"),
+    Command(
+        "admission", "one OCR instance: well-behaved vs retry-at-once clients, RSS", "bench.admission_bench"
+    ),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")
 

@@ -77,12 +77,15 @@ def bad_request(message: str, violations: Iterable[FieldViolation], reason: str 
     return RichError(_status(grpc.StatusCode.INVALID_ARGUMENT, message, detail, _error_info(reason, None)))
 
 
-def retry_later(message: str, retry_after_s: float, reason: str = "OVERLOADED") -> RichError:
+def retry_later(
+    message: str, retry_after_s: float, reason: str = "OVERLOADED", metadata: dict[str, str] | None = None
+) -> RichError:
     """RESOURCE_EXHAUSTED with google.rpc.RetryInfo saying when to come back."""
     delay = duration_pb2.Duration()
     delay.FromNanoseconds(max(0, round(retry_after_s * 1e9)))
     detail = error_details_pb2.RetryInfo(retry_delay=delay)
-    return RichError(_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, detail, _error_info(reason, None)))
+    info = _error_info(reason, metadata)
+    return RichError(_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, detail, info))
 
 
 def unavailable(message: str, reason: str = "UNAVAILABLE", retry_after_s: float | None = None) -> RichError:
@@ -149,6 +152,24 @@ def error_reason(status: status_pb2.Status) -> str:
             detail.Unpack(info)
             return info.reason
     return ""
+
+
+def error_metadata(status: status_pb2.Status) -> dict[str, str]:
+    """The ErrorInfo metadata in a status (empty when there is none)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return dict(info.metadata)
+    return {}
+
+
+def metadata_seconds(metadata: dict[str, str], key: str) -> float | None:
+    """A millisecond figure from ErrorInfo metadata (e.g. "service_ms") in seconds, if present and valid."""
+    try:
+        return max(0.0, float(metadata[key]) / 1000)
+    except (KeyError, ValueError):
+        return None
 
 
 OK_CODE = code_pb2.OK

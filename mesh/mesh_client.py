@@ -19,6 +19,7 @@ from mesh.discovery import Changes, Discovery
 from mesh.logs import request_id
 from mesh.ocr_client import Metadata, OcrClient
 from mesh.picking import (
+    PREDICTED_WAIT_TRAILER,
     BalancerPolicy,
     EndpointStats,
     Outcome,
@@ -337,9 +338,14 @@ class MeshClient:
             began = self._clock()
             target.begin(began)
             outcome, hint = Outcome.CANCELLED, None
+            work = 0.0
             try:
-                result = await attempt(target.address, left, meta)
+                pending = attempt(target.address, left, meta)
+                result = await pending
                 outcome = Outcome.OK
+                reported = await _reported_wait_s(pending)
+                if reported is not None:
+                    target.report_wait(reported, self._clock())
                 return result
             except grpc.aio.AioRpcError as err:
                 failure = err
@@ -353,6 +359,8 @@ class MeshClient:
                     self.failed_calls += 1
                     raise
                 executed = executed_hint(code, details, reason)
+                if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    work = errors.metadata_seconds(errors.error_metadata(status), "service_ms") or 0.0
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling() or self._closed:
@@ -375,6 +383,7 @@ class MeshClient:
                 now,
                 idempotent=safe,
                 wait_s=wait,
+                work_s=work,
                 policy=self.retry,
             )
             if not decision.retry or not self.budget.withdraw(now):
@@ -435,6 +444,20 @@ class MeshClient:
             "retiring_channels": self._channels.retiring,
             "discovery": None if self._discovery is None else self._discovery.status(),
         }
+
+
+async def _reported_wait_s(call: object) -> float | None:
+    """The PREDICTED_WAIT_TRAILER of a finished call, in seconds (None when not sent)."""
+    trailing = getattr(call, "trailing_metadata", None)
+    if trailing is None:
+        return None
+    for key, value in await trailing() or ():
+        if key == PREDICTED_WAIT_TRAILER:
+            try:
+                return float(value) / 1000
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 class BytesCall:

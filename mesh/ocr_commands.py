@@ -168,7 +168,13 @@ async def _info(ns: argparse.Namespace) -> int:
         ("device / provider", f"{info.device} / {info.execution_provider}"),
         ("models", ", ".join(info.models)),
         ("workers", f"{info.workers} x {info.threads_per_worker} thread"),
-        ("queue", f"{info.queue_depth} waiting of {info.queue_capacity}; {info.in_flight} running"),
+        (
+            "queue",
+            f"{info.queue_depth} waiting ({info.queued_bytes / 2**20:.1f} of "
+            f"{info.max_queued_bytes / 2**20:.0f} MiB); {info.in_flight} running; "
+            f"a new call would wait ~{info.predicted_wait_ms / 1000:.1f} s "
+            f"(limit {info.max_queue_wait_ms / 1000:.0f} s, ~{info.service_ms / 1000:.2f} s per image)",
+        ),
         (
             "limits",
             f"{info.limits.max_image_bytes // 2**20} MiB, "

@@ -12,6 +12,10 @@ import grpc
 
 from mesh.backoff import Backoff
 
+PREDICTED_WAIT_TRAILER = "ocrmesh-predicted-wait-ms"
+"""Trailer a server may send with an answer: how long a request arriving now would wait there
+for a worker (its admission's prediction). p2c counts it into an endpoint's cost."""
+
 UNSAMPLED_PENALTY_S = 1e4
 """Cost of an endpoint that has calls in flight but no latency sample yet (Finagle's penalty):
 a new endpoint gets one call at a time until its first answer tells us how fast it is."""
@@ -168,6 +172,16 @@ class EndpointStats:
     ejected_until: float = 0.0
     busy_until: float = 0.0
     last_pick: float = -math.inf
+    reported_wait_s: float = 0.0  # the server's last predicted wait (PREDICTED_WAIT_TRAILER)
+    reported_at: float = 0.0
+
+    def report_wait(self, wait_s: float, now: float) -> None:
+        """The server said a new request would wait `wait_s` for a worker (as of `now`)."""
+        self.reported_wait_s, self.reported_at = max(0.0, wait_s), now
+
+    def wait_left(self, now: float) -> float:
+        """The reported wait still ahead at `now` (it drains as time passes)."""
+        return max(0.0, self.reported_wait_s - max(0.0, now - self.reported_at))
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
@@ -231,16 +245,19 @@ def ejection_delay(ejections: int, policy: BalancerPolicy, rng: random.Random) -
 
 
 def load(stats: EndpointStats, now: float, policy: BalancerPolicy) -> float:
-    """p2c's cost: (in-flight + 1) × max(peak-EWMA latency, floor), divided by weight / 100.
+    """p2c's cost: (in-flight + 1) × max(peak-EWMA latency, floor), or the server's reported wait
+    plus that latency when larger, divided by weight / 100.
 
     Below the floor latencies count as equal (jitter of a few ms on a trivial call says nothing
     about an endpoint) and in-flight counts alone decide, as in least-request balancing.
     """
     if stats.samples == 0:
         cost = 0.0 if stats.in_flight == 0 else UNSAMPLED_PENALTY_S
+        cost *= stats.in_flight + 1
     else:
-        cost = max(stats.latency(now, policy), policy.latency_floor_s)
-    cost *= stats.in_flight + 1
+        latency = max(stats.latency(now, policy), policy.latency_floor_s)
+        # The server's own predicted wait covers every client's queued work, not just ours.
+        cost = max(latency * (stats.in_flight + 1), stats.wait_left(now) + latency)
     if stats.weight > 0:
         cost /= stats.weight / 100.0
     return cost
@@ -389,11 +406,13 @@ def should_retry(
     *,
     idempotent: bool = False,
     wait_s: float = 0.0,
+    work_s: float = 0.0,
     policy: RetryPolicy | None = None,
 ) -> RetryDecision:
     """Retry a failed call? `attempts` tries were made; `wait_s` is how long until the next
     endpoint can take it (RetryInfo when all are busy, or backoff); `deadline_left` is the
-    caller's remaining time (None: no deadline).
+    caller's remaining time (None: no deadline); `work_s` is what the server said one job takes
+    (ErrorInfo "service_ms" of a refusal): a retry that would start too late to finish is not made.
 
     UNAVAILABLE is retried when the call did not run (connection-level, NOT_SERVING), or when it
     may have but is idempotent; RESOURCE_EXHAUSTED always (on another endpoint, or after the
@@ -408,7 +427,7 @@ def should_retry(
         return RetryDecision(False, f"{attempts} attempts made")
     if wait_s > policy.max_wait_s:
         return RetryDecision(False, f"next endpoint free in {wait_s:.2f}s, over {policy.max_wait_s:g}s")
-    if deadline_left is not None and deadline_left - wait_s < policy.min_attempt_s:
+    if deadline_left is not None and deadline_left - wait_s < max(policy.min_attempt_s, work_s):
         return RetryDecision(False, "no time left before the deadline")
     if budget.available(now) < 1.0:
         return RetryDecision(False, "retry budget spent")

@@ -105,7 +105,7 @@ async def probe(instance: Instance, timeout: float, metadata: credentials.Metada
                 return view
             view.device, view.execution_provider = info.device, info.execution_provider
             view.slots = info.workers
-            view.queue = f"{info.queue_depth}/{info.queue_capacity}"
+            view.queue = f"{info.queue_depth} waiting, ~{info.predicted_wait_ms / 1000:.1f} s"
             view.in_flight = info.in_flight
             view.details = {
                 "completed": info.counters.completed,

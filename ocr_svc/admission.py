@@ -1,4 +1,4 @@
-"""The bounded admission queue in front of the workers: admit or reject at once, FIFO, no waste."""
+"""Admission in front of the workers: admit by predicted wait within the deadline and memory, FIFO."""
 
 from __future__ import annotations
 
@@ -6,12 +6,23 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ocr_svc.engine import JobOptions
 
 _ids = itertools.count(1)
+
+DEADLINE_UNREACHABLE = "DEADLINE_UNREACHABLE"
+"""The predicted completion does not fit the caller's deadline."""
+QUEUE_WAIT_TOO_LONG = "QUEUE_WAIT_TOO_LONG"
+"""The predicted wait is over the instance's maximum queue wait."""
+QUEUE_MEMORY_FULL = "QUEUE_MEMORY_FULL"
+"""The images already waiting hold the bytes or pixels the queue may hold."""
+QUEUE_FULL = "QUEUE_FULL"
+"""An operator's hard cap on the number of waiting requests (--queue-depth) is reached."""
+REFUSAL_REASONS = (DEADLINE_UNREACHABLE, QUEUE_WAIT_TOO_LONG, QUEUE_MEMORY_FULL, QUEUE_FULL)
 
 
 @dataclass(eq=False)
@@ -27,6 +38,7 @@ class Ticket:
     started_at: float | None = None
     attempts: int = 0
     heavy: bool = False  # a large image: ONNX Runtime needs several hundred MiB for it
+    pixels: int = 0  # width x height from the header
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -37,9 +49,99 @@ class Ticket:
         return self.future.done()
 
 
-def admit(queued: int, capacity: int) -> bool:
-    """Whether one more request may wait for a worker."""
-    return queued < capacity
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """What the queue may hold and how long a request may be asked to wait.
+
+    A request is admitted when its predicted completion (wait for a worker + its own service
+    time, times `safety` plus `slack_s`) fits its deadline, its predicted wait fits
+    `max_queue_wait_s`, and the waiting images stay within `max_queued_bytes` and
+    `max_queued_pixels` (the memory they hold). `max_queued` is an optional hard cap on the
+    count (-1: none), for operators who want one.
+    """
+
+    max_queue_wait_s: float = 30.0
+    max_queued_bytes: int = 256 * 2**20
+    max_queued_pixels: int = 2_000_000_000
+    max_queued: int = -1
+    safety: float = 1.1
+    slack_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is turned away now, and when coming back should find room."""
+
+    reason: str
+    retry_after_s: float
+    predicted_wait_s: float
+
+
+def predicted_wait_s(busy_elapsed: Sequence[float], queued: int, workers: int, service_s: float) -> float:
+    """When a request joining the queue now would reach a worker (seconds from now).
+
+    FIFO over `workers` workers; `busy_elapsed` holds how long each running job has run, every
+    job takes `service_s` (an EWMA), and a job that overran counts as about to finish.
+    """
+    workers = max(1, workers)
+    service_s = max(service_s, 0.0)
+    free = [max(0.0, service_s - elapsed) for elapsed in busy_elapsed[:workers]]
+    free += [0.0] * (workers - len(free))
+    if queued <= 0 or service_s <= 0:
+        return min(free)
+
+    # The new job starts at the (queued + 1)-th earliest of the start times f_i + k * service_s:
+    # bisect on the time by which that many starts have come (O(workers) per step, any queue length).
+    def starts_by(t: float) -> int:
+        return sum(int((t - f) // service_s) + 1 for f in free if t >= f)
+
+    lo, hi = min(free), min(free) + queued * service_s
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        if starts_by(mid) >= queued + 1:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-6:
+            break
+    return hi
+
+
+def retry_hint_s(wait_s: float, cap_s: float) -> float:
+    """The RetryInfo delay of a refusal: the predicted wait, at least 50 ms, at most `cap_s`."""
+    return min(max(cap_s, 0.05), max(0.05, wait_s))
+
+
+def admit(
+    *,
+    wait_s: float,
+    service_s: float,
+    time_remaining: float | None,
+    queued: int,
+    policy: AdmissionPolicy,
+) -> Refusal | None:
+    """None to admit, else why not: the cheap checks, made before the image is looked at."""
+    hint = retry_hint_s(wait_s, policy.max_queue_wait_s)
+    if policy.max_queued >= 0 and queued >= policy.max_queued:
+        return Refusal(QUEUE_FULL, hint, wait_s)
+    if wait_s > policy.max_queue_wait_s:
+        return Refusal(QUEUE_WAIT_TOO_LONG, retry_hint_s(wait_s - policy.max_queue_wait_s, hint), wait_s)
+    if time_remaining is not None and wait_s > 0:
+        # An idle worker always takes the request: only waiting can be refused for the deadline
+        # (a deadline shorter than one job is the caller's to choose; it gets DEADLINE_EXCEEDED).
+        completion = (wait_s + service_s) * policy.safety + policy.slack_s
+        if completion > time_remaining:
+            return Refusal(DEADLINE_UNREACHABLE, hint, wait_s)
+    return None
+
+
+def fits_memory(
+    *, held_bytes: int, held_pixels: int, size: int, pixels: int, queued: int, policy: AdmissionPolicy
+) -> bool:
+    """Whether one more image of `size` bytes and `pixels` may wait (the first always may)."""
+    if queued == 0:
+        return True
+    return held_bytes + size <= policy.max_queued_bytes and held_pixels + pixels <= policy.max_queued_pixels
 
 
 def is_heavy(width: int, height: int, heavy_pixels: int, engine_side: int = 2000) -> bool:
@@ -59,34 +161,39 @@ def heavy_may_start(running_heavy: int, limit: int) -> bool:
     return limit <= 0 or running_heavy < limit
 
 
-def retry_after_s(queued: int, busy: int, workers: int, service_s: float) -> float:
-    """When a rejected caller should come back: time for the work ahead to drain, bounded."""
-    ahead = queued + busy
-    estimate = (ahead / max(1, workers)) * max(service_s, 0.01)
-    return min(10.0, max(0.05, estimate))
-
-
 class AdmissionQueue:
-    """A bounded FIFO of tickets; `offer` never waits, `take` waits for the next live ticket."""
+    """A FIFO of admitted tickets that counts the bytes and pixels it holds; `take` waits."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, policy: AdmissionPolicy | None = None) -> None:
+        self.policy = policy or AdmissionPolicy()
         self._items: deque[Ticket] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.held_bytes = 0
+        self.held_pixels = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def offer(self, ticket: Ticket) -> bool:
-        """Queue the ticket if there is room; False means reject it now."""
-        if not admit(len(self._items), self.capacity):
-            return False
+    def fits(self, size: int, pixels: int) -> bool:
+        """Whether an image of `size` bytes and `pixels` pixels may join now (memory bound)."""
+        return fits_memory(
+            held_bytes=self.held_bytes,
+            held_pixels=self.held_pixels,
+            size=size,
+            pixels=pixels,
+            queued=len(self._items),
+            policy=self.policy,
+        )
+
+    def push(self, ticket: Ticket) -> None:
+        """Queue an admitted ticket at the back (admission was decided by the caller)."""
+        self._hold(ticket)
         self._items.append(ticket)
         self._wake_one()
-        return True
 
     def requeue(self, ticket: Ticket) -> None:
-        """Put a ticket back at the front (a retry after a worker died); ignores capacity."""
+        """Put a ticket back at the front (a retry after a worker died); ignores every bound."""
+        self._hold(ticket)
         self._items.appendleft(ticket)
         self._wake_one()
 
@@ -96,6 +203,7 @@ class AdmissionQueue:
             self._items.remove(ticket)
         except ValueError:
             return False
+        self._release(ticket)
         return True
 
     async def take(self) -> Ticket:
@@ -109,7 +217,17 @@ class AdmissionQueue:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # pass the wake-up on to another taker
                 raise
-        return self._items.popleft()
+        ticket = self._items.popleft()
+        self._release(ticket)
+        return ticket
+
+    def _hold(self, ticket: Ticket) -> None:
+        self.held_bytes += len(ticket.data)
+        self.held_pixels += ticket.pixels
+
+    def _release(self, ticket: Ticket) -> None:
+        self.held_bytes -= len(ticket.data)
+        self.held_pixels -= ticket.pixels
 
     def _wake_one(self) -> None:
         while self._waiters:

@@ -10,6 +10,8 @@ from typing import ClassVar
 
 from mesh.config import ConfigError, setting
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from ocr_svc.admission import AdmissionPolicy
+from ocr_svc.refusal_pacing import PacingPolicy
 
 
 def default_workers() -> int:
@@ -34,7 +36,22 @@ class OcrConfig:
     threads_per_worker: int = setting(1, help="ONNX Runtime intra-op threads per worker")
     device: str = setting("auto", help="execution device", choices=("auto", "cpu", "cuda"))
     cuda_device_id: int = setting(0, help="GPU index for --device cuda")
-    queue_depth: int = setting(-1, help="requests allowed to wait for a worker (-1: 2 per worker)")
+    queue_depth: int = setting(
+        -1,
+        help="hard cap on requests waiting for a worker (-1: none; admission then goes by "
+        "predicted wait, deadline and memory)",
+    )
+    max_queue_wait_s: float = setting(
+        30.0, help="refuse a request whose predicted wait for a worker is longer than this"
+    )
+    max_queued_mb: int = setting(256, help="memory the waiting images may hold, in MiB of uploads")
+    max_queued_mpx: int = setting(2000, help="pixels the waiting images may hold, in megapixels")
+    refusal_rate: float = setting(
+        20.0,
+        help="refusals per second answered at once; past that each refusal is held "
+        "up to --refusal-hold-s (paces clients that retry at once)",
+    )
+    refusal_hold_s: float = setting(1.0, help="longest hold of a paced refusal (0: never hold)")
     max_image_bytes: int = setting(20 * 1024 * 1024, help="largest accepted upload in bytes")
     max_image_pixels: int = setting(40_000_000, help="largest accepted image in pixels (from header)")
     max_side: int = setting(4096, help="longer images are scaled down to this side before OCR")
@@ -81,7 +98,11 @@ class OcrConfig:
         if self.threads_per_worker < 1:
             raise ConfigError("--threads-per-worker must be at least 1")
         if self.queue_depth < -1:
-            raise ConfigError("--queue-depth must be -1 (auto) or 0 and more")
+            raise ConfigError("--queue-depth must be -1 (no cap) or 0 and more")
+        if self.max_queue_wait_s <= 0 or self.max_queued_mb < 1 or self.max_queued_mpx < 1:
+            raise ConfigError("--max-queue-wait-s, --max-queued-mb and --max-queued-mpx must be positive")
+        if self.refusal_rate < 0 or self.refusal_hold_s < 0:
+            raise ConfigError("--refusal-rate and --refusal-hold-s must not be negative")
         if self.max_image_bytes < 1 or self.max_image_pixels < 1 or self.max_side < 32:
             raise ConfigError("image limits must be positive (max side at least 32)")
         if not 0.0 <= self.min_score <= 1.0:
@@ -100,8 +121,19 @@ class OcrConfig:
         return max(1, self.worker_count // 2) if self.max_heavy_jobs < 0 else self.max_heavy_jobs
 
     @property
-    def queue_capacity(self) -> int:
-        return 2 * self.worker_count if self.queue_depth < 0 else self.queue_depth
+    def admission_policy(self) -> AdmissionPolicy:
+        return AdmissionPolicy(
+            max_queue_wait_s=self.max_queue_wait_s,
+            max_queued_bytes=self.max_queued_mb * 2**20,
+            max_queued_pixels=self.max_queued_mpx * 1_000_000,
+            max_queued=self.queue_depth,
+        )
+
+    @property
+    def pacing_policy(self) -> PacingPolicy:
+        return PacingPolicy(
+            rate_per_s=self.refusal_rate, burst=max(1.0, self.refusal_rate), max_hold_s=self.refusal_hold_s
+        )
 
     @property
     def resolved_instance_id(self) -> str:

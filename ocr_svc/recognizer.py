@@ -11,10 +11,22 @@ from typing import Any
 import grpc
 
 from mesh import errors
-from ocr_svc.admission import AdmissionQueue, Ticket, admit, is_heavy, retry_after_s
+from ocr_svc.admission import (
+    DEADLINE_UNREACHABLE,
+    QUEUE_MEMORY_FULL,
+    QUEUE_WAIT_TOO_LONG,
+    AdmissionQueue,
+    Refusal,
+    Ticket,
+    admit,
+    is_heavy,
+    predicted_wait_s,
+    retry_hint_s,
+)
 from ocr_svc.engine import JobOptions
-from ocr_svc.guardrails import ImageRejected, Limits, inspect
+from ocr_svc.guardrails import ImageHeader, ImageRejected, Limits, inspect
 from ocr_svc.metrics import OcrMetrics
+from ocr_svc.refusal_pacing import RefusalPacer
 from ocr_svc.workers import JobFailed, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -45,13 +57,21 @@ def _bad_image(exc: ImageRejected | tuple[str, str, str]) -> errors.RichError:
 
 
 class Recognizer:
-    """Admits requests into the bounded queue and waits for the worker pool to answer them."""
+    """Admits requests by predicted wait and memory, and waits for the worker pool to answer them."""
 
-    def __init__(self, pool: WorkerPool, queue: AdmissionQueue, limits: Limits, metrics: OcrMetrics):
+    def __init__(
+        self,
+        pool: WorkerPool,
+        queue: AdmissionQueue,
+        limits: Limits,
+        metrics: OcrMetrics,
+        pacer: RefusalPacer | None = None,
+    ):
         self.pool = pool
         self.queue = queue
         self.limits = limits
         self.metrics = metrics
+        self.pacer = pacer or RefusalPacer(now=time.monotonic())
         self.serving = False
         self.started = time.time()
 
@@ -59,27 +79,122 @@ class Recognizer:
     def counters(self) -> Any:
         return self.pool.counters
 
-    def check_image(self, data: bytes) -> bool:
-        """Header-only checks in the server process; returns whether the image is heavy.
+    def predicted_wait_s(self, now: float | None = None) -> float:
+        """How long a request arriving now would wait for a worker."""
+        now = time.monotonic() if now is None else now
+        return predicted_wait_s(
+            self.pool.busy_elapsed(now), len(self.queue), self.pool.settings.size, self.pool.ewma_service_s
+        )
+
+    def waiting(self) -> int:
+        """Queued requests that no idle worker is about to take (what the --queue-depth cap counts)."""
+        return max(0, len(self.queue) - max(0, self.pool.settings.size - self.pool.busy))
+
+    def check_image(self, data: bytes) -> ImageHeader:
+        """Header-only checks in the server process: the image's size, format and pixels.
 
         Raises INVALID_ARGUMENT with BadRequest for anything that must not reach a worker.
         """
         try:
-            header = inspect(data, self.limits)
+            return inspect(data, self.limits)
         except ImageRejected as exc:
             self.counters.rejected_invalid += 1
             raise _bad_image(exc) from None
-        return is_heavy(header.width, header.height, self.pool.settings.heavy_pixels)
 
-    def busy_error(self) -> errors.RichError:
-        delay = retry_after_s(
-            len(self.queue), self.pool.busy, self.pool.settings.size, self.pool.ewma_service_s
+    def _refusal(
+        self, data: bytes, header: ImageHeader | None, now: float, left: float | None
+    ) -> Refusal | None:
+        """Why `data` may not join the queue now (None: it may); `header` None: not looked at yet."""
+        wait = self.predicted_wait_s(now)
+        refusal = admit(
+            wait_s=wait,
+            service_s=self.pool.ewma_service_s,
+            time_remaining=left,
+            queued=self.waiting(),
+            policy=self.queue.policy,
         )
+        if refusal is None and header is not None and not self.queue.fits(len(data), header.pixels):
+            refusal = Refusal(QUEUE_MEMORY_FULL, retry_hint_s(wait, self.queue.policy.max_queue_wait_s), wait)
+        return refusal
+
+    def busy_error(self, refusal: Refusal, left: float | None) -> errors.RichError:
+        """RESOURCE_EXHAUSTED with RetryInfo (the predicted wait) and ErrorInfo saying why."""
+        wait, hint = refusal.predicted_wait_s, refusal.retry_after_s
+        ahead = f"{self.pool.busy} running, {len(self.queue)} waiting"
+        if refusal.reason == DEADLINE_UNREACHABLE:
+            why = (
+                f"a worker is free in about {wait:.1f}s ({ahead}) and a job takes "
+                f"{self.pool.ewma_service_s:.1f}s: more than the {max(0.0, left or 0.0):.1f}s left before "
+                "your deadline"
+            )
+        elif refusal.reason == QUEUE_WAIT_TOO_LONG:
+            why = f"the predicted wait of {wait:.1f}s ({ahead}) is over this instance's maximum queue wait"
+        elif refusal.reason == QUEUE_MEMORY_FULL:
+            why = f"the images waiting ({ahead}) hold all the memory the queue may use"
+        else:
+            why = f"the queue holds as many requests as --queue-depth allows ({ahead})"
         return errors.retry_later(
-            f"OCR instance is at capacity ({self.pool.busy} running, {len(self.queue)} queued); "
-            f"retry in {delay:.2f}s or on another instance",
-            delay,
+            f"OCR instance is at capacity: {why}; retry in {hint:.2f}s or on another instance",
+            hint,
+            reason=refusal.reason,
+            metadata={
+                "predicted_wait_ms": str(round(wait * 1000)),
+                "service_ms": str(round(self.pool.ewma_service_s * 1000)),
+            },
         )
+
+    def _count_refusal(self, reason: str) -> None:
+        c = self.counters
+        c.rejected_busy += 1
+        if reason == DEADLINE_UNREACHABLE:
+            c.rejected_deadline_unreachable += 1
+        elif reason == QUEUE_WAIT_TOO_LONG:
+            c.rejected_queue_wait += 1
+        elif reason == QUEUE_MEMORY_FULL:
+            c.rejected_queue_memory += 1
+        else:
+            c.rejected_queue_full += 1
+
+    async def _admit(self, data: bytes, deadline: float | None, wait_for_room: bool) -> ImageHeader:
+        """Wait for admission: at once, after one pacing hold, or (`wait_for_room`) until there is
+        room; returns the image's header. Raises the refusal, or INVALID_ARGUMENT for a bad image.
+
+        The cheap checks come before the image is looked at, so a refusal costs next to nothing.
+        """
+        header: ImageHeader | None = None
+        held = False
+        while True:
+            now = time.monotonic()
+            left = None if deadline is None else deadline - now
+            refusal = self._refusal(data, header, now, left)
+            if refusal is None and header is None:
+                header = self.check_image(data)
+                refusal = self._refusal(data, header, now, left)
+            if refusal is None:
+                assert header is not None
+                if held:
+                    self.counters.admitted_after_hold += 1
+                return header
+            if wait_for_room and refusal.reason != DEADLINE_UNREACHABLE:
+                delay = min(refusal.retry_after_s, 1.0)
+                if left is not None and delay >= left:
+                    self._count_refusal(DEADLINE_UNREACHABLE)
+                    raise self.busy_error(
+                        Refusal(DEADLINE_UNREACHABLE, refusal.retry_after_s, refusal.predicted_wait_s), left
+                    )
+                await asyncio.sleep(delay)
+                continue
+            hold = 0.0 if held else self.pacer.hold_s(now, left)
+            if hold <= 0:
+                self._count_refusal(refusal.reason)
+                raise self.busy_error(refusal, left)
+            held = True
+            self.counters.refusals_held += 1
+            self.pacer.held += 1
+            try:
+                await asyncio.sleep(hold)
+            finally:
+                self.pacer.held -= 1
 
     async def recognize(
         self,
@@ -96,23 +211,18 @@ class Recognizer:
                 reason="NOT_SERVING",
                 retry_after_s=1.0,
             )
-        if not wait_for_room and not admit(len(self.queue), self.queue.capacity):
-            # Full: say so before spending anything on the image (a rejection storm stays cheap).
-            self.counters.rejected_busy += 1
-            raise self.busy_error()
-        heavy = self.check_image(data)
         deadline = None if time_remaining is None else received + time_remaining
+        header = await self._admit(data, deadline, wait_for_room)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(data=data, options=options, deadline=deadline, future=future, heavy=heavy)
-        while not self.queue.offer(ticket):
-            busy = self.busy_error()
-            if not wait_for_room:
-                self.counters.rejected_busy += 1
-                raise busy
-            delay = errors.retry_delay_s(busy.status) or 0.1
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                raise errors.simple(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed waiting for room")
-            await asyncio.sleep(delay)
+        ticket = Ticket(
+            data=data,
+            options=options,
+            deadline=deadline,
+            future=future,
+            heavy=is_heavy(header.width, header.height, self.pool.settings.heavy_pixels),
+            pixels=header.pixels,
+        )
+        self.queue.push(ticket)
         self.counters.accepted += 1
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:

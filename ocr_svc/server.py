@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from types import TracebackType
 
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
@@ -23,6 +24,7 @@ from ocr_svc.engine import EngineSettings, EngineStartError
 from ocr_svc.guardrails import Limits
 from ocr_svc.metrics import OcrMetrics
 from ocr_svc.recognizer import Recognizer
+from ocr_svc.refusal_pacing import RefusalPacer
 from ocr_svc.servicer import InstanceFacts, OcrServicer
 from ocr_svc.workers import PoolSettings, WorkerPool
 
@@ -43,7 +45,7 @@ class OcrInstance:
         self.registration: Registration | None = None
         self.live: LiveConfig | None = None
         limits = Limits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
-        self.queue = AdmissionQueue(config.queue_capacity)
+        self.queue = AdmissionQueue(config.admission_policy)
         self.pool = WorkerPool(
             engine=EngineSettings(
                 device=config.device,
@@ -65,7 +67,9 @@ class OcrInstance:
             queue=self.queue,
         )
         self.metrics = OcrMetrics(lambda: (len(self.queue), self.pool.busy, self.pool.counters))
-        self.recognizer = Recognizer(self.pool, self.queue, limits, self.metrics)
+        self.recognizer = Recognizer(
+            self.pool, self.queue, limits, self.metrics, RefusalPacer(config.pacing_policy, time.monotonic())
+        )
         # With --require-auth every OcrService call needs an access token, checked locally
         # against the JWKS the auth service publishes in etcd; health and reflection stay open.
         self.jwks: JwksSource | None = None
@@ -171,7 +175,8 @@ class OcrInstance:
             extra={
                 "execution_provider": provider,
                 "metrics": self.metrics_url,
-                "queue_capacity": c.queue_capacity,
+                "queue_capacity": max(0, c.queue_depth),
+                "max_queue_wait_s": c.max_queue_wait_s,
                 "require_auth": c.require_auth,
             },
         )

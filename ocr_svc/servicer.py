@@ -13,6 +13,7 @@ from google.rpc import status_pb2
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import __version__, errors
+from mesh.picking import PREDICTED_WAIT_TRAILER
 from ocr_svc.engine import JobOptions
 from ocr_svc.recognizer import Recognition, Recognizer
 
@@ -93,7 +94,13 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         except errors.RichError as exc:
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
+        self._tell_wait(context)
         return ocr_pb2.RecognizeResponse(result=to_result(rec, self.facts))
+
+    def _tell_wait(self, context: Context) -> None:
+        """Say in the trailer how long the next request would wait here (balancers prefer less)."""
+        wait_ms = round(self.recognizer.predicted_wait_s() * 1000)
+        context.set_trailing_metadata(((PREDICTED_WAIT_TRAILER, str(wait_ms)),))
 
     async def RecognizeStream(
         self, request_iterator: AsyncIterator[ocr_pb2.RecognizeStreamRequest], context: Context
@@ -123,6 +130,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         except errors.RichError as exc:
             await errors.abort(context, exc)
             raise
+        self._tell_wait(context)
         return ocr_pb2.RecognizeStreamResponse(result=to_result(rec, self.facts))
 
     async def RecognizeBatch(
@@ -187,8 +195,13 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
             models=list(self.facts.models),
             workers=self.facts.workers,
             threads_per_worker=self.facts.threads_per_worker,
-            queue_capacity=r.queue.capacity,
+            queue_capacity=max(0, r.queue.policy.max_queued),
             queue_depth=len(r.queue),
+            predicted_wait_ms=r.predicted_wait_s() * 1000,
+            max_queue_wait_ms=r.queue.policy.max_queue_wait_s * 1000,
+            queued_bytes=r.queue.held_bytes,
+            max_queued_bytes=r.queue.policy.max_queued_bytes,
+            service_ms=r.pool.ewma_service_s * 1000,
             in_flight=r.pool.busy,
             limits=ocr_pb2.Limits(
                 max_image_bytes=limits.max_bytes,
@@ -206,6 +219,12 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
                 worker_restarts=c.worker_restarts,
                 retried=c.retried,
                 failed=c.failed,
+                rejected_deadline_unreachable=c.rejected_deadline_unreachable,
+                rejected_queue_wait=c.rejected_queue_wait,
+                rejected_queue_memory=c.rejected_queue_memory,
+                rejected_queue_full=c.rejected_queue_full,
+                refusals_held=c.refusals_held,
+                admitted_after_hold=c.admitted_after_hold,
             ),
             worker_infos=[
                 ocr_pb2.WorkerInfo(pid=s.pid, jobs_done=s.jobs_done, rss_bytes=s.rss_bytes(), state=s.state)

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job whose worker died is retried once on another worker
 
 
+def service_ewma(current: float, sample: float, samples: int, weight: float = 0.2) -> float:
+    """The per-job service time estimate after `sample`; the first sample replaces the seed."""
+    return sample if samples == 0 else current + (sample - current) * weight
+
+
 class WorkerDied(Exception):
     """The worker process ended (crash, kill, OOM) or was killed for being stuck."""
 
@@ -45,7 +50,13 @@ class Counters:
 
     accepted: int = 0
     completed: int = 0
-    rejected_busy: int = 0
+    rejected_busy: int = 0  # refused by admission, for any of the reasons below
+    rejected_deadline_unreachable: int = 0  # the predicted completion did not fit the deadline
+    rejected_queue_wait: int = 0  # the predicted wait was over --max-queue-wait-s
+    rejected_queue_memory: int = 0  # the waiting images held all the bytes or pixels allowed
+    rejected_queue_full: int = 0  # the --queue-depth cap was reached
+    refusals_held: int = 0  # refusals answered after a hold (a refusal storm was being paced)
+    admitted_after_hold: int = 0  # held calls that found room when their hold ended
     rejected_invalid: int = 0
     dropped_expired: int = 0
     dropped_cancelled: int = 0
@@ -66,6 +77,7 @@ class Slot:
     state: str = "starting"
     crashes_in_a_row: int = 0
     info: EngineInfo | None = None
+    job_started_at: float | None = None  # monotonic time the running job was sent, None when idle
 
     @property
     def pid(self) -> int:
@@ -103,7 +115,8 @@ class WorkerPool:
     queue: AdmissionQueue
     counters: Counters = field(default_factory=Counters)
     busy: int = 0
-    ewma_service_s: float = 1.0
+    ewma_service_s: float = 1.0  # seconds a worker spends on one job; the first job sets it
+    service_samples: int = 0
 
     def __post_init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
@@ -142,6 +155,10 @@ class WorkerPool:
 
     def slots(self) -> list[Slot]:
         return list(self._slots)
+
+    def busy_elapsed(self, now: float) -> list[float]:
+        """How long each running job has been on its worker (for the predicted wait)."""
+        return [now - s.job_started_at for s in self._slots if s.job_started_at is not None]
 
     # -- processes -------------------------------------------------------------------------
 
@@ -237,6 +254,7 @@ class WorkerPool:
             ticket.started_at = ticket.started_at or time.monotonic()
             ticket.attempts += 1
             slot.state = "busy"
+            slot.job_started_at = time.monotonic()
             self.busy += 1
             try:
                 reply = await self._exchange(slot, ticket)
@@ -248,6 +266,7 @@ class WorkerPool:
                 continue
             finally:
                 self.busy -= 1
+                slot.job_started_at = None
                 if ticket.heavy:
                     self._release_heavy()
             slot.crashes_in_a_row = 0
@@ -330,7 +349,8 @@ class WorkerPool:
         kind = reply[0]
         if kind == "ok":
             service_s = time.monotonic() - (ticket.started_at or time.monotonic())
-            self.ewma_service_s = 0.8 * self.ewma_service_s + 0.2 * service_s
+            self.ewma_service_s = service_ewma(self.ewma_service_s, service_s, self.service_samples)
+            self.service_samples += 1
             self.counters.completed += 1
             result = reply[2]
         if ticket.abandoned:

@@ -11,6 +11,7 @@ from ocrmesh.ocr.v1 import ocr_pb2
 
 from mesh import credentials
 from mesh.mesh_client import MeshClient
+from mesh.picking import RetryPolicy
 from web_bff.session import Tokens
 
 AUTH = "/ocrmesh.auth.v1.AuthService/"
@@ -37,7 +38,11 @@ class Backends:
         self.auth_timeout_s = auth_timeout_s
         self.ocr_timeout_s = ocr_timeout_s
         self.auth = MeshClient.from_etcd(etcd, "auth")
-        self.ocr = MeshClient.from_etcd(etcd, "ocr")
+        # A browser user would rather wait than be bounced: follow a busy instance's retry hint
+        # whenever it fits the request's own deadline (the mesh default gives up past 5 s).
+        self.ocr = MeshClient.from_etcd(
+            etcd, "ocr", retry=RetryPolicy(max_attempts=4, max_wait_s=ocr_timeout_s)
+        )
 
     async def start(self) -> None:
         """Start discovery without waiting: the BFF serves (and says what is missing) meanwhile."""

@@ -161,10 +161,24 @@ def test_upload_without_a_session_is_401(mesh: Mesh) -> None:
     assert got.status_code == 401 and got.json()["error"] == "login_required"
 
 
-def test_ocr_busy_is_429_with_retry_after(client: httpx.Client) -> None:
+def test_ocr_waits_when_the_wait_fits_and_is_429_with_retry_after_when_it_cannot(
+    client: httpx.Client, mesh: Mesh, tmp_path: Path
+) -> None:
     data = PHOTO.read_bytes()
-    with ThreadPoolExecutor(4) as pool:  # one runs, one waits, the others find the queue full
-        answers = list(pool.map(lambda _: upload(client, data), range(4)))
+    # The busy instance (2.5 s a job, at most 1 waiting) with the BFF's 60 s: everyone is served,
+    # the ones beyond the queue's cap after the retry hint.
+    with ThreadPoolExecutor(3) as pool:
+        waited = list(pool.map(lambda _: upload(client, data), range(3)))
+    assert [a.status_code for a in waited] == [200] * 3, [a.text for a in waited]
+    # A BFF that gives OCR 4 s: one job fits, a job behind another (about 5.5 s) does not.
+    impatient = start_bff(tmp_path, mesh.etcd, "--ocr-timeout-s", "4")
+    try:
+        with api_client(impatient.url) as c:
+            register_and_login(c, new_user())
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda _: upload(c, data), range(4)))
+    finally:
+        stop(impatient.proc)
     codes = sorted(a.status_code for a in answers)
     assert 200 in codes and 429 in codes, [a.text for a in answers]
     busy = next(a for a in answers if a.status_code == 429)
@@ -189,7 +203,11 @@ def test_status_lists_services_and_healthy_instances(client: httpx.Client, mesh:
     assert body["services"]["ocr"] == {"instances": 1, "healthy": 1}
     assert body["services"]["auth"] == {"instances": 1, "healthy": 1}
     (ocr,) = [i for i in body["instances"] if i["service"] == "ocr"]
-    assert ocr["id"] == "ocr-busy" and ocr["address"] == mesh.ocr[0].address and ocr["queue"] == "0/1"
+    assert (
+        ocr["id"] == "ocr-busy"
+        and ocr["address"] == mesh.ocr[0].address
+        and ocr["queue"] == "0 waiting, ~0.0 s"
+    )
     assert [e["address"] for e in body["bff"]["ocr"]["endpoints"]] == [mesh.ocr[0].address]
 
 

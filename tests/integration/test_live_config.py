@@ -50,12 +50,21 @@ async def test_config_set_applies_live_and_bad_values_are_rejected(
     with running_ocr(tmp_path, "--workers", "1", "--etcd", etcd.endpoint) as svc:
         async with balancer.direct_channel(svc.address) as channel:
             client = OcrClient(channel)
-            assert (await client.info()).queue_capacity == 2
-            proc = _cli("--etcd", etcd.endpoint, "set", "ocr", "queue_depth=7", "max_image_pixels=100000")
+            assert (await client.info()).queue_capacity == 0  # no cap: admission by predicted wait
+            proc = _cli(
+                "--etcd",
+                etcd.endpoint,
+                "set",
+                "ocr",
+                "queue_depth=7",
+                "max_image_pixels=100000",
+                "max_queue_wait_s=12.5",
+            )
             assert proc.returncode == 0, proc.stderr
             took = await _capacity_becomes(client, 7, timeout=2.0)
             info = await client.info()
             assert info.limits.max_image_pixels == 100_000
+            assert info.max_queue_wait_ms == pytest.approx(12_500)
             # The new pixel limit is enforced at once: the 323x430 photo (139k px) is now too big.
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await client.recognize(PHOTO.read_bytes(), timeout=30)
@@ -70,11 +79,20 @@ async def test_config_set_applies_live_and_bad_values_are_rejected(
             assert "live settings rejected" in svc.log_text()
             # The CLI refuses bad values before they reach etcd.
             bad = _cli("--etcd", etcd.endpoint, "set", "ocr", "queue_depth=-3")
-            assert bad.returncode == 2 and "at least 0" in bad.stderr
+            assert bad.returncode == 2 and "at least -1" in bad.stderr
             # Unsetting goes back to the instance's own value.
             assert (
-                _cli("--etcd", etcd.endpoint, "unset", "ocr", "queue_depth", "max_image_pixels").returncode
+                _cli(
+                    "--etcd",
+                    etcd.endpoint,
+                    "unset",
+                    "ocr",
+                    "queue_depth",
+                    "max_image_pixels",
+                    "max_queue_wait_s",
+                ).returncode
                 == 0
             )
-            await _capacity_becomes(client, 2, timeout=2.0)
+            await _capacity_becomes(client, 0, timeout=2.0)
+            assert (await client.info()).max_queue_wait_ms == pytest.approx(30_000)
     assert took < 2.0

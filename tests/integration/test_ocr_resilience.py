@@ -53,16 +53,25 @@ async def test_overload_sheds_excess_at_once_and_serves_the_rest(tmp_path: Path)
     assert info.counters.rejected_busy == 4 and info.counters.completed >= 2
 
 
-async def test_expired_and_cancelled_requests_are_never_computed(tmp_path: Path) -> None:
-    with running_ocr(tmp_path, "--workers", "1", "--queue-depth", "4", "--debug-delay-ms", "1500") as svc:
+async def test_unreachable_deadlines_are_refused_and_expired_or_cancelled_work_never_computed(
+    tmp_path: Path,
+) -> None:
+    # The instance has no service-time sample yet, so it predicts its 1 s seed while each job really
+    # takes over 4 s: an optimistic prediction, the one case where admitted work can still expire.
+    with running_ocr(tmp_path, "--workers", "1", "--queue-depth", "4", "--debug-delay-ms", "4000") as svc:
         async with balancer.direct_channel(svc.address) as channel:
             client = OcrClient(channel)
             before = (await client.info()).counters
             blocker = asyncio.ensure_future(client.recognize(PHOTO, timeout=60))
-            await asyncio.sleep(0.3)  # the only worker is now busy for ~1.5 s
-            # Expires while queued behind the blocker.
+            await asyncio.sleep(0.3)  # the only worker is now busy
+            # Cannot finish in 0.3 s even by the optimistic estimate: refused at once, retryable.
+            refused, elapsed = await _timed(client.recognize(PHOTO, timeout=0.3))
+            assert isinstance(refused, grpc.aio.AioRpcError)
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and elapsed < 0.3
+            assert errors.error_reason(errors.from_call_error(refused)) == "DEADLINE_UNREACHABLE"
+            # Fits the estimate, so it is admitted, then expires while queued behind the blocker.
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await client.recognize(PHOTO, timeout=0.5)
+                await client.recognize(PHOTO, timeout=2.5)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             # Cancelled by its caller while queued.
             doomed = asyncio.ensure_future(client.recognize(PHOTO, timeout=60))
@@ -73,8 +82,9 @@ async def test_expired_and_cancelled_requests_are_never_computed(tmp_path: Path)
             assert "正品促销" in (await blocker).text
             await asyncio.sleep(0.5)
             after = (await client.info()).counters
-    # Only the blocker ran: neither the expired nor the cancelled request reached a worker.
+    # Only the blocker ran: neither the refused, the expired nor the cancelled request reached a worker.
     assert after.completed - before.completed == 1
+    assert after.rejected_deadline_unreachable - before.rejected_deadline_unreachable == 1
     assert after.dropped_expired - before.dropped_expired == 1
     assert after.dropped_cancelled - before.dropped_cancelled == 1
 

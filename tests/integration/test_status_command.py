@@ -34,7 +34,7 @@ async def test_status_lists_instances_with_health_and_load(tmp_path: Path, etcd:
         (view,) = snapshot["instances"]
         assert view["id"] == "ocr-status-1" and view["address"] == svc.address
         assert view["health"] == "SERVING" and view["execution_provider"] == "CPUExecutionProvider"
-        assert view["queue"] == "0/2" and view["in_flight"] == 0
+        assert view["queue"] == "0 waiting, ~0.0 s" and view["in_flight"] == 0
         table = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "mesh.cli", "status", "--etcd", etcd.endpoint],

@@ -1,64 +1,135 @@
-"""The admission queue: bounded, FIFO, immediate reject, retries to the front, discard on give-up."""
+"""Admission: predicted wait, deadline and memory decide; FIFO; retries to the front; discard."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 
-from ocr_svc.admission import AdmissionQueue, Ticket, admit, retry_after_s
+import pytest
+
+from ocr_svc.admission import (
+    DEADLINE_UNREACHABLE,
+    QUEUE_FULL,
+    QUEUE_WAIT_TOO_LONG,
+    AdmissionPolicy,
+    AdmissionQueue,
+    Ticket,
+    admit,
+    fits_memory,
+    predicted_wait_s,
+    retry_hint_s,
+)
 from ocr_svc.engine import JobOptions
+from ocr_svc.refusal_pacing import PacingPolicy, RefusalPacer
+from ocr_svc.workers import service_ewma
 
 
-def _ticket(deadline: float | None = None) -> Ticket:
-    return Ticket(b"x", JobOptions(), deadline, asyncio.get_running_loop().create_future())
+def _ticket(deadline: float | None = None, size: int = 1, pixels: int = 0) -> Ticket:
+    return Ticket(
+        b"x" * size, JobOptions(), deadline, asyncio.get_running_loop().create_future(), pixels=pixels
+    )
 
 
-def test_admit_is_a_strict_bound() -> None:
-    assert admit(0, 1) and not admit(1, 1) and not admit(0, 0)
+def _simulated_wait(busy_elapsed: list[float], queued: int, workers: int, service_s: float) -> float:
+    """The obvious FIFO simulation the closed form must agree with."""
+    free = [max(0.0, service_s - e) for e in busy_elapsed] + [0.0] * (workers - len(busy_elapsed))
+    heapq.heapify(free)
+    for _ in range(queued):
+        heapq.heapreplace(free, free[0] + service_s)
+    return free[0]
 
 
-def test_retry_after_grows_with_the_work_ahead_and_is_bounded() -> None:
-    short = retry_after_s(queued=0, busy=1, workers=2, service_s=0.5)
-    long = retry_after_s(queued=8, busy=2, workers=2, service_s=0.5)
-    assert 0.05 <= short < long <= 10
-    assert retry_after_s(queued=10_000, busy=2, workers=1, service_s=5) == 10
-    assert retry_after_s(queued=0, busy=0, workers=4, service_s=0.0) == 0.05
+def test_predicted_wait_is_zero_with_an_idle_worker_and_follows_the_work_ahead() -> None:
+    assert predicted_wait_s([], 0, 2, 1.0) == 0.0
+    assert predicted_wait_s([0.5], 0, 2, 1.0) == 0.0  # one of two workers idle
+    assert predicted_wait_s([0.5, 0.2], 0, 2, 1.0) == pytest.approx(0.5)
+    assert predicted_wait_s([0.5, 0.2], 3, 2, 1.0) == pytest.approx(1.8, abs=1e-5)
+    assert predicted_wait_s([5.0], 1, 1, 10.0) == pytest.approx(15.0, abs=1e-5)
+    assert predicted_wait_s([3.0, 3.0], 4, 2, 1.0) == pytest.approx(2.0, abs=1e-5)  # overran: about to end
 
 
-async def test_offer_rejects_when_full_and_take_is_fifo() -> None:
-    q = AdmissionQueue(capacity=2)
-    a, b, c = _ticket(), _ticket(), _ticket()
-    assert q.offer(a) and q.offer(b)
-    assert not q.offer(c)
+def test_predicted_wait_matches_a_fifo_simulation() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        workers = rng.randint(1, 6)
+        busy = [rng.uniform(-1, 4) for _ in range(rng.randint(0, workers))]
+        queued, service = rng.randint(0, 200), rng.uniform(0.01, 3.0)
+        expected = _simulated_wait(busy, queued, workers, service)
+        assert predicted_wait_s(busy, queued, workers, service) == pytest.approx(expected, abs=1e-5)
+
+
+def test_admit_refuses_what_cannot_finish_before_the_deadline_and_says_when_to_come_back() -> None:
+    policy = AdmissionPolicy(max_queue_wait_s=30.0)
+    assert admit(wait_s=10.0, service_s=1.0, time_remaining=20.0, queued=20, policy=policy) is None
+    assert admit(wait_s=10.0, service_s=1.0, time_remaining=None, queued=20, policy=policy) is None
+    # An idle worker takes a request even when one job alone may not fit the deadline.
+    assert admit(wait_s=0.0, service_s=5.0, time_remaining=1.0, queued=0, policy=policy) is None
+    late = admit(wait_s=19.0, service_s=1.0, time_remaining=20.0, queued=38, policy=policy)
+    assert late is not None and late.reason == DEADLINE_UNREACHABLE
+    assert late.retry_after_s == pytest.approx(19.0) and late.predicted_wait_s == 19.0
+    long = admit(wait_s=45.0, service_s=1.0, time_remaining=None, queued=90, policy=policy)
+    assert (
+        long is not None and long.reason == QUEUE_WAIT_TOO_LONG and long.retry_after_s == pytest.approx(15.0)
+    )
+    capped = AdmissionPolicy(max_queued=2)
+    full = admit(wait_s=0.5, service_s=1.0, time_remaining=None, queued=2, policy=capped)
+    assert full is not None and full.reason == QUEUE_FULL
+    assert admit(wait_s=0.5, service_s=1.0, time_remaining=None, queued=1, policy=capped) is None
+
+
+def test_retry_hint_is_bounded() -> None:
+    assert retry_hint_s(0.0, 30) == 0.05 and retry_hint_s(100.0, 30) == 30 and retry_hint_s(3.0, 30) == 3.0
+
+
+def test_memory_bound_counts_bytes_and_pixels_but_always_lets_one_wait() -> None:
+    policy = AdmissionPolicy(max_queued_bytes=100, max_queued_pixels=1000)
+    fits = {"held_bytes": 60, "held_pixels": 500, "policy": policy}
+    assert fits_memory(size=40, pixels=500, queued=3, **fits)
+    assert not fits_memory(size=41, pixels=10, queued=3, **fits)
+    assert not fits_memory(size=1, pixels=501, queued=3, **fits)
+    assert fits_memory(held_bytes=0, held_pixels=0, size=10**9, pixels=10**9, queued=0, policy=policy)
+
+
+async def test_queue_counts_what_it_holds_and_take_is_fifo() -> None:
+    q = AdmissionQueue(AdmissionPolicy(max_queued_bytes=25))
+    a, b, c = _ticket(size=10, pixels=5), _ticket(size=10, pixels=7), _ticket(size=10)
+    q.push(a)
+    q.push(b)
+    assert (q.held_bytes, q.held_pixels) == (20, 12)
+    assert not q.fits(10, 0) and q.fits(5, 0)
     assert await q.take() is a
-    assert q.offer(c)
+    assert q.fits(10, 0)
+    q.push(c)
     assert [await q.take(), await q.take()] == [b, c]
+    assert (q.held_bytes, q.held_pixels, len(q)) == (0, 0, 0)
 
 
-async def test_requeue_goes_first_even_when_full() -> None:
-    q = AdmissionQueue(capacity=1)
+async def test_requeue_goes_first() -> None:
+    q = AdmissionQueue()
     waiting, retry = _ticket(), _ticket()
-    assert q.offer(waiting)
+    q.push(waiting)
     q.requeue(retry)
     assert len(q) == 2
     assert await q.take() is retry
 
 
-async def test_discard_frees_the_slot_of_a_caller_who_left() -> None:
-    q = AdmissionQueue(capacity=1)
-    gone = _ticket()
-    assert q.offer(gone)
+async def test_discard_frees_what_a_caller_who_left_held() -> None:
+    q = AdmissionQueue()
+    gone = _ticket(size=100, pixels=9)
+    q.push(gone)
     assert q.discard(gone) and not q.discard(gone)
-    assert q.offer(_ticket())
+    assert (q.held_bytes, q.held_pixels, len(q)) == (0, 0, 0)
 
 
 async def test_take_waits_and_a_cancelled_taker_does_not_lose_a_wakeup() -> None:
-    q = AdmissionQueue(capacity=4)
+    q = AdmissionQueue()
     first = asyncio.ensure_future(q.take())
     second = asyncio.ensure_future(q.take())
     await asyncio.sleep(0)
     first.cancel()
     t = _ticket()
-    q.offer(t)
+    q.push(t)
     assert await asyncio.wait_for(second, 1) is t
 
 
@@ -68,6 +139,22 @@ async def test_ticket_state() -> None:
     assert not t.abandoned
     t.future.cancel()
     assert t.abandoned
+
+
+def test_service_estimate_takes_the_first_job_then_moves_a_fifth_of_the_way() -> None:
+    assert service_ewma(1.0, 0.3, samples=0) == 0.3
+    assert service_ewma(1.0, 2.0, samples=5) == pytest.approx(1.2)
+
+
+def test_refusals_go_out_at_once_within_the_rate_then_are_held_within_the_deadline() -> None:
+    pacer = RefusalPacer(PacingPolicy(rate_per_s=10, burst=2, max_hold_s=1.0, max_held=3), now=0.0)
+    assert pacer.hold_s(0.0, None) == 0 and pacer.hold_s(0.0, None) == 0  # the burst
+    assert pacer.hold_s(0.0, None) == 1.0
+    assert pacer.hold_s(0.0, 0.45) == pytest.approx(0.40)  # answered before the caller's deadline
+    assert pacer.hold_s(0.0, 0.01) == 0.0
+    assert pacer.hold_s(0.1, None) == 0.0  # a token came back after 0.1 s at 10/s
+    pacer.held = 3
+    assert pacer.hold_s(0.1, None) == 0.0  # too many held already: refuse at once
 
 
 def test_heavy_follows_the_engine_working_size_not_the_upload() -> None:

@@ -47,9 +47,12 @@ def test_env_names_are_listed_for_deploy_cross_checks() -> None:
     assert "OCRMESH_OCR_WORKERS" in names and "OCRMESH_LOG_LEVEL" in names
 
 
-def test_queue_capacity_defaults_to_two_per_worker() -> None:
-    assert config.load(OcrConfig, {"workers": "3"}, {}).queue_capacity == 6
-    assert config.load(OcrConfig, {"workers": "3", "queue_depth": "0"}, {}).queue_capacity == 0
+def test_admission_defaults_to_predicted_wait_with_no_count_cap() -> None:
+    policy = config.load(OcrConfig, {"workers": "3"}, {}).admission_policy
+    assert policy.max_queued == -1 and policy.max_queue_wait_s == 30.0
+    assert policy.max_queued_bytes == 256 * 2**20
+    capped = config.load(OcrConfig, {"queue_depth": "5", "max_queue_wait_s": "8"}, {}).admission_policy
+    assert capped.max_queued == 5 and capped.max_queue_wait_s == 8.0
 
 
 def test_rich_errors_round_trip_through_grpc_status() -> None:
@@ -58,6 +61,10 @@ def test_rich_errors_round_trip_through_grpc_status() -> None:
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert errors.retry_delay_s(busy.status) == pytest.approx(1.25)
     assert errors.error_reason(busy.status) == "OVERLOADED"
+    waited = errors.retry_later(
+        "busy", 2.0, reason="DEADLINE_UNREACHABLE", metadata={"predicted_wait_ms": "2000"}
+    )
+    assert errors.error_reason(waited.status) == "DEADLINE_UNREACHABLE"
     bad = errors.bad_request("bad", [errors.FieldViolation("image", "empty", "EMPTY")])
     assert errors.field_violations(bad.status) == [errors.FieldViolation("image", "empty", "EMPTY")]
     assert bad.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -15,10 +15,10 @@ def test_validate_casts_and_reports_every_problem() -> None:
     good, problems = validate(TABLE, {"queue_depth": "8", "log_level": "debug"})
     assert good == {"queue_depth": 8, "log_level": "debug"} and problems == []
     _, problems = validate(
-        TABLE, {"queue_depth": -1, "log_level": "loud", "colour": 1, "max_image_bytes": 1.5}
+        TABLE, {"queue_depth": -3, "log_level": "loud", "colour": 1, "max_image_bytes": 1.5}
     )
     assert len(problems) == 4
-    assert any("queue_depth" in p and "at least 0" in p for p in problems)
+    assert any("queue_depth" in p and "at least -1" in p for p in problems)
     assert any("colour" in p and "not a live setting" in p for p in problems)
     _, problems = validate(TABLE, ["queue_depth"])
     assert problems and "JSON object" in problems[0]

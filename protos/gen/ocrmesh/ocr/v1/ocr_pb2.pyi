@@ -156,7 +156,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("instance_id", "version", "device", "execution_provider", "models", "workers", "threads_per_worker", "queue_capacity", "queue_depth", "in_flight", "limits", "counters", "worker_infos", "uptime_seconds", "serving")
+    __slots__ = ("instance_id", "version", "device", "execution_provider", "models", "workers", "threads_per_worker", "queue_capacity", "queue_depth", "in_flight", "limits", "counters", "worker_infos", "uptime_seconds", "serving", "predicted_wait_ms", "max_queue_wait_ms", "queued_bytes", "max_queued_bytes", "service_ms")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,11 @@ class GetInfoResponse(_message.Message):
     WORKER_INFOS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_MS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     version: str
     device: str
@@ -187,7 +192,12 @@ class GetInfoResponse(_message.Message):
     worker_infos: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     uptime_seconds: float
     serving: bool
-    def __init__(self, instance_id: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., worker_infos: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., serving: _Optional[bool] = ...) -> None: ...
+    predicted_wait_ms: float
+    max_queue_wait_ms: float
+    queued_bytes: int
+    max_queued_bytes: int
+    service_ms: float
+    def __init__(self, instance_id: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., worker_infos: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., serving: _Optional[bool] = ..., predicted_wait_ms: _Optional[float] = ..., max_queue_wait_ms: _Optional[float] = ..., queued_bytes: _Optional[int] = ..., max_queued_bytes: _Optional[int] = ..., service_ms: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_image_bytes", "max_image_pixels", "formats", "max_side")
@@ -202,7 +212,7 @@ class Limits(_message.Message):
     def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., max_side: _Optional[int] = ...) -> None: ...
 
 class Counters(_message.Message):
-    __slots__ = ("accepted", "completed", "rejected_busy", "rejected_invalid", "dropped_expired", "dropped_cancelled", "worker_restarts", "retried", "failed")
+    __slots__ = ("accepted", "completed", "rejected_busy", "rejected_invalid", "dropped_expired", "dropped_cancelled", "worker_restarts", "retried", "failed", "rejected_deadline_unreachable", "rejected_queue_wait", "rejected_queue_memory", "rejected_queue_full", "refusals_held", "admitted_after_hold")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_BUSY_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +222,12 @@ class Counters(_message.Message):
     WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     RETRIED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_DEADLINE_UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_QUEUE_WAIT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_QUEUE_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_QUEUE_FULL_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_HELD_FIELD_NUMBER: _ClassVar[int]
+    ADMITTED_AFTER_HOLD_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     completed: int
     rejected_busy: int
@@ -221,7 +237,13 @@ class Counters(_message.Message):
     worker_restarts: int
     retried: int
     failed: int
-    def __init__(self, accepted: _Optional[int] = ..., completed: _Optional[int] = ..., rejected_busy: _Optional[int] = ..., rejected_invalid: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., dropped_cancelled: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., retried: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+    rejected_deadline_unreachable: int
+    rejected_queue_wait: int
+    rejected_queue_memory: int
+    rejected_queue_full: int
+    refusals_held: int
+    admitted_after_hold: int
+    def __init__(self, accepted: _Optional[int] = ..., completed: _Optional[int] = ..., rejected_busy: _Optional[int] = ..., rejected_invalid: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., dropped_cancelled: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., retried: _Optional[int] = ..., failed: _Optional[int] = ..., rejected_deadline_unreachable: _Optional[int] = ..., rejected_queue_wait: _Optional[int] = ..., rejected_queue_memory: _Optional[int] = ..., rejected_queue_full: _Optional[int] = ..., refusals_held: _Optional[int] = ..., admitted_after_hold: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
     __slots__ = ("pid", "jobs_done", "rss_bytes", "state")

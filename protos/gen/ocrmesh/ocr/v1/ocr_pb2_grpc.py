@@ -31,7 +31,14 @@ class OcrServiceStub:
     Errors (as a google.rpc.Status with details):
     INVALID_ARGUMENT   + google.rpc.BadRequest: what is wrong with the image (empty, not an image,
     truncated, too many pixels, unsupported format, too many bytes).
-    RESOURCE_EXHAUSTED + google.rpc.RetryInfo: the admission queue is full; retry after the delay.
+    RESOURCE_EXHAUSTED + google.rpc.RetryInfo: not admitted now; retry after the delay (the predicted
+    wait for a worker), or on another instance. ErrorInfo.reason says why:
+    DEADLINE_UNREACHABLE (the predicted wait plus the job does not fit the
+    caller's deadline), QUEUE_WAIT_TOO_LONG (over the instance's maximum queue
+    wait), QUEUE_MEMORY_FULL (the waiting images hold the memory allowed),
+    QUEUE_FULL (the operator's --queue-depth cap); ErrorInfo.metadata
+    "predicted_wait_ms" carries the prediction. Successful Recognize calls carry
+    the same prediction in the trailer "ocrmesh-predicted-wait-ms".
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
     UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
@@ -71,7 +78,14 @@ class OcrServiceServicer:
     Errors (as a google.rpc.Status with details):
     INVALID_ARGUMENT   + google.rpc.BadRequest: what is wrong with the image (empty, not an image,
     truncated, too many pixels, unsupported format, too many bytes).
-    RESOURCE_EXHAUSTED + google.rpc.RetryInfo: the admission queue is full; retry after the delay.
+    RESOURCE_EXHAUSTED + google.rpc.RetryInfo: not admitted now; retry after the delay (the predicted
+    wait for a worker), or on another instance. ErrorInfo.reason says why:
+    DEADLINE_UNREACHABLE (the predicted wait plus the job does not fit the
+    caller's deadline), QUEUE_WAIT_TOO_LONG (over the instance's maximum queue
+    wait), QUEUE_MEMORY_FULL (the waiting images hold the memory allowed),
+    QUEUE_FULL (the operator's --queue-depth cap); ErrorInfo.metadata
+    "predicted_wait_ms" carries the prediction. Successful Recognize calls carry
+    the same prediction in the trailer "ocrmesh-predicted-wait-ms".
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
     UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
@@ -144,7 +158,14 @@ class OcrService:
     Errors (as a google.rpc.Status with details):
     INVALID_ARGUMENT   + google.rpc.BadRequest: what is wrong with the image (empty, not an image,
     truncated, too many pixels, unsupported format, too many bytes).
-    RESOURCE_EXHAUSTED + google.rpc.RetryInfo: the admission queue is full; retry after the delay.
+    RESOURCE_EXHAUSTED + google.rpc.RetryInfo: not admitted now; retry after the delay (the predicted
+    wait for a worker), or on another instance. ErrorInfo.reason says why:
+    DEADLINE_UNREACHABLE (the predicted wait plus the job does not fit the
+    caller's deadline), QUEUE_WAIT_TOO_LONG (over the instance's maximum queue
+    wait), QUEUE_MEMORY_FULL (the waiting images hold the memory allowed),
+    QUEUE_FULL (the operator's --queue-depth cap); ErrorInfo.metadata
+    "predicted_wait_ms" carries the prediction. Successful Recognize calls carry
+    the same prediction in the trailer "ocrmesh-predicted-wait-ms".
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
     UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
