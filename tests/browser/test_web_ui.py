@@ -168,6 +168,7 @@ def test_register_login_upload_copy_and_upload_again(browser: Browser, mesh: Mes
     expect_result(page)
     assert not page.get_by_test_id("progress").is_visible()
     expect(page.get_by_test_id("time")).to_have_text(re.compile(r"^\d+(\.\d+)? m?s$"))
+    expect(page.get_by_test_id("queue-wait")).to_have_text(re.compile(r"^\d+(\.\d+)? m?s$"))
     expect(page.get_by_test_id("instance")).to_have_text(OCR_ID)
     line_count = page.locator("#lines li").count()
     assert line_count >= 10

@@ -389,7 +389,10 @@ function renderResult(result, roundTripMs) {
     list.append(li);
   });
   $("no-text").hidden = result.lines.length > 0;
-  $("meta-time").textContent = ms(result.timing.total_ms);
+  // The recognition itself, and apart from it the time the call waited in an instance's queue.
+  const queued = result.timing.queue_ms || 0;
+  $("meta-time").textContent = ms(Math.max(0, result.timing.total_ms - queued));
+  $("meta-queue").textContent = ms(queued);
   $("meta-trip").textContent = ms(roundTripMs);
   $("meta-instance").textContent = result.served_by.instance_id || "-";
   $("meta-device").textContent = device(result.served_by.device, result.served_by.execution_provider);
