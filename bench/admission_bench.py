@@ -222,7 +222,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"ocrmesh {m['ocrmesh']}, Python {m['python']}, {m['cpus']} CPUs ({m['cpu_model']}, {m['machine']}), "
         "shared with other work.",
         f"One OCR instance, {m['workers']} workers x 1 ONNX Runtime thread, default admission "
-        "(predicted wait within the deadline and 30 s, 256 MiB queued). "
+        "(predicted wait within the deadline and 60 s, 256 MiB queued). "
         f"Closed-loop `Recognize` of `{m['image']}` over one direct channel, "
         f"`-t {m['timeout_s']:.0f}s` per call, `-z {m['duration_s']:.0f}s` per run, "
         "`--duration-stop wait`.",

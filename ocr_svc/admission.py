@@ -60,7 +60,7 @@ class AdmissionPolicy:
     count (-1: none), for operators who want one.
     """
 
-    max_queue_wait_s: float = 30.0
+    max_queue_wait_s: float = 60.0
     max_queued_bytes: int = 256 * 2**20
     max_queued_pixels: int = 2_000_000_000
     max_queued: int = -1

@@ -42,7 +42,7 @@ class OcrConfig:
         "predicted wait, deadline and memory)",
     )
     max_queue_wait_s: float = setting(
-        30.0, help="refuse a request whose predicted wait for a worker is longer than this"
+        60.0, help="refuse a request whose predicted wait for a worker is longer than this"
     )
     max_queued_mb: int = setting(256, help="memory the waiting images may hold, in MiB of uploads")
     max_queued_mpx: int = setting(2000, help="pixels the waiting images may hold, in megapixels")

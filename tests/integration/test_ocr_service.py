@@ -66,7 +66,7 @@ async def test_get_info_and_health(service: OcrProcess) -> None:
     assert all(w.pid > 0 and w.rss_bytes > 0 for w in info.worker_infos)
     assert info.execution_provider == "CPUExecutionProvider"
     assert info.queue_capacity == 0  # no count cap by default
-    assert info.max_queue_wait_ms == pytest.approx(30_000) and info.max_queued_bytes == 256 * 2**20
+    assert info.max_queue_wait_ms == pytest.approx(60_000) and info.max_queued_bytes == 256 * 2**20
     assert info.service_ms > 0 and info.predicted_wait_ms >= 0
     assert info.limits.max_image_pixels == 40_000_000
 

@@ -49,7 +49,7 @@ def test_env_names_are_listed_for_deploy_cross_checks() -> None:
 
 def test_admission_defaults_to_predicted_wait_with_no_count_cap() -> None:
     policy = config.load(OcrConfig, {"workers": "3"}, {}).admission_policy
-    assert policy.max_queued == -1 and policy.max_queue_wait_s == 30.0
+    assert policy.max_queued == -1 and policy.max_queue_wait_s == 60.0
     assert policy.max_queued_bytes == 256 * 2**20
     capped = config.load(OcrConfig, {"queue_depth": "5", "max_queue_wait_s": "8"}, {}).admission_policy
     assert capped.max_queued == 5 and capped.max_queue_wait_s == 8.0
