@@ -335,7 +335,7 @@ def channel_options(index: int) -> list[tuple[str, Any]]:
     ]
 
 
-async def _connect(channel: grpc.aio.Channel, timeout_s: float) -> None:
+async def connect(channel: grpc.aio.Channel, timeout_s: float) -> None:
     # Dial before the clock starts so the first calls do not pay for the handshake; an
     # unreachable target is not an error here: its calls fail UNAVAILABLE and are reported.
     if timeout_s <= 0:
@@ -357,7 +357,7 @@ async def insecure_calls(
         grpc.aio.insecure_channel(target, options=channel_options(i)) for i in range(options.connections)
     ]
     try:
-        await asyncio.gather(*(_connect(ch, options.connect_timeout_s) for ch in channels))
+        await asyncio.gather(*(connect(ch, options.connect_timeout_s) for ch in channels))
         yield [ch.unary_unary(path, _registered_method=True) for ch in channels]
     finally:
         await asyncio.gather(*(ch.close() for ch in channels))

@@ -41,7 +41,16 @@ from deploy.supervisor import LocalMesh, MeshPorts
 from etcd.launcher import free_port
 
 PROG = "ocrmesh bench peers"
-TARGETS = (PEER, "ocrmesh-grpc", "ocrmesh-bff")
+TARGETS = (PEER, "ocrmesh-grpc", "ocrmesh-bff", "ocrmesh-grpc-at-once", "ocrmesh-bff-at-once")
+# (way in, whether the client waits RetryInfo / Retry-After) per ocrmesh target. The -at-once
+# clients call again at once after a refusal, as ghz does; the gRPC one is a plain gRPC client
+# (round_robin over the instances, no retries). rapidocr-api never refuses, so one client kind fits it.
+OCRMESH_TARGETS = {
+    "ocrmesh-grpc": ("direct", True),
+    "ocrmesh-bff": ("bff", True),
+    "ocrmesh-grpc-at-once": ("plain", False),
+    "ocrmesh-bff-at-once": ("bff", False),
+}
 Runner = Callable[[int, float, str], Awaitable[dict[str, Any]]]
 
 EPILOG = f"""\
@@ -81,7 +90,7 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
         ocr=cfg.ocr,
         auth=1,
         gateway=False,
-        bff="ocrmesh-bff" in cfg.targets,
+        bff=any(OCRMESH_TARGETS.get(t, ("",))[0] == "bff" for t in cfg.targets),
         workers=cfg.workers,
         data_dir=cfg.data_dir / "mesh",
         ports=MeshPorts.ephemeral(),
@@ -99,7 +108,7 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
 
         sessions = bff_sessions(mesh, account)
 
-        def ocrmesh_runner(path: str) -> Runner:
+        def ocrmesh_runner(path: str, honor_retry: bool) -> Runner:
             async def run(concurrency: int, duration_s: float, name: str) -> dict[str, Any]:
                 result = await run_path_load(
                     mesh,
@@ -111,6 +120,7 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
                     metadata=await bearer_metadata(mesh, account),
                     name=name,
                     sessions=sessions,
+                    honor_retry=honor_retry,
                 )
                 return result.report
 
@@ -120,11 +130,8 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
             load = HttpLoad(peer.url, concurrency, duration_s, 300.0, name=name)
             return await run_http_load(load, peer_ocr_sender(peer.url, image, cfg.image.name))
 
-        runners: dict[str, Runner] = {
-            PEER: peer_run,
-            "ocrmesh-grpc": ocrmesh_runner("direct"),
-            "ocrmesh-bff": ocrmesh_runner("bff"),
-        }
+        runners: dict[str, Runner] = {PEER: peer_run}
+        runners.update({t: ocrmesh_runner(path, honor) for t, (path, honor) in OCRMESH_TARGETS.items()})
         targets = [t for t in TARGETS if t in cfg.targets]
         columns = (
             TextColumn("[bold]{task.description}"),

@@ -176,8 +176,14 @@ def markdown(table: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot_n
         "`ocrmesh-grpc`: Recognize through the balancing client (etcd discovery); `ocrmesh-bff`: the "
         "web BFF's POST /api/ocr with a logged-in session (cookies + CSRF), the same upload a browser "
         "makes. RSS for ocrmesh is the whole mesh: etcd, auth, OCR instances and workers, gateway and BFF.",
-        "- OK latency percentiles pool every round's OK calls. Clients told RESOURCE_EXHAUSTED (gRPC) or "
-        "429 (HTTP) wait the Retry hint before their next call; calls in flight at the end finish and count. "
+        "- **Client kinds.** `ocrmesh-grpc` and `ocrmesh-bff` are well-behaved: told RESOURCE_EXHAUSTED "
+        "(gRPC) or 429/503 (HTTP), they wait the Retry hint (at most 5 s) before their next call. "
+        "The `-at-once` targets call again at once, as ghz does: "
+        "`ocrmesh-grpc-at-once` is a plain gRPC client (one "
+        "channel, round_robin over the OCR instances' addresses, no retries, no mesh library), "
+        "`ocrmesh-bff-at-once` ignores Retry-After. rapidocr-api queues every call and never refuses, so "
+        "both kinds of client behave alike against it and it is measured once.",
+        "- OK latency percentiles pool every round's OK calls; calls in flight at the end finish and count. "
         "`load avg`: the machine's highest 1-minute load average after that target's runs. It counts "
         "runnable threads, the measured server's own included (rapidocr-api runs up to 40 OCR threads), "
         "so only a high value in a light row points to other work on the machine.",

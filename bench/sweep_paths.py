@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,16 @@ from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from ocrmesh.ocr.v1 import ocr_pb2
 
 from bench.http_load import HttpLoad, run_http_load
-from bench.loadgen import CallFactory, LoadOptions, RequestData, insecure_calls, run_load
+from bench.loadgen import (
+    CallFactory,
+    LoadOptions,
+    RequestData,
+    UnaryBytesCall,
+    channel_options,
+    connect,
+    insecure_calls,
+    run_load,
+)
 from bench.mix import MixRecorder, mixed_factory, mixed_request
 from bench.web_session import BffSessions, bff_ocr_sender
 from deploy.supervisor import LocalMesh
@@ -91,7 +101,28 @@ def grpc_way_in(mesh: LocalMesh, path: str) -> tuple[str, CallFactory, str, Call
                 "no gateway in this mesh (`ocrmesh serve gateway` is not in this build yet)"
             )
         return address, insecure_calls, address, insecure_calls
+    if path == "plain":
+        addresses = mesh.addresses("ocr")
+        if not addresses:
+            raise PathUnavailable("no OCR instance in this mesh")
+        return "ipv4:" + ",".join(addresses), round_robin_calls, "", insecure_calls
     raise ValueError(f"{path} is not a gRPC path")
+
+
+@contextlib.asynccontextmanager
+async def round_robin_calls(
+    target: str, path: str, options: LoadOptions
+) -> AsyncIterator[Sequence[UnaryBytesCall]]:
+    """What a plain gRPC client with client-side balancing has: one channel, round_robin over the
+    instances' addresses (`ipv4:a,b`), no retries, no knowledge of the mesh."""
+    channel = grpc.aio.insecure_channel(
+        target, options=[*channel_options(0), ("grpc.lb_policy_name", "round_robin")]
+    )
+    try:
+        await connect(channel, options.connect_timeout_s)
+        yield [channel.unary_unary(path, _registered_method=True)]
+    finally:
+        await channel.close()
 
 
 @dataclass
@@ -115,8 +146,12 @@ async def run_path_load(
     mix: Mapping[str, int] | None = None,
     mix_accounts: Sequence[Account] = (),
     sessions: BffSessions | None = None,
+    honor_retry: bool = True,
 ) -> LoadResult:
-    """One closed-loop run through `path`; calls still in flight at the end finish and count."""
+    """One closed-loop run through `path`; calls still in flight at the end finish and count.
+
+    `honor_retry` False: a client told RESOURCE_EXHAUSTED (HTTP 429/503) calls again at once, as
+    ghz does, instead of waiting the hint."""
     if path == "bff":
         if mix:
             raise PathUnavailable("--mix is measured over gRPC paths only (the BFF path sends OCR only)")
@@ -124,7 +159,7 @@ async def run_path_load(
         if not url or sessions is None:
             raise PathUnavailable("no BFF in this mesh (`ocrmesh serve bff` is not in this build yet)")
         report = await run_http_load(
-            HttpLoad(url, concurrency, duration_s, CALL_TIMEOUT_S, name=name),
+            HttpLoad(url, concurrency, duration_s, CALL_TIMEOUT_S, name=name, honor_retry_after=honor_retry),
             bff_ocr_sender(url, image, filename),
             await sessions.take(concurrency),
         )
@@ -138,6 +173,7 @@ async def run_path_load(
         metadata=dict(metadata),
         name=name,
         duration_stop="wait",
+        honor_retry_info=honor_retry,
     )
     request = ocr_pb2.RecognizeRequest(image=image, filename=filename).SerializeToString()
     if not mix:

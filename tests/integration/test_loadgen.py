@@ -17,6 +17,7 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from bench import load_cli
 from bench.loadgen import BenchError, LoadOptions, request_from_json, resolve_method, run_load
+from bench.sweep_paths import round_robin_calls
 from mesh.errors import abort, retry_later
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
@@ -262,3 +263,20 @@ def test_cli_input_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_p
         assert load_cli.run(cli(*argv)) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+async def test_plain_round_robin_client_spreads_over_instances_and_retries_at_once() -> None:
+    # The peers bench's ghz-like client: one channel, round_robin over two real servers; told
+    # RESOURCE_EXHAUSTED with a 0.3 s hint, it calls again at once instead of waiting.
+    first, second = FakeOcr(reject_every=2), FakeOcr(reject_every=2)
+    async with serving(first) as a, serving(second) as b:
+        options = LoadOptions(call=RECOGNIZE, total=40, concurrency=2, honor_retry_info=False)
+        began = asyncio.get_running_loop().time()
+        report = await run_load(options, f"ipv4:{a},{b}", PAYLOAD, call_factory=round_robin_calls)
+        elapsed = asyncio.get_running_loop().time() - began
+    refused = first.calls // 2 + second.calls // 2  # every second call on each server
+    assert report["statusCodeDistribution"] == {"OK": 40 - refused, "ResourceExhausted": refused}
+    # Both instances serve (round_robin only picks connected ones, so the first calls may go to one).
+    assert first.calls + second.calls == 40 and min(first.calls, second.calls) >= 10
+    # 20 refusals honoured would sleep 20 x 0.3 s / 2 clients = 3 s; at once they cost nothing.
+    assert elapsed < 3.0
