@@ -322,7 +322,7 @@ class MeshClient:
         self.budget.deposit(start)
         self.calls += 1
         tried: set[str] = set()
-        attempts = 0
+        attempts = unsent = 0
         while True:
             await self._await_endpoint(deadline)
             now = self._clock()
@@ -371,6 +371,10 @@ class MeshClient:
             finally:
                 ended = self._clock()
                 target.end(outcome, ended, ended - began, self.policy, self._rng, hint)
+            if code is grpc.StatusCode.UNAVAILABLE and not executed:
+                unsent += 1
+                if outcome is Outcome.UNREACHABLE:
+                    target.eject(ended, self.policy, self._rng)  # refused: no second try needed to know
             now = self._clock()
             following = pick(self._stats.values(), self._rng, now, exclude=tried, policy=self.policy)
             wait = 0.0 if following is None else attempt_delay(following, attempts, self.retry, self._rng)
@@ -385,8 +389,9 @@ class MeshClient:
                 wait_s=wait,
                 work_s=work,
                 policy=self.retry,
+                unsent=unsent,
             )
-            if not decision.retry or not self.budget.withdraw(now):
+            if not decision.retry or (decision.charged and not self.budget.withdraw(now)):
                 self.failed_calls += 1
                 log.debug(
                     "not retrying",

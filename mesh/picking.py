@@ -60,17 +60,22 @@ class BalancerPolicy:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """At most `max_attempts` tries per call; never wait longer than `max_wait_s` for a busy
-    endpoint; never start a try with less than `min_attempt_s` of the deadline left. A retry on
-    an endpoint already tried in this call waits `backoff.delay(n)` first (capped, jittered)."""
+    """At most `max_attempts` tries per call that reached a server; never wait longer than
+    `max_wait_s` for a busy endpoint; never start a try with less than `min_attempt_s` of the
+    deadline left. A retry on an endpoint already tried in this call waits `backoff.delay(n)`
+    first (capped, jittered). Tries that never left this process (connection refused, no route,
+    NOT_SERVING) are not counted there nor charged to the retry budget: up to `max_unsent` of them
+    go to other endpoints, within the deadline (Linkerd and Envoy retry a refused connection
+    the same way)."""
 
     max_attempts: int = 3
+    max_unsent: int = 8
     max_wait_s: float = 5.0
     min_attempt_s: float = 0.005
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.05, factor=2.0, cap=1.0, jitter=0.5))
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.max_wait_s < 0 or self.min_attempt_s < 0:
+        if self.max_attempts < 1 or self.max_unsent < 0 or self.max_wait_s < 0 or self.min_attempt_s < 0:
             raise ValueError(f"bad retry policy {self!r}")
 
 
@@ -234,7 +239,12 @@ class EndpointStats:
             self.consecutive_failures = 0  # it answered: it is reachable
             return
         self.consecutive_failures += 1
-        if self.consecutive_failures >= policy.eject_after and not self.ejected(now):
+        if self.consecutive_failures >= policy.eject_after:
+            self.eject(now, policy, rng)
+
+    def eject(self, now: float, policy: BalancerPolicy, rng: random.Random) -> None:
+        """Leave this endpoint out for the next ejection delay (no-op while it is out already)."""
+        if not self.ejected(now):
             self.ejected_until = now + ejection_delay(self.ejections, policy, rng)
             self.ejections += 1
 
@@ -391,6 +401,7 @@ class RetryDecision:
     retry: bool
     reason: str
     delay_s: float = 0.0
+    charged: bool = True  # a retry that spends a token of the retry budget
 
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -408,8 +419,10 @@ def should_retry(
     wait_s: float = 0.0,
     work_s: float = 0.0,
     policy: RetryPolicy | None = None,
+    unsent: int = 0,
 ) -> RetryDecision:
-    """Retry a failed call? `attempts` tries were made; `wait_s` is how long until the next
+    """Retry a failed call? `attempts` tries were made, `unsent` of them never reached a server
+    (the failed one too when `executed` is False for UNAVAILABLE); `wait_s` is how long until the next
     endpoint can take it (RetryInfo when all are busy, or backoff); `deadline_left` is the
     caller's remaining time (None: no deadline); `work_s` is what the server said one job takes
     (ErrorInfo "service_ms" of a refusal): a retry that would start too late to finish is not made.
@@ -417,18 +430,25 @@ def should_retry(
     UNAVAILABLE is retried when the call did not run (connection-level, NOT_SERVING), or when it
     may have but is idempotent; RESOURCE_EXHAUSTED always (on another endpoint, or after the
     server's delay). Nothing else (INVALID_ARGUMENT, UNAUTHENTICATED, DEADLINE_EXCEEDED, …).
+    A try that never left counts against `max_unsent` only, and spends no budget (it cost no
+    server anything); the others count against `max_attempts` and the budget.
     """
     policy = policy or RetryPolicy()
     if code not in RETRYABLE:
         return RetryDecision(False, f"{code.name} is not retryable")
     if code is grpc.StatusCode.UNAVAILABLE and executed and not idempotent:
         return RetryDecision(False, "the call may have run and is not idempotent")
-    if attempts >= policy.max_attempts:
-        return RetryDecision(False, f"{attempts} attempts made")
+    never_sent = code is grpc.StatusCode.UNAVAILABLE and not executed
+    if never_sent and unsent >= policy.max_unsent:
+        return RetryDecision(False, f"{unsent} tries found no endpoint to send to")
+    if not never_sent and attempts - unsent >= policy.max_attempts:
+        return RetryDecision(False, f"{attempts - unsent} attempts made")
     if wait_s > policy.max_wait_s:
         return RetryDecision(False, f"next endpoint free in {wait_s:.2f}s, over {policy.max_wait_s:g}s")
     if deadline_left is not None and deadline_left - wait_s < max(policy.min_attempt_s, work_s):
         return RetryDecision(False, "no time left before the deadline")
+    if never_sent:
+        return RetryDecision(True, "not sent: another endpoint", max(0.0, wait_s), charged=False)
     if budget.available(now) < 1.0:
         return RetryDecision(False, "retry budget spent")
     return RetryDecision(True, "retry", max(0.0, wait_s))

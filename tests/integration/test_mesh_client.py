@@ -18,12 +18,13 @@ import grpc
 import pytest
 from ocrmesh.ocr.v1 import ocr_pb2
 
-from etcd.launcher import EtcdProcess
+from etcd.launcher import EtcdProcess, free_port
 from mesh import balancer
 from mesh.balancer import EndpointChannels
 from mesh.lease import Registration
 from mesh.mesh_client import MeshClient, static_instances
 from mesh.ocr_client import OcrClient
+from mesh.picking import RetryBudget, RetryPolicy
 from mesh.registry import Instance
 from tests.corpus import CORPUS
 from tests.integration.etcd_fixtures import etcd_fixture, eventually
@@ -226,6 +227,29 @@ async def test_resource_exhausted_is_retried_on_the_other_instance(
     assert served == Counter({"mesh-b": 6}), served
     assert stats[full.address]["rejections"] >= 1, stats
     assert stats[full.address]["failures"] == 0
+
+
+async def test_refused_connections_go_elsewhere_whatever_the_budget_and_attempts(
+    pair: list[OcrProcess],
+) -> None:
+    # Two dead addresses (nothing listens) beside the two live instances, one attempt per call and
+    # an empty retry budget: a refused connection never reached a server, so it still moves on.
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    spent = RetryBudget(ratio=0.0, min_per_s=0.0, burst=1.0)
+    spent.withdraw(0.0)
+    async with MeshClient.from_addresses(
+        [*dead, *(s.address for s in pair)], retry=RetryPolicy(max_attempts=1), budget=spent
+    ) as mesh:
+        served, failures = await closed_loop(mesh.ocr(), 4, 40, recognize=False)
+        stats = {s["address"]: s for s in mesh.stats()}
+    assert not failures, [f.details() for f in failures]
+    assert sum(served.values()) == 40 and set(served) <= {"mesh-a", "mesh-b"}
+    # Each dead address is ejected at its first refusal (for ~1 s, then 2, 4 ...): calls rarely
+    # knock on it again, however slow this machine is today.
+    assert sum(stats[a]["failures"] for a in dead) >= 1
+    assert all(stats[a]["failures"] <= 4 and stats[a]["requests"] == stats[a]["failures"] for a in dead), (
+        stats
+    )
 
 
 async def test_etcd_discovery_follows_registrations(etcd: EtcdProcess, pair: list[OcrProcess]) -> None:

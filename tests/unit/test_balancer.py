@@ -313,8 +313,8 @@ def test_which_codes_are_retried(
 
 def test_retries_stop_at_max_attempts_deadline_and_long_waits() -> None:
     policy = RetryPolicy(max_attempts=3, max_wait_s=2.0)
-    assert should_retry(C.UNAVAILABLE, False, 2, 5.0, budget(), 0.0, policy=policy).retry
-    assert not should_retry(C.UNAVAILABLE, False, 3, 5.0, budget(), 0.0, policy=policy).retry
+    assert should_retry(C.UNAVAILABLE, True, 2, 5.0, budget(), 0.0, idempotent=True, policy=policy).retry
+    assert not should_retry(C.UNAVAILABLE, True, 3, 5.0, budget(), 0.0, idempotent=True, policy=policy).retry
     assert not should_retry(C.UNAVAILABLE, False, 1, 0.001, budget(), 0.0, policy=policy).retry
     assert should_retry(C.UNAVAILABLE, False, 1, None, budget(), 0.0, policy=policy).retry  # no deadline
     # RetryInfo: wait when no other endpoint is free, if the deadline allows it.
@@ -342,7 +342,11 @@ def test_attempt_delay_waits_for_busy_or_backs_off_on_the_same_endpoint() -> Non
 def test_retry_budget_is_a_share_of_requests_plus_a_floor() -> None:
     b = RetryBudget(ratio=0.2, min_per_s=0.0, burst=5.0)
     assert sum(b.withdraw(0.0) for _ in range(10)) == 5  # the initial burst
-    assert not should_retry(C.UNAVAILABLE, False, 1, 5.0, b, 0.0).retry
+    assert not should_retry(C.RESOURCE_EXHAUSTED, True, 1, 5.0, b, 0.0).retry
+    assert not should_retry(C.UNAVAILABLE, True, 1, 5.0, b, 0.0, idempotent=True).retry
+    # A try that never left (connection refused) cost no server anything: not charged.
+    free = should_retry(C.UNAVAILABLE, False, 1, 5.0, b, 0.0, unsent=1)
+    assert free.retry and not free.charged
     for _ in range(100):
         b.deposit(0.0)
     assert sum(b.withdraw(0.0) for _ in range(100)) == 5, "capped at burst"
@@ -380,3 +384,21 @@ def test_outcomes_and_executed_hints() -> None:
     assert executed_hint(C.INTERNAL, "")
     assert is_local_limit("Received message larger than max (70000000 vs. 67108864)")
     assert not is_local_limit("OCR instance is at capacity")
+
+
+def test_tries_that_never_left_do_not_use_up_attempts_and_stop_at_max_unsent() -> None:
+    policy = RetryPolicy(max_attempts=2, max_unsent=3)
+    # Two busy refusals and one refused connection: the connection failure still goes elsewhere.
+    assert should_retry(C.UNAVAILABLE, False, 3, 5.0, budget(), 0.0, policy=policy, unsent=1).retry
+    # ... but a third served try is over max_attempts (3 tries, 1 of them unsent = 2 served).
+    assert not should_retry(C.RESOURCE_EXHAUSTED, True, 3, 5.0, budget(), 0.0, policy=policy, unsent=1).retry
+    assert not should_retry(C.UNAVAILABLE, False, 3, 5.0, budget(), 0.0, policy=policy, unsent=3).retry
+    assert not should_retry(C.UNAVAILABLE, False, 1, 0.001, budget(), 0.0, policy=policy, unsent=1).retry
+
+
+def test_eject_leaves_an_endpoint_out_at_once() -> None:
+    e, policy, rng = EndpointStats("a"), BalancerPolicy(), random.Random(0)
+    e.eject(10.0, policy, rng)
+    assert e.ejected(10.5) and e.ejections == 1
+    e.eject(10.6, policy, rng)  # already out: the delay does not grow
+    assert e.ejections == 1
