@@ -100,8 +100,11 @@ async def test_equal_instances_share_the_calls(pair: list[OcrProcess]) -> None:
         stats = mesh.stats()
     assert not failures
     assert sum(served.values()) == 200
+    # Both take a real share; not 50/50: a load-aware balancer rightly favours the instance that
+    # got more CPU meanwhile (a busy 2-core box gave 132/68 once). Round robin's evenness is not the
+    # property; never starving one is (pick_first would give 200/0).
     for instance in ("mesh-a", "mesh-b"):
-        assert 80 <= served[instance] <= 120, served  # 40-60 %
+        assert served[instance] >= 50, served  # at least 25 %
     assert {s["requests"] for s in stats} == {served["mesh-a"], served["mesh-b"]}
     assert all(s["ewma_ms"] > 0 and s["in_flight"] == 0 and not s["ejected"] for s in stats)
 
