@@ -20,6 +20,12 @@ from web_bff.config import BffConfig
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10
+KEEP_ALIVE_S = 75
+"""How long an idle keep-alive connection stays open. Longer than the clients' own expiry (httpx
+and most HTTP libraries give up on an idle connection after 5 s, uvicorn's default here too): when
+both close at 5 s, a request sent on the connection as the server drops it fails with a reset that
+no client retries for a POST (the likely cause of one upload in 235 failing with a ReadError at 64
+clients in `ocrmesh bench peers`). nginx uses 75 s."""
 
 
 class _Server(uvicorn.Server):
@@ -57,6 +63,7 @@ async def serve(config: BffConfig) -> int:
             access_log=True,
             server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     )
     task = asyncio.create_task(server.serve(), name="uvicorn")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import signal
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from etcd.launcher import free_port
+from mesh.processes import free_port
 from tests.corpus import CORPUS
 from tests.integration.bff_fixtures import Mesh, api_client, register_and_login, running_mesh, start_bff
 from tests.integration.ocr_fixtures import stop
@@ -58,6 +60,45 @@ def test_ready_file_names_the_url_once_auth_and_ocr_are_found(mesh: Mesh) -> Non
     assert page.headers["x-frame-options"] == "DENY"
     limits = httpx.get(mesh.url + "api/config").json()
     assert limits == {"max_upload_bytes": 10 * 1024 * 1024, "formats": ["JPEG", "PNG", "BMP", "TIFF", "WEBP"]}
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_5_s_expiry(mesh: Mesh) -> None:
+    """A connection idle for 6 s still answers: the server must not drop it at the moment common
+    clients (httpx, 5 s) still reuse it, or their next POST fails with a reset."""
+    host, port = mesh.bff.ready["address"].rsplit(":", 1)
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for idle_s in (0, 6):
+            time.sleep(idle_s)
+            sock.sendall(request)
+            head = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200"), f"after {idle_s} s idle: {head[:200]!r}"
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (headers, then Content-Length bytes of body), however it is
+    split into segments, so the next request on the connection reads only its own answer."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data  # the server closed the connection
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return data
 
 
 def test_session_cookies_are_httponly_and_samesite(mesh: Mesh) -> None:
