@@ -41,6 +41,7 @@ test: $(STAMP) browser ## lint the contracts and code, then run the test suite (
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow"
 
 test-slow: $(STAMP) ## run only the slow chaos/soak tests
@@ -55,10 +56,11 @@ protos: $(STAMP) ## regenerate the Python stubs in protos/gen from protos/*.prot
 lint: $(STAMP) ## buf lint, ruff and mypy
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy mesh ocr_svc bench
 
 bench: $(STAMP) ## the foundation benchmark: engine ceiling vs service, overload, large images
 	$(VENV)/bin/ocrmesh bench foundation
 
 clean: ## remove caches (keeps .venv)
-	rm -rf .pytest_cache .ruff_cache .mypy_cache .buf-cache
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .buf-cache .import_linter_cache

@@ -13,8 +13,9 @@ from typing import Any
 import aetcd
 
 from auth_svc.keys import JWKS_ETCD_KEY, Jwks, publish_jwks
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
 from mesh.backoff import Backoff
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class JwksPublisher:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         client, self._client = self._client, None
         await close_quietly(client, self.call_timeout)
 

@@ -26,6 +26,7 @@ from mesh import config as mesh_config
 from mesh import lifecycle, logs
 from mesh.instance_registration import join_registry, leave_registry
 from mesh.lease import Registration
+from mesh.tasks import cancel_and_wait
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,7 @@ class AuthInstance:
         await leave_registry(registration, self.config.drain_linger_s)
         await self.health.set(False)
         if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
+            await cancel_and_wait(self._maintenance)
             self._maintenance = None
         await self.server.stop(self.config.grace_s)
         await self._close_resources()

@@ -23,6 +23,7 @@ from bench.durations import parse_duration
 from bench.foundation import ocr_service
 from bench.instance_layout import percentile
 from bench.loadgen import LoadOptions, run_load
+from bench.machine_facts import cpu_model
 from bench.process_rss import RssSampler
 from mesh import __version__, balancer
 from mesh.ocr_client import OcrClient
@@ -190,17 +191,6 @@ def pool(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "peak_rss_mib": max(p["peak_rss_mib"] for p in parts),
         "per_round_ok_per_s": [p["ok_per_s"] for p in parts],
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _refusal_text(cell: dict[str, Any]) -> str:

@@ -91,7 +91,7 @@ async def auth_service(workdir: Path, cost: int) -> AsyncIterator[str]:
     log_path = workdir / "auth.log"
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh.cli", "serve", "auth", "--port", "0", "--metrics-port", "-1",
+            sys.executable, "-m", "cli", "serve", "auth", "--port", "0", "--metrics-port", "-1",
             "--db", f"sqlite+aiosqlite:///{workdir / 'auth.db'}", "--bcrypt-cost", str(cost),
             "--ready-file", str(ready), "--log-level", "warning",
             cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,

@@ -38,7 +38,7 @@ class EngineBench:
         self.workers = workers
         self.threads = threads
         self.concurrency = concurrency
-        self.queue = AdmissionQueue(capacity=max(concurrency, 1) * 2)
+        self.queue = AdmissionQueue()  # the closed loop holds at most `concurrency` tickets
         self.pool = WorkerPool(
             engine=EngineSettings(device=device, threads=threads),
             limits=Limits(),
@@ -59,7 +59,7 @@ class EngineBench:
     async def _one(self, into: list[float]) -> None:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
-        self.queue.offer(Ticket(data=self.image, options=JobOptions(), deadline=None, future=future))
+        self.queue.push(Ticket(data=self.image, options=JobOptions(), deadline=None, future=future))
         await future
         into.append(time.perf_counter() - t0)
 

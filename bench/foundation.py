@@ -47,7 +47,7 @@ def ocr_service(workdir: Path, *args: str) -> Iterator[Service]:
         [
             sys.executable,
             "-m",
-            "mesh.cli",
+            "cli",
             "serve",
             "ocr",
             "--port",

@@ -32,8 +32,9 @@ from ocrmesh.ocr.v1 import ocr_pb2
 from rich.console import Console
 
 from bench.loadgen import LoadOptions, run_load
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
 from mesh import balancer
+from mesh.processes import free_port
 from mesh.registry import instance_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ PATHS = ("direct", "gateway")
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "mesh.cli", *argv],
+            [sys.executable, "-m", "cli", *argv],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -24,9 +24,9 @@ from rich.table import Table
 from bench.durations import parse_duration
 from bench.foundation import Service, ocr_service
 from bench.loadgen import LoadOptions, run_load
+from bench.mesh_calls import mesh_call_factory
 from etcd.launcher import EtcdError, EtcdProcess
 from mesh import __version__
-from mesh.mesh_client import mesh_call_factory
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
 NEAR_EQUAL = 0.10

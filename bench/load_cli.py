@@ -31,9 +31,10 @@ from bench.loadgen import (
     resolve_method,
     run_load,
 )
+from bench.mesh_calls import mesh_call_factory
 from bench.report import summary_text
 from mesh import credentials
-from mesh.mesh_client import mesh_call_factory, split_targets
+from mesh.mesh_client import split_targets
 
 PROG = "ocrmesh bench"
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"

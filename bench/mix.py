@@ -13,11 +13,11 @@ import grpc
 from ocrmesh.auth.v1 import auth_pb2
 
 from bench.loadgen import BenchError, CallFactory, LoadOptions, RequestData, UnaryBytesCall, insecure_calls
+from bench.mesh_calls import mesh_call_factory
 from bench.report import CallResult, build_report, go_code_name, go_error
 from bench.sweep_plan import PlanError, parse_mix
 from bench.sweep_report import summarize
 from mesh import credentials
-from mesh.mesh_client import mesh_call_factory
 
 LOGIN_PATH = "/ocrmesh.auth.v1.AuthService/Login"
 KINDS = ("login", "ocr")

@@ -17,7 +17,7 @@ from types import TracebackType
 
 import httpx
 
-from bench.process_rss import kill_tree
+from mesh.processes import kill_tree
 
 PEER = "rapidocr-api"
 PEER_VERSION = "0.2.0"

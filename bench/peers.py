@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -22,6 +21,7 @@ from rich.table import Table
 
 from bench.durations import parse_duration
 from bench.http_load import HttpLoad, run_http_load
+from bench.machine_facts import machine
 from bench.peer_server import PeerError, PeerServer, find_peer_python, peer_versions, setup_peer
 from bench.peers_report import PEER, comparisons, markdown, plot, pooled, verdicts
 from bench.process_rss import RssSampler
@@ -38,7 +38,7 @@ from bench.sweep_plan import PlanError, parse_counts
 from bench.sweep_report import MIB, without_details
 from bench.web_session import peer_ocr_sender
 from deploy.supervisor import LocalMesh, MeshPorts
-from etcd.launcher import free_port
+from mesh.processes import free_port
 
 PROG = "ocrmesh bench peers"
 TARGETS = (PEER, "ocrmesh-grpc", "ocrmesh-bff", "ocrmesh-grpc-at-once", "ocrmesh-bff-at-once")
@@ -181,7 +181,7 @@ async def run_peers(cfg: PeersConfig, console: Console) -> tuple[list[dict[str, 
         **versions(),
         "peer_versions": peer_versions(python),
         "cpus": os.cpu_count(),
-        "machine": platform.machine(),
+        "machine": machine(),
         "image": cfg.image.name,
         "duration_s": cfg.duration_s,
         "rounds": cfg.rounds,

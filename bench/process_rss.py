@@ -23,18 +23,6 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (for children not in a process group of their own)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-
-
 class RssSampler:
     """Samples process trees' RSS every `every_s` in a background thread while in `with`.
 

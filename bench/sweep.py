@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.durations import parse_duration
+from bench.machine_facts import machine
 from bench.process_rss import RssSampler
 from bench.sweep_metrics import scrape_all, server_summary
 from bench.sweep_paths import (
@@ -133,7 +134,7 @@ def meta(config: SweepConfig, elapsed_s: float, notes: Sequence[str]) -> dict[st
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         **versions(),
         "cpus": psutil.cpu_count(),
-        "machine": platform.machine(),
+        "machine": machine(),
         "image": config.image.name,
         "duration_s": config.duration_s,
         "warmup_s": config.warmup_s,

@@ -24,11 +24,11 @@ from bench.loadgen import (
     insecure_calls,
     run_load,
 )
+from bench.mesh_calls import mesh_call_factory
 from bench.mix import MixRecorder, mixed_factory, mixed_request
 from bench.web_session import BffSessions, bff_ocr_sender
 from deploy.supervisor import LocalMesh
 from mesh import balancer, credentials
-from mesh.mesh_client import mesh_call_factory
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
 CALL_TIMEOUT_S = 120.0

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from mesh import config as mesh_config
 from mesh import logs
 from mesh.config import setting
 from mesh.parent_death import die_with_parent
+from mesh.processes import free_port
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,6 @@ def _bundled_etcd() -> str | None:
     if os.path.isfile(path) and os.access(path, os.X_OK):
         return path
     return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on `host` a moment ago (etcd cannot listen on port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 async def http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes]:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
 from typing import Any
 
+from gateway.host_names import is_ip
 from gateway.profile import GATEWAY_CLUSTER, PROXYLESS_CLUSTER, Profile
 
 _OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def split_hostport(address: str) -> tuple[str, int]:
@@ -53,7 +45,7 @@ def envoy_bootstrap(
             "clusters": [
                 {
                     "name": "xds",
-                    "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+                    "type": "STATIC" if is_ip(xds_host) else "STRICT_DNS",
                     "connect_timeout": "1s",
                     "load_assignment": {
                         "cluster_name": "xds",

@@ -1,4 +1,4 @@
-"""Each xDS client's ACK/NACK state in etcd (/ocrmesh/v1/xds/clients/<node>), for `ocrmesh status`."""
+"""Publishes each xDS client's ACK/NACK state in etcd (mesh.xds_client_records), for `ocrmesh status`."""
 
 from __future__ import annotations
 
@@ -6,21 +6,15 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import aetcd
 
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
 from gateway.cache import SnapshotCache
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh.tasks import cancel_and_wait
+from mesh.xds_client_records import client_key
 
 log = logging.getLogger(__name__)
-
-PREFIX = "/ocrmesh/v1/xds/clients/"
-"""One key per node: PREFIX + node id ('/' replaced), JSON from NodeStatus.summary() + control_plane."""
-
-
-def client_key(node_id: str) -> str:
-    return PREFIX + node_id.replace("/", "_")
 
 
 class ClientStatusPublisher:
@@ -59,8 +53,7 @@ class ClientStatusPublisher:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
         if self._client is not None and self._lease_id is not None:
             try:  # the entries go at once rather than at the end of the TTL
                 await bounded(self._client.revoke_lease(self._lease_id), self.call_timeout)
@@ -98,23 +91,3 @@ class ClientStatusPublisher:
                 await close_quietly(self._client, self.call_timeout)
                 self._client, self._lease_id = None, None
             await asyncio.sleep(self.interval)
-
-
-async def read_clients(etcd: str, timeout: float = 3.0) -> list[dict[str, Any]]:
-    """Every published xDS client status (empty when etcd has none or cannot be read)."""
-    client = ClientFactory(etcd, timeout).new()
-    try:
-        got = await bounded(client.get_prefix(PREFIX.encode()), timeout)
-    except ETCD_ERRORS:
-        return []
-    finally:
-        await close_quietly(client, timeout)
-    found = []
-    for kv in got:
-        try:
-            value = json.loads(kv.value)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-    return sorted(found, key=lambda v: str(v.get("node", "")))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from gateway import profile as profiles
 from gateway.cache import SnapshotCache
 from gateway.client_status import ClientStatusPublisher
+from gateway.host_names import is_ip
 from gateway.snapshot_builder import Endpoint, MeshState, build_snapshot
 from gateway.xds_server import AdsServer
 from mesh.discovery import Discovery
@@ -70,14 +70,6 @@ def to_endpoints(
             Endpoint(inst.id, resolved.get(host, host), port, inst.zone, inst.weight)
         )
     return {service: tuple(eps) for service, eps in grouped.items()}
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class ControlPlane:
@@ -141,7 +133,7 @@ class ControlPlane:
             parsed[0]
             for inst in self.discovery.endpoints().values()
             if (parsed := split_address(inst.address))
-            and not _is_ip(parsed[0])
+            and not is_ip(parsed[0])
             and parsed[0] not in self._resolved
         }
         if unresolved:

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from etcd.launcher import free_port
 from gateway.bootstraps import envoy_bootstrap, split_hostport
 from gateway.control_plane import ControlPlane, XdsService
 from gateway.envoy_process import EnvoyNotFound, EnvoyProcess
@@ -23,6 +22,7 @@ from gateway.profile import Profile
 from mesh import config as mesh_config
 from mesh import logs
 from mesh.lifecycle import wait_for_stop_signal, write_ready_file
+from mesh.processes import free_port
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from gateway import resources as rs
+from gateway.host_names import is_ip
 from gateway.profile import Profile
 from gateway.snapshot import Snapshot
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
@@ -69,14 +69,6 @@ class MeshState:
     jwks: str = ""
     issuer: str = DEFAULT_ISSUER
     audience: str = DEFAULT_AUDIENCE
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def load_assignment(service: str, endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:
@@ -373,7 +365,7 @@ def usable_endpoints(state: MeshState) -> tuple[dict[str, tuple[Endpoint, ...]],
     for service, endpoints in state.endpoints.items():
         ok = []
         for ep in endpoints:
-            if _is_ip(ep.host) and 0 < ep.port < 65536:
+            if is_ip(ep.host) and 0 < ep.port < 65536:
                 ok.append(ep)
             else:
                 notes.append(

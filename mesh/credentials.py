@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 import grpc
 from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from etcd.client import ETCD_ERRORS
 from mesh import balancer, errors
 from mesh.discovery import Discovery
+from mesh.etcd_client import ETCD_ERRORS
 
 TOKEN_ENV = "OCRMESH_TOKEN"
 PASSWORD_ENV = "OCRMESH_PASSWORD"

@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 import aetcd
 
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, cancel_and_wait, close_quietly
 from mesh.backoff import Backoff
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
 from mesh.registry import Instance, RecordError, service_prefix, services_prefix
+from mesh.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import grpc
 
-from etcd.client import ClientFactory
 from mesh import errors
+from mesh.etcd_client import ClientFactory
 from mesh.key_poller import poll_key
+from mesh.tasks import cancel_and_wait
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier, guard_handler, parse_jwks
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,7 @@ class JwksSource:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def __aenter__(self) -> JwksSource:
         await self.start()

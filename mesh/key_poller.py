@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import aetcd
 
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
 
 
 async def poll_key(

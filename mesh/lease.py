@@ -13,9 +13,10 @@ from typing import Any
 
 import aetcd
 
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, cancel_and_wait, close_quietly
 from mesh.backoff import Backoff
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
 from mesh.registry import Instance
+from mesh.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,15 @@ the settings in force stay. Removing an override reverts that setting to the ins
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from etcd.client import ClientFactory
+from mesh.etcd_client import ClientFactory
 from mesh.key_poller import poll_key
+from mesh.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,7 @@ class LiveConfig:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def consider(self, raw_value: bytes | None) -> bool:
         """Validate and apply one value of the key (None: deleted); True if settings changed."""

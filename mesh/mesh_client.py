@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, overload
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import Message
 
 from mesh import errors
@@ -41,16 +43,27 @@ M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 REQUEST_ID_KEY = "x-request-id"
-_IDEMPOTENT_PREFIXES = ("/ocrmesh.ocr.v1.OcrService/", "/grpc.health.v1.Health/")
-_IDEMPOTENT_METHODS = frozenset(
-    {"/ocrmesh.auth.v1.AuthService/GetJwks", "/ocrmesh.auth.v1.AuthService/WhoAmI"}
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+_SAFE_LEVELS = frozenset(
+    {descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT}
 )
 
 
-def default_idempotent(method: str) -> bool:
-    """Methods that may safely run twice (OCR and health read nothing but their input); a call
-    cut mid-flight is retried elsewhere only for these. Login, Register, Refresh are not."""
-    return method.startswith(_IDEMPOTENT_PREFIXES) or method in _IDEMPOTENT_METHODS
+@functools.lru_cache(maxsize=256)
+def declared_idempotent(method: str) -> bool:
+    """Whether `method` ("/pkg.Service/Method") may safely run twice, as its contract declares it:
+    proto option idempotency_level NO_SIDE_EFFECTS or IDEMPOTENT, looked up in this process's
+    descriptor pool (the caller has imported the contract to build its request), and the standard
+    health check. A call cut mid-flight is retried elsewhere only for these; a method the pool does
+    not know, or one without the option (Login, Register, Refresh), is not."""
+    if method.startswith(_HEALTH_PREFIX):
+        return True
+    service, _, name = method.strip("/").rpartition("/")
+    try:
+        found = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
+    except KeyError:
+        return False
+    return found.GetOptions().idempotency_level in _SAFE_LEVELS
 
 
 def local_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -89,7 +102,7 @@ class MeshClient:
         channels: EndpointChannels | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
-        idempotent: Callable[[str], bool] = default_idempotent,
+        idempotent: Callable[[str], bool] = declared_idempotent,
         endpoint_wait_s: float = 5.0,
     ) -> None:
         self.service = service
@@ -279,10 +292,6 @@ class MeshClient:
         """An OcrClient (recognize, info) whose calls are balanced by this client."""
         return OcrClient(self)
 
-    def bytes_call(self, method: str, idempotent: bool | None = None) -> BytesCall:
-        """A callable taking and returning serialized messages (the load generator's call type)."""
-        return BytesCall(self, method, idempotent)
-
     def _left(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self._clock()
 
@@ -465,52 +474,6 @@ async def _reported_wait_s(call: object) -> float | None:
     return None
 
 
-class BytesCall:
-    """One method of a MeshClient as bytes in, bytes out (bench/loadgen's UnaryBytesCall)."""
-
-    def __init__(self, client: MeshClient, method: str, idempotent: bool | None = None) -> None:
-        self.client = client
-        self.method = method
-        self.idempotent = idempotent
-
-    async def __call__(
-        self,
-        request: bytes,
-        *,
-        timeout: float | None = None,
-        metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> bytes:
-        return await self.client.unary(
-            self.method, request, timeout=timeout, metadata=metadata or (), idempotent=self.idempotent
-        )
-
-
-class _ConnectOptions(Protocol):
-    @property
-    def connect_timeout_s(self) -> float: ...
-
-
 def split_targets(target: str) -> list[str]:
     """host:port addresses from "a:1,b:2" (spaces allowed)."""
     return [t.strip() for t in target.split(",") if t.strip()]
-
-
-def mesh_call_factory(
-    etcd: str | Sequence[str] | None, service: str = "ocr", **client_kwargs: Any
-) -> Callable[[str, str, _ConnectOptions], contextlib.AbstractAsyncContextManager[Sequence[BytesCall]]]:
-    """A bench/loadgen CallFactory that balances: over `service` in etcd, or, with `etcd` None,
-    over the comma-separated addresses given as the load's target."""
-
-    @contextlib.asynccontextmanager
-    async def calls(target: str, method: str, options: _ConnectOptions) -> AsyncIterator[Sequence[BytesCall]]:
-        if etcd:
-            client = MeshClient.from_etcd(etcd, service, **client_kwargs)
-        else:
-            client = MeshClient.from_addresses(split_targets(target), service, **client_kwargs)
-        try:
-            await client.start(max(options.connect_timeout_s, 0.1))
-            yield [client.bytes_call(method)]
-        finally:
-            await client.close()
-
-    return calls

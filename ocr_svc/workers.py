@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from mesh.tasks import cancel_and_wait
 from ocr_svc.admission import AdmissionQueue, Ticket, heavy_may_start
 from ocr_svc.engine import EngineInfo, EngineSettings, EngineStartError
 from ocr_svc.guardrails import Limits
@@ -145,11 +146,7 @@ class WorkerPool:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop feeding workers, ask them to exit, kill any that do not."""
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(cancel_and_wait(task) for task in self._tasks))
         await asyncio.gather(*(self._stop_process(s, timeout_s) for s in self._slots))
         self._threads.shutdown(wait=False, cancel_futures=True)
 

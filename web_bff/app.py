@@ -19,8 +19,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, JSONResponse
 
-from mesh import credentials, status_command
+from mesh import credentials
 from mesh.logs import request_id
+from mesh.status import collect as collect_snapshot
 from web_bff.backends import Backends
 from web_bff.config import BffConfig
 from web_bff.http_errors import ApiError, from_rpc
@@ -296,9 +297,7 @@ def create_app(config: BffConfig, backends: Backends | None = None) -> FastAPI:
     @app.get("/api/status", summary="services, instances and their health (the registry console)")
     async def status(access: str = Depends(session)) -> dict[str, Any]:
         async def gather() -> dict[str, Any]:
-            return await status_command.collect(
-                config.etcd, config.status_timeout_s, credentials.bearer(access)
-            )
+            return await collect_snapshot(config.etcd, config.status_timeout_s, credentials.bearer(access))
 
         try:
             snapshot = await registry_view.get(gather)

@@ -62,7 +62,7 @@ def start_bff(tmp: Path, etcd: str, *args: str, timeout_s: float = 90.0) -> BffP
     ready = tmp / f"bff-ready-{stamp}.json"
     log_path = tmp / f"bff-{stamp}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "mesh.cli", "serve", "bff", "--etcd", etcd, "--port", "0"]
+    command = [sys.executable, "-m", "cli", "serve", "bff", "--etcd", etcd, "--port", "0"]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [*command, "--ready-file", str(ready), *args],

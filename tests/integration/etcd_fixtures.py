@@ -11,7 +11,8 @@ from pathlib import Path
 import aetcd
 import pytest
 
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
+from mesh.processes import free_port
 
 
 def make_etcd(tmp_path: Path, name: str = "etcd") -> EtcdProcess:

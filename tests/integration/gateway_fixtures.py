@@ -48,7 +48,7 @@ class GatewayProcess:
 
 
 def start_command(tmp: Path, name: str, argv: list[str], timeout_s: float = 90.0) -> GatewayProcess:
-    """Run `python -m mesh.cli ARGV --ready-file F` and wait for the ready file."""
+    """Run `python -m cli ARGV --ready-file F` and wait for the ready file."""
     proc, info, log_path = service_process.start_command(tmp, name, argv, timeout_s=timeout_s)
     return GatewayProcess(proc, info, log_path)
 

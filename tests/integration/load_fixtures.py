@@ -23,6 +23,22 @@ LINE_ONLY = ocr_pb2.RecognizeOptions(use_det=False, use_cls=False)
 
 
 @dataclass(frozen=True)
+class Workload:
+    """What each caller of a ClosedLoop sends, and the deadline a real client would give it."""
+
+    name: str
+    image: bytes
+    options: ocr_pb2.RecognizeOptions | None
+    deadline_s: float
+
+
+LINE_WORK = Workload("line", LINE, LINE_ONLY, 20.0)
+# The corpus photo a user would send (18 lines, full pipeline: about 0.7 s per image on one core),
+# with a deadline that holds 8 callers queued on one surviving single-worker instance.
+PHOTO_WORK = Workload("photo", (CORPUS / "real" / "rapidocr_ch_en_num.jpg").read_bytes(), None, 30.0)
+
+
+@dataclass(frozen=True)
 class Served:
     """One OK call: when it ended (monotonic) and which instance answered."""
 
@@ -49,10 +65,17 @@ class ClosedLoop:
         assert not load.failures
     """
 
-    def __init__(self, mesh: MeshClient, concurrency: int = 8, deadline_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        mesh: MeshClient,
+        concurrency: int = 8,
+        deadline_s: float | None = None,
+        work: Workload = LINE_WORK,
+    ) -> None:
         self.mesh = mesh
         self.concurrency = concurrency
-        self.deadline_s = deadline_s
+        self.work = work
+        self.deadline_s = work.deadline_s if deadline_s is None else deadline_s
         self.served: list[Served] = []
         self.failures: list[Failed] = []
         self._running = False
@@ -76,7 +99,9 @@ class ClosedLoop:
         client = self.mesh.ocr()
         while self._running:
             try:
-                result = await client.recognize(LINE, options=LINE_ONLY, timeout=self.deadline_s)
+                result = await client.recognize(
+                    self.work.image, options=self.work.options, timeout=self.deadline_s
+                )
             except grpc.aio.AioRpcError as exc:
                 self.failures.append(Failed(time.monotonic(), exc.code(), exc.details() or ""))
                 continue
@@ -108,7 +133,10 @@ class ClosedLoop:
 
     def summary(self) -> str:
         codes = Counter(f.code.name for f in self.failures)
-        return f"{len(self.served)} OK {dict(self.counts())}, {len(self.failures)} failed {dict(codes)}"
+        return (
+            f"{self.work.name}: {len(self.served)} OK {dict(self.counts())}, "
+            f"{len(self.failures)} failed {dict(codes)}"
+        )
 
 
 def start_instances(tmp: Path, ids: Sequence[str], *args: str) -> list[OcrProcess]:

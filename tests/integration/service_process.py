@@ -26,7 +26,7 @@ def start_command(
     *,
     timeout_s: float,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any], Path]:
-    """Run `python -m mesh.cli ARGV --ready-file F EXTRA` from the repo root, output to a log in
+    """Run `python -m cli ARGV --ready-file F EXTRA` from the repo root, output to a log in
     `tmp`, and wait for F; (process, what F says, log path). `name` ("ocr service") names files
     and errors."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,7 @@ def start_command(
     log_path = tmp / f"{prefix}-{stamp}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh.cli", *argv, "--ready-file", str(ready), *extra],
+            [sys.executable, "-m", "cli", *argv, "--ready-file", str(ready), *extra],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -32,7 +32,7 @@ async def _bench(address: str, *flags: str, env: dict[str, str]) -> subprocess.C
         [
             sys.executable,
             "-m",
-            "mesh.cli",
+            "cli",
             "bench",
             "--call",
             "ocrmesh.ocr.v1.OcrService.GetInfo",

@@ -13,9 +13,10 @@ import pytest
 
 from auth_svc.config import AuthConfig
 from auth_svc.server import AuthInstance
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
 from mesh import credentials
 from mesh.credentials import CredentialsError, resolve_metadata
+from mesh.processes import free_port
 from tests.integration.auth_fixtures import fast_config
 from tests.integration.etcd_fixtures import etcd_fixture
 from tests.integration.ocr_fixtures import ROOT
@@ -131,7 +132,7 @@ async def _cli(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mesh.cli",
+        "cli",
         *argv,
         cwd=ROOT,
         env={**os.environ, **env},

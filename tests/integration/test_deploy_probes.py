@@ -25,9 +25,10 @@ import aetcd
 import yaml
 
 from deploy.kustomize_render import containers, render
-from etcd.launcher import EtcdProcess, free_port
-from gateway.client_status import client_key
+from etcd.launcher import EtcdProcess
+from mesh.processes import free_port
 from mesh.registry import Instance
+from mesh.xds_client_records import client_key
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
 from tests.integration.ocr_fixtures import running_ocr
 from tests.integration.service_process import stop
@@ -83,7 +84,7 @@ class Deployed:
         log = tmp / f"{self.container['name']}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mesh.cli", *self.container["args"]],
+                [sys.executable, "-m", "cli", *self.container["args"]],
                 cwd=ROOT,
                 env={**clean, **self.env, "PYTHONUNBUFFERED": "1"},
                 stdout=out,

@@ -13,8 +13,9 @@ from pathlib import Path
 import aetcd
 import pytest
 
-from etcd.launcher import EtcdConfig, EtcdError, EtcdProcess, find_etcd, free_port, http_get
+from etcd.launcher import EtcdConfig, EtcdError, EtcdProcess, find_etcd, http_get
 from mesh import config as mesh_config
+from mesh.processes import free_port
 from tests.integration.etcd_fixtures import eventually, make_etcd
 
 REPO = Path(__file__).resolve().parents[2]

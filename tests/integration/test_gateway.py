@@ -13,10 +13,11 @@ import aetcd
 import grpc
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
 from mesh import balancer
+from mesh.processes import free_port
 from mesh.registry import instance_key
-from mesh.status_command import collect
+from mesh.status import collect
 from tests.corpus import CORPUS
 from tests.integration.auth_fixtures import running_auth
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
@@ -92,7 +93,7 @@ async def test_ocr_through_the_gateway_needs_a_token_and_follows_the_registry(
             )
 
         await eventually(listed, 15)
-        argv = [sys.executable, "-m", "mesh.cli", "status", "--etcd", etcd.endpoint, "--json"]
+        argv = [sys.executable, "-m", "cli", "status", "--etcd", etcd.endpoint, "--json"]
         out = await asyncio.to_thread(subprocess.run, argv, capture_output=True, timeout=60)
         assert out.returncode == 0, out.stderr.decode()
         [shown] = [c for c in json.loads(out.stdout)["xds_clients"] if c["node"] == gateway.info["node"]]

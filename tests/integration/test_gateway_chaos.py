@@ -18,8 +18,9 @@ import grpc
 import psutil
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
 from mesh import balancer
+from mesh.processes import free_port
 from mesh.registry import instance_key
 from tests.corpus import CORPUS
 from tests.integration.auth_fixtures import running_auth

@@ -11,13 +11,14 @@ import aetcd
 from envoy.config.cluster.v3 import cluster_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
 from gateway import resources as rs
 from gateway.control_plane import ControlPlane, XdsService
 from gateway.delta_xds import DeltaSubscription, plan
 from gateway.profile import Profile
 from gateway.snapshot_builder import Endpoint, MeshState, build_snapshot
 from mesh import balancer
+from mesh.processes import free_port
 from mesh.registry import instance_key
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
 from tests.integration.gateway_fixtures import (

@@ -12,10 +12,11 @@ import grpc
 from envoy.config.cluster.v3 import cluster_pb2
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
 from gateway import resources as rs
 from gateway.control_plane import ControlPlane, XdsService
 from mesh import balancer
+from mesh.processes import free_port
 from mesh.registry import instance_key
 from tests.integration.auth_fixtures import running_auth
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually

@@ -30,7 +30,7 @@ async def test_ocr_via_xds_balances_across_instances(tmp_path: Path, etcd: EtcdP
             started.append(await asyncio.to_thread(start_ocr, tmp_path, *common))
         await eventually(lambda: _registered(control_plane, 2), 20)
         # The CLI in its own process: gRPC reads the xDS bootstrap once per process.
-        argv = [sys.executable, "-m", "mesh.cli", "ocr", "--via", "xds", "--xds", xds.address, "--json"]
+        argv = [sys.executable, "-m", "cli", "ocr", "--via", "xds", "--xds", xds.address, "--json"]
         argv += ["--no-det", "--no-cls", *[str(LINE)] * 12]
         done = await asyncio.to_thread(subprocess.run, argv, cwd=ROOT, capture_output=True, timeout=240)
         assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -27,7 +27,7 @@ PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mesh.cli", "config", *args],
+        [sys.executable, "-m", "cli", "config", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -4,7 +4,11 @@ Each test keeps 8 callers doing Recognize through MeshClient.from_etcd while one
 stopped (SIGTERM), killed (kill -9), frozen (SIGSTOP for 15 s), or restarted, or while etcd
 itself is away for 10 s, and asserts that no call failed and that both instances served calls;
 one more freezes an instance behind a static address list, where only keepalive can find it.
-The figures each test measures are printed (run with -s to see them).
+Each runs twice: with one text line and detection off (cheap, ~0.2 s a call) and with the corpus
+photo a user would send (full pipeline, ~0.7 s a call, 30 s deadline). Eight callers fit in the
+queue of the instance that survives (predicted wait ~6 s), so no call may fail, not even with
+RESOURCE_EXHAUSTED. The default suite runs the kill -9 photo variant and the cheap SIGTERM one;
+the rest are `slow`. The figures each test measures are printed (run with -s to see them).
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from etcd.launcher import EtcdProcess
 from mesh.mesh_client import MeshClient
 from mesh.registry import instance_key
 from tests.integration.etcd_fixtures import etcd_fixture, eventually
-from tests.integration.load_fixtures import ClosedLoop, start_instance, start_instances
+from tests.integration.load_fixtures import (
+    LINE_WORK,
+    PHOTO_WORK,
+    ClosedLoop,
+    Workload,
+    start_instance,
+    start_instances,
+)
 from tests.integration.ocr_fixtures import OcrProcess, stop
 
 __all__ = ["etcd_fixture"]  # pytest fixture used below
@@ -34,6 +45,15 @@ DELAY = ("--debug-delay-ms", "100")
 # Shorter than the 15 s freeze: a call left waiting on the frozen instance fails instead of
 # finishing when it thaws.
 FROZEN_DEADLINE_S = 10.0
+# The photo's: still shorter than the freeze, long enough for 8 photos queued on the survivor.
+FROZEN_PHOTO_DEADLINE_S = 14.0
+SLOW = pytest.mark.slow
+CHEAP_FAST_PHOTO_SLOW = pytest.mark.parametrize(
+    "work", [LINE_WORK, pytest.param(PHOTO_WORK, marks=SLOW)], ids=lambda w: w.name
+)
+BOTH_SLOW = pytest.mark.parametrize(
+    "work", [pytest.param(LINE_WORK, marks=SLOW), pytest.param(PHOTO_WORK, marks=SLOW)], ids=lambda w: w.name
+)
 
 
 def registered(etcd: EtcdProcess) -> tuple[str, ...]:
@@ -93,9 +113,12 @@ def report(name: str, load: ClosedLoop, mesh: MeshClient, **figures: float | str
     print(f"\n[{name}] {load.summary()}; retries {status['retries']}; {extra}")
 
 
-async def test_sigterm_under_load_loses_no_request(pair: list[OcrProcess], mesh: MeshClient) -> None:
+@CHEAP_FAST_PHOTO_SLOW
+async def test_sigterm_under_load_loses_no_request(
+    pair: list[OcrProcess], mesh: MeshClient, work: Workload
+) -> None:
     victim, survivor = pair
-    async with ClosedLoop(mesh, 8) as load:
+    async with ClosedLoop(mesh, 8, work=work) as load:
         await warmed(load)
         victim.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
@@ -114,12 +137,13 @@ async def test_sigterm_under_load_loses_no_request(pair: list[OcrProcess], mesh:
     assert "draining" in victim.log_text()
 
 
-@pytest.mark.slow
+@BOTH_SLOW
 async def test_sigstop_for_15s_under_load(
-    etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient
+    etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient, work: Workload
 ) -> None:
     victim, survivor = pair
-    async with ClosedLoop(mesh, 8, deadline_s=FROZEN_DEADLINE_S) as load:
+    deadline_s = FROZEN_PHOTO_DEADLINE_S if work is PHOTO_WORK else FROZEN_DEADLINE_S
+    async with ClosedLoop(mesh, 8, deadline_s=deadline_s, work=work) as load:
         await warmed(load)
         os.kill(victim.pid, signal.SIGSTOP)
         frozen = time.monotonic()
@@ -143,9 +167,9 @@ async def test_sigstop_for_15s_under_load(
     assert "re-registered" in victim.log_text()
 
 
-@pytest.mark.slow
+@BOTH_SLOW
 async def test_etcd_away_for_10s_under_load(
-    etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient
+    etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient, work: Workload
 ) -> None:
     keys = [instance_key("ocr", i).encode() for i in IDS]
     probe = aetcd.Client(host=etcd.host, port=etcd.client_port, timeout=1)
@@ -153,7 +177,7 @@ async def test_etcd_away_for_10s_under_load(
         old_leases = {(await probe.get(k)).lease for k in keys}
     finally:
         await probe.close()
-    async with ClosedLoop(mesh, 8) as load:
+    async with ClosedLoop(mesh, 8, work=work) as load:
         await warmed(load)
         await etcd.stop()
         stopped = time.monotonic()
@@ -197,12 +221,12 @@ async def re_registered(etcd: EtcdProcess, keys: list[bytes], old_leases: set[in
         await client.close()
 
 
-@pytest.mark.slow
+@BOTH_SLOW
 async def test_rolling_restart_under_load(
-    tmp_path: Path, etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient
+    tmp_path: Path, etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient, work: Workload
 ) -> None:
     figures: dict[str, float] = {}
-    async with ClosedLoop(mesh, 8) as load:
+    async with ClosedLoop(mesh, 8, work=work) as load:
         await warmed(load)
         for index, instance_id in enumerate(IDS):
             old = pair[index]
@@ -226,10 +250,10 @@ async def test_rolling_restart_under_load(
     assert load.counts()["chaos-a"] >= 6 and load.counts()["chaos-b"] >= 6
 
 
-@pytest.mark.slow
-async def test_kill_9_under_load_with_etcd(pair: list[OcrProcess], mesh: MeshClient) -> None:
+@pytest.mark.parametrize("work", [pytest.param(LINE_WORK, marks=SLOW), PHOTO_WORK], ids=lambda w: w.name)
+async def test_kill_9_under_load_with_etcd(pair: list[OcrProcess], mesh: MeshClient, work: Workload) -> None:
     victim, survivor = pair
-    async with ClosedLoop(mesh, 8) as load:
+    async with ClosedLoop(mesh, 8, work=work) as load:
         await warmed(load)
         os.kill(victim.pid, signal.SIGKILL)
         killed = time.monotonic()

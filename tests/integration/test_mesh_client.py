@@ -18,13 +18,14 @@ import grpc
 import pytest
 from ocrmesh.ocr.v1 import ocr_pb2
 
-from etcd.launcher import EtcdProcess, free_port
+from etcd.launcher import EtcdProcess
 from mesh import balancer
 from mesh.balancer import EndpointChannels
 from mesh.lease import Registration
 from mesh.mesh_client import MeshClient, static_instances
 from mesh.ocr_client import OcrClient
 from mesh.picking import RetryBudget, RetryPolicy
+from mesh.processes import free_port
 from mesh.registry import Instance
 from tests.corpus import CORPUS
 from tests.integration.etcd_fixtures import etcd_fixture, eventually
@@ -308,7 +309,7 @@ async def _cli(*args: str) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mesh.cli",
+        "cli",
         *args,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,

@@ -137,7 +137,7 @@ def test_device_cuda_without_a_gpu_fails_clearly(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "mesh.cli",
+            "cli",
             "serve",
             "ocr",
             "--port",

@@ -232,7 +232,7 @@ def test_help_for_every_command() -> None:
         ["up", "--help"],
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", "mesh.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             capture_output=True,
             text=True,
             cwd=Path(__file__).resolve().parents[2],

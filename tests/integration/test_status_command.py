@@ -22,7 +22,7 @@ async def test_status_lists_instances_with_health_and_load(tmp_path: Path, etcd:
     ) as svc:
         proc = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "mesh.cli", "status", "--etcd", etcd.endpoint, "--json"],
+            [sys.executable, "-m", "cli", "status", "--etcd", etcd.endpoint, "--json"],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -37,7 +37,7 @@ async def test_status_lists_instances_with_health_and_load(tmp_path: Path, etcd:
         assert view["queue"] == "0 waiting, ~0.0 s" and view["in_flight"] == 0
         table = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "mesh.cli", "status", "--etcd", etcd.endpoint],
+            [sys.executable, "-m", "cli", "status", "--etcd", etcd.endpoint],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -49,7 +49,7 @@ async def test_status_lists_instances_with_health_and_load(tmp_path: Path, etcd:
 
 def test_status_explains_when_etcd_is_down() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "mesh.cli", "status", "--etcd", "127.0.0.1:9", "--timeout", "1"],
+        [sys.executable, "-m", "cli", "status", "--etcd", "127.0.0.1:9", "--timeout", "1"],
         capture_output=True,
         text=True,
         cwd=ROOT,

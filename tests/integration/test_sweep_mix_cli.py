@@ -20,7 +20,7 @@ async def test_mixed_load_logs_in_and_recognizes_through_the_mesh(tmp_path: Path
         account = new_accounts(1)[0]
         await register(mesh.addresses("auth")[0], account)
         argv = [
-            sys.executable, "-m", "mesh.cli", "bench", "--mix", "login=1,ocr=3", "--etcd", mesh.etcd.endpoint,
+            sys.executable, "-m", "cli", "bench", "--mix", "login=1,ocr=3", "--etcd", mesh.etcd.endpoint,
             "--image", str(CORPUS / "real" / "rapidocr_ch_en_num.jpg"), "--login", account.username,
             "-c", "2", "-n", "12", "-O", "json", "--no-progress",
         ]  # fmt: skip

@@ -17,7 +17,7 @@ from tests.integration.ocr_fixtures import ROOT
 
 def sweep(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = [
-        sys.executable, "-m", "mesh.cli", "bench", "sweep", "--ocr", "1", "--auth", "1",
+        sys.executable, "-m", "cli", "bench", "sweep", "--ocr", "1", "--auth", "1",
         "--concurrency", "1,2", "--duration", "3s", "--warmup", "1s", "--path", "direct",
         "--image", str(CORPUS / "real" / "rapidocr_ch_en_num.jpg"),
         "--out", str(out), "--data-dir", str(data), "--no-progress", *extra,

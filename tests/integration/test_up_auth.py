@@ -16,9 +16,9 @@ import psutil
 from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
-from etcd.launcher import free_port
 from mesh import balancer
 from mesh.credentials import bearer
+from mesh.processes import free_port
 from tests.integration.etcd_fixtures import eventually
 from tests.integration.ocr_fixtures import ROOT
 
@@ -45,7 +45,7 @@ def free_port_pair() -> int:
 async def test_up_starts_auth_before_ocr_and_ocr_requires_tokens(tmp_path: Path) -> None:
     data = tmp_path / "data"
     argv = [
-        sys.executable, "-m", "mesh.cli", "up", "--ocr", "1", "--workers", "1", "--auth", "2",
+        sys.executable, "-m", "cli", "up", "--ocr", "1", "--workers", "1", "--auth", "2",
         "--etcd-port", str(free_port()), "--ocr-port", str(free_port()),
         "--auth-port", str(free_port_pair()), "--data-dir", str(data),
         "--gateway-port", "0", "--gateway-admin-port", "0", "--xds-port", "0", "--bff-port", "0",

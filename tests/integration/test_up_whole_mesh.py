@@ -72,7 +72,7 @@ async def test_up_serves_through_gateway_and_bff_restarts_a_killed_child_and_lea
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "mesh"
-    argv = [sys.executable, "-m", "mesh.cli", "up", "--ocr", "2", "--auth", "1", "--data-dir", str(data)]
+    argv = [sys.executable, "-m", "cli", "up", "--ocr", "2", "--auth", "1", "--data-dir", str(data)]
     for flag in ("--etcd-port", "--ocr-port", "--auth-port", "--gateway-port", "--gateway-admin-port"):
         argv += [flag, "0"]
     argv += ["--xds-port", "0", "--bff-port", "0"]

@@ -30,10 +30,10 @@ from kubernetes_validate.utils import latest_version
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from cli import main as cli
+from cli.main import SERVE
 from deploy.kustomize_render import containers, pod_specs, render, resource_id, split_image
-from mesh import cli
 from mesh import config as mesh_config
-from mesh.cli import SERVE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -1170,7 +1170,7 @@ def container_commands() -> Iterator[tuple[str, list[str]]]:
 
 def test_container_commands_parse_with_the_ocrmesh_cli(capsys: pytest.CaptureFixture[str]) -> None:
     """Each container's command is a real `ocrmesh serve NAME`, and the parser `ocrmesh` itself builds
-    for it (mesh/cli.py's Command registry) accepts its flags; the gateway and the BFF are among them."""
+    for it (cli/main.py's Command registry) accepts its flags; the gateway and the BFF are among them."""
     by_name = {command.name: command for command in cli.SERVE}
     seen = set()
     for where, argv in container_commands():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from etcd.client import parse_endpoints
+from mesh.etcd_client import parse_endpoints
 from mesh.registry import (
     Instance,
     RecordError,

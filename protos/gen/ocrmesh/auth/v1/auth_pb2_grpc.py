@@ -37,6 +37,9 @@ class AuthServiceStub:
     ALREADY_EXISTS (username taken), UNAUTHENTICATED (wrong credentials, the same answer for an
     unknown user and a wrong password; bad or revoked token), RESOURCE_EXHAUSTED + RetryInfo
     (login throttled).
+
+    WhoAmI and GetJwks only read (idempotency_level NO_SIDE_EFFECTS): clients may retry them on
+    another instance. Register, Login, Refresh and Logout change state: never retried once sent.
     """
 
     def __init__(self, channel):
@@ -89,6 +92,9 @@ class AuthServiceServicer:
     ALREADY_EXISTS (username taken), UNAUTHENTICATED (wrong credentials, the same answer for an
     unknown user and a wrong password; bad or revoked token), RESOURCE_EXHAUSTED + RetryInfo
     (login throttled).
+
+    WhoAmI and GetJwks only read (idempotency_level NO_SIDE_EFFECTS): clients may retry them on
+    another instance. Register, Login, Refresh and Logout change state: never retried once sent.
     """
 
     def Register(self, request, context):
@@ -186,6 +192,9 @@ class AuthService:
     ALREADY_EXISTS (username taken), UNAUTHENTICATED (wrong credentials, the same answer for an
     unknown user and a wrong password; bad or revoked token), RESOURCE_EXHAUSTED + RetryInfo
     (login throttled).
+
+    WhoAmI and GetJwks only read (idempotency_level NO_SIDE_EFFECTS): clients may retry them on
+    another instance. Register, Login, Refresh and Logout change state: never retried once sent.
     """
 
     @staticmethod

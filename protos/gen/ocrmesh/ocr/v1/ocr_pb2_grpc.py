@@ -42,6 +42,8 @@ class OcrServiceStub:
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
     UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
+    Every method reads nothing but its input (idempotency_level NO_SIDE_EFFECTS): clients may retry a
+    call cut mid-flight on another instance.
     """
 
     def __init__(self, channel):
@@ -89,6 +91,8 @@ class OcrServiceServicer:
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
     UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
+    Every method reads nothing but its input (idempotency_level NO_SIDE_EFFECTS): clients may retry a
+    call cut mid-flight on another instance.
     """
 
     def Recognize(self, request, context):
@@ -169,6 +173,8 @@ class OcrService:
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
     UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
+    Every method reads nothing but its input (idempotency_level NO_SIDE_EFFECTS): clients may retry a
+    call cut mid-flight on another instance.
     """
 
     @staticmethod

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from etcd.client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
 from mesh.live_config import CONFIG_PREFIX, LiveSetting, config_key, parse_assignments
 
 TABLES = {"ocr": "ocr_svc.live_settings"}

@@ -35,13 +35,13 @@ SERVE = [
     Command("bff", "run the web backend-for-frontend and browser UI", "web_bff.server"),
 ]
 TOP = [
-    Command("ocr", "recognise text in images", "mesh.ocr_commands", "add_ocr_arguments", "run_ocr"),
-    Command("info", "describe an OCR instance", "mesh.ocr_commands", "add_info_arguments", "run_info"),
-    Command("status", "services, instances and their health, from etcd", "mesh.status_command"),
-    Command("config", "get or set live settings kept in etcd", "mesh.config_command"),
+    Command("ocr", "recognise text in images", "cli.ocr_commands", "add_ocr_arguments", "run_ocr"),
+    Command("info", "describe an OCR instance", "cli.ocr_commands", "add_info_arguments", "run_info"),
+    Command("status", "services, instances and their health, from etcd", "cli.status_command"),
+    Command("config", "get or set live settings kept in etcd", "cli.config_command"),
     Command("eval", "measure OCR accuracy (CER) on a labelled manifest", "bench.eval"),
     Command("up", "run the whole mesh locally and print its URLs", "deploy.supervisor"),
-    Command("account", "register, log in (print an access token) or check a token", "mesh.account_commands"),
+    Command("account", "register, log in (print an access token) or check a token", "cli.account_commands"),
 ]
 BENCH = [
     Command("engine", "measure the raw in-process engine ceiling", "bench.engine_ceiling"),
