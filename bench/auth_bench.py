@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import platform
-import signal
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from rich.console import Console
 from auth_svc import keys
 from auth_svc.store import UserRecord
 from auth_svc.tokens import TokenSettings, issue_access_token
+from deploy.service_process import ServiceProcess, running_async
 from mesh import __version__, balancer
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier
@@ -87,30 +87,16 @@ def bcrypt_rate(hashed: bytes, threads: int, seconds: float) -> dict[str, float]
 @contextlib.asynccontextmanager
 async def auth_service(workdir: Path, cost: int) -> AsyncIterator[str]:
     """An `ocrmesh serve auth` process on a fresh SQLite file; yields its address."""
-    ready = workdir / "auth-ready.json"
-    log_path = workdir / "auth.log"
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", "serve", "auth", "--port", "0", "--metrics-port", "-1",
-            "--db", f"sqlite+aiosqlite:///{workdir / 'auth.db'}", "--bcrypt-cost", str(cost),
-            "--ready-file", str(ready), "--log-level", "warning",
-            cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if proc.returncode is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the auth service did not start:\n{log_path.read_text()[-2000:]}")
-            await asyncio.sleep(0.1)
-        yield str(json.loads(ready.read_text())["address"])
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+    argv = [
+        "serve", "auth", "--port", "0", "--metrics-port", "-1",
+        "--db", f"sqlite+aiosqlite:///{workdir / 'auth.db'}", "--bcrypt-cost", str(cost),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    child = ServiceProcess(
+        "the auth service", argv, workdir / "auth-ready.json", workdir / "auth.log", cwd=ROOT
+    )
+    async with running_async(child, timeout_s=60, grace_s=20):
+        yield str(child.info["address"])
 
 
 @dataclass

@@ -26,6 +26,7 @@ from bench.durations import parse_duration
 from bench.engine_ceiling import EngineBench
 from bench.loadgen import LoadOptions, run_load
 from bench.process_rss import RssSampler
+from deploy.service_process import ServiceProcess, running
 from mesh import __version__
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
@@ -41,46 +42,18 @@ class Service:
 @contextlib.contextmanager
 def ocr_service(workdir: Path, *args: str) -> Iterator[Service]:
     """A real `ocrmesh serve ocr` subprocess on a free loopback port."""
-    ready = workdir / f"ready-{time.monotonic_ns()}.json"
-    log = (workdir / "service.log").open("ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "serve",
-            "ocr",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--ready-file",
-            str(ready),
-            "--log-level",
-            "warning",
-            *args,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    argv = ["serve", "ocr", "--port", "0", "--metrics-port", "-1", "--log-level", "warning", *args]
+    service = ServiceProcess(
+        "the OCR service", argv, workdir / f"ready-{time.monotonic_ns()}.json", workdir / "service.log"
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the OCR service did not start; see {workdir / 'service.log'}")
-            time.sleep(0.1)
-        yield Service(proc, json.loads(ready.read_text())["address"])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with running(service, timeout_s=300, grace_s=60):
+        assert service.proc is not None
+        yield Service(service.proc, service.info["address"])
 
 
 def _recognize_request(image: Path) -> bytes:
-    return ocr_pb2.RecognizeRequest(image=image.read_bytes(), filename=image.name).SerializeToString()
+    request = ocr_pb2.RecognizeRequest(image=image.read_bytes(), filename=image.name)
+    return bytes(request.SerializeToString())
 
 
 async def _load(

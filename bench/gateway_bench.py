@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from ocrmesh.ocr.v1 import ocr_pb2
 from rich.console import Console
 
 from bench.loadgen import LoadOptions, run_load
+from deploy.service_process import ServiceProcess, running_async
 from etcd.launcher import EtcdProcess
 from mesh import balancer
 from mesh.processes import free_port
@@ -44,40 +43,14 @@ DEFAULT_IMAGE = ROOT.parent / "shared" / "ocr-corpus" / "real" / "rapidocr_ch_en
 PATHS = ("direct", "gateway")
 
 
-def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli", *argv],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
 @contextlib.asynccontextmanager
 async def service(
     workdir: Path, name: str, argv: list[str], timeout_s: float = 300
 ) -> AsyncIterator[dict[str, Any]]:
     """`ocrmesh ARGV --ready-file F` as a subprocess; yields its ready file; SIGTERM at the end."""
-    ready = workdir / f"{name}-ready.json"
-    log_path = workdir / f"{name}.log"
-    proc = _spawn([*argv, "--ready-file", str(ready)], log_path)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
-            await asyncio.sleep(0.1)
-        yield json.loads(ready.read_text())
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    child = ServiceProcess(name, argv, workdir / f"{name}-ready.json", workdir / f"{name}.log", cwd=ROOT)
+    async with running_async(child, timeout_s):
+        yield child.info
 
 
 async def login(target: str) -> str:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import signal
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,8 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from deploy.service_process import ServiceProcess
 from etcd.launcher import EtcdProcess
-from mesh.processes import kill_tree
 
 console = Console(stderr=False)
 
@@ -28,75 +25,24 @@ Say = Callable[[str], None]
 
 
 @dataclass
-class Child:
-    """One supervised service process, started from `argv`, ready once it writes `ready_file`."""
+class Child(ServiceProcess):
+    """One supervised service process (a ServiceProcess that `ocrmesh up` restarts when it dies)."""
 
-    name: str
-    argv: list[str]
-    ready_file: Path
-    log_file: Path
-    proc: asyncio.subprocess.Process | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    own_session: bool = True  # `ocrmesh up`: Ctrl-C reaches the supervisor alone (ServiceProcess)
     restarts: int = 0
-    # Its own session (and process group): Ctrl-C in the terminal reaches only the supervisor, which
-    # stops children in order. Benchmarks keep children in their session instead: Linux autogroup
-    # scheduling shares CPU per session, so N children in N sessions would get N shares of a busy box.
-    own_session: bool = True
 
     @property
     def kind(self) -> str:
         """The service this child runs: "ocr", "auth", "gateway" or "bff" (its name without "-N")."""
         return self.name.split("-", 1)[0]
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
-
-    async def start(self, timeout_s: float = 300.0) -> None:
-        self.ready_file.unlink(missing_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_file.open("ab")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=self.own_session,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout_s
-        try:
-            while not self.ready_file.exists():
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_file}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_file}")
-                await asyncio.sleep(0.2)
-        except BaseException:
-            await self.stop(grace_s=5.0)  # never leave a half-started child behind
-            raise
-        self.info = json.loads(self.ready_file.read_text())
-
-    async def stop(self, grace_s: float = 30.0) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace_s)
-        except TimeoutError:
-            if self.own_session:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                kill_tree(proc.pid)
-            await proc.wait()
+    async def start_ready(self, timeout_s: float = 300.0) -> None:
+        """Start it and wait until it is ready (stopped again if it is not); NotReadyError says why."""
+        await self.start_async(timeout_s)
 
 
 def _serve_argv(service: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", "serve", service, *args]
+    return ["serve", service, *args]
 
 
 def ocr_child(
@@ -119,7 +65,6 @@ def ocr_child(
         "--instance-id", name,
         "--workers", str(workers),
         "--etcd", etcd,
-        "--ready-file", str(ready),
     )  # fmt: skip
     if device:
         argv += ["--device", device]
@@ -141,7 +86,6 @@ def auth_child(index: int, etcd: str, host: str, port: int, data_dir: Path) -> C
         "--instance-id", name,
         "--etcd", etcd,
         "--db", db,
-        "--ready-file", str(ready),
     )  # fmt: skip
     return Child(name, argv, ready, data_dir / "logs" / f"{name}.log")
 
@@ -156,7 +100,6 @@ def gateway_child(etcd: str, host: str, port: int, admin_port: int, xds_port: in
         "--port", str(port),
         "--admin-port", str(admin_port),
         "--xds-port", str(xds_port),
-        "--ready-file", str(ready),
     )  # fmt: skip
     return Child("gateway", argv, ready, data_dir / "logs" / "gateway.log")
 
@@ -164,9 +107,7 @@ def gateway_child(etcd: str, host: str, port: int, admin_port: int, xds_port: in
 def bff_child(etcd: str, host: str, port: int, data_dir: Path) -> Child:
     """The web backend-for-frontend (`ocrmesh serve bff`); ready JSON has address and url."""
     ready = data_dir / "run" / "bff.json"
-    argv = _serve_argv(
-        "bff", "--etcd", etcd, "--host", host, "--port", str(port), "--ready-file", str(ready)
-    )  # fmt: skip
+    argv = _serve_argv("bff", "--etcd", etcd, "--host", host, "--port", str(port))
     return Child("bff", argv, ready, data_dir / "logs" / "bff.log")
 
 
@@ -279,7 +220,7 @@ class LocalMesh:
                 self.say(f"note: {note}")
             for child in self.planned:
                 self.say(f"starting {child.name} ({_what_it_does(child)}) ...")
-                await child.start(self.start_timeout_s)
+                await child.start_ready(self.start_timeout_s)
                 self.started.append(child)
         except BaseException:
             await self.stop()
@@ -293,7 +234,7 @@ class LocalMesh:
 
     async def stop(self) -> None:
         for child in reversed(self.started):
-            await child.stop()
+            await child.stop_async()
         self.started.clear()
         await self.etcd.stop()
 
@@ -375,13 +316,14 @@ async def supervise(children: list[Child], stop: asyncio.Event, say: Say) -> Non
     """Restart any child that dies, with capped backoff, until `stop` is set."""
     while not stop.is_set():
         for child in children:
-            if child.proc is not None and child.proc.returncode is not None and not stop.is_set():
+            code = child.returncode
+            if code is not None and not stop.is_set():
                 delay = min(30.0, 2.0 ** min(child.restarts, 5))
-                say(f"[yellow]{child.name} exited ({child.proc.returncode}); restarting in {delay:.0f}s[/]")
+                say(f"[yellow]{child.name} exited ({code}); restarting in {delay:.0f}s[/]")
                 await asyncio.sleep(delay)
                 child.restarts += 1
                 try:
-                    await child.start()
+                    await child.start_ready()
                     say(f"[green]{child.name} is back on {child.info.get('address')}[/]")
                 except RuntimeError as exc:
                     say(f"[red]{exc}[/]")

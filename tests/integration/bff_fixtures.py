@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +16,8 @@ import httpx
 
 from tests.integration.auth_fixtures import AuthProcess, start_auth
 from tests.integration.etcd_fixtures import make_etcd
-from tests.integration.ocr_fixtures import ROOT, OcrProcess, start_ocr, stop
+from tests.integration.ocr_fixtures import OcrProcess, start_ocr
+from tests.integration.service_process import start_command, stop
 
 T = TypeVar("T")
 
@@ -57,30 +54,10 @@ class BffProcess:
 
 def start_bff(tmp: Path, etcd: str, *args: str, timeout_s: float = 90.0) -> BffProcess:
     """Start `ocrmesh serve bff --port 0` and wait for its ready file."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    stamp = time.monotonic_ns()
-    ready = tmp / f"bff-ready-{stamp}.json"
-    log_path = tmp / f"bff-{stamp}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "cli", "serve", "bff", "--etcd", etcd, "--port", "0"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*command, "--ready-file", str(ready), *args],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready.exists():
-            info = json.loads(ready.read_text())
-            return BffProcess(proc, info["url"], info, log_path)
-        if proc.poll() is not None:
-            raise RuntimeError(f"bff exited with {proc.returncode}:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    stop(proc)
-    raise TimeoutError(f"bff not ready in {timeout_s}s:\n{log_path.read_text()}")
+    proc, info, log_path = start_command(
+        tmp, "bff", ["serve", "bff", "--etcd", etcd, "--port", "0"], args, timeout_s=timeout_s
+    )
+    return BffProcess(proc, info["url"], info, log_path)
 
 
 @dataclass
