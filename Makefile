@@ -37,11 +37,12 @@ browser: ## make sure chromium (and a CJK font) is there for the browser tests; 
 		echo "!!! Install it with: sudo apt-get install -y chromium fonts-wqy-microhei"; \
 	fi
 
-test: $(STAMP) browser ## lint the contracts and code, then run the test suite (slow chaos tests excluded)
+test: $(STAMP) browser ## lint the contracts, code, layering and types, then run the test suite (slow chaos tests excluded)
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -m "not slow"
 
 test-slow: $(STAMP) ## run only the slow chaos/soak tests
@@ -53,11 +54,12 @@ test-all: $(STAMP) ## run every test
 protos: $(STAMP) ## regenerate the Python stubs in protos/gen from protos/*.proto
 	$(PY) protos/generate.py
 
-lint: $(STAMP) ## buf lint, ruff and mypy
+lint: $(STAMP) ## buf lint, ruff, the import layering and mypy (what make test checks before the tests)
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy mesh ocr_svc bench
+	$(VENV)/bin/mypy
 
 bench: $(STAMP) ## the foundation benchmark: engine ceiling vs service, overload, large images
 	$(VENV)/bin/ocrmesh bench foundation

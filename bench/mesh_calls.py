@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
+from bench.loadgen import CallFactory, LoadOptions, UnaryBytesCall
 from mesh.mesh_client import MeshClient, split_targets
 
 
@@ -29,19 +30,16 @@ class BytesCall:
         )
 
 
-class _ConnectOptions(Protocol):
-    @property
-    def connect_timeout_s(self) -> float: ...
-
-
 def mesh_call_factory(
     etcd: str | Sequence[str] | None, service: str = "ocr", **client_kwargs: Any
-) -> Callable[[str, str, _ConnectOptions], contextlib.AbstractAsyncContextManager[Sequence[BytesCall]]]:
+) -> CallFactory:
     """A bench/loadgen CallFactory that balances: over `service` in etcd, or, with `etcd` None,
     over the comma-separated addresses given as the load's target."""
 
     @contextlib.asynccontextmanager
-    async def calls(target: str, method: str, options: _ConnectOptions) -> AsyncIterator[Sequence[BytesCall]]:
+    async def calls(
+        target: str, method: str, options: LoadOptions
+    ) -> AsyncIterator[Sequence[UnaryBytesCall]]:
         if etcd:
             client = MeshClient.from_etcd(etcd, service, **client_kwargs)
         else:

@@ -112,13 +112,13 @@ class EndpointChannels:
         self, address: str, method: str, serializer: Serializer = None, deserializer: Deserializer = None
     ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         """A cached unary callable for `method` on `address`'s channel."""
-        return self._callable(address, "unary_unary", method, serializer, deserializer)  # type: ignore[no-any-return]
+        return self._callable(address, "unary_unary", method, serializer, deserializer)
 
     def stream_unary(
         self, address: str, method: str, serializer: Serializer = None, deserializer: Deserializer = None
     ) -> grpc.aio.StreamUnaryMultiCallable[Any, Any]:
         """A cached client-streaming callable for `method` on `address`'s channel."""
-        return self._callable(address, "stream_unary", method, serializer, deserializer)  # type: ignore[no-any-return]
+        return self._callable(address, "stream_unary", method, serializer, deserializer)
 
     def _callable(
         self, address: str, kind: str, method: str, serializer: Serializer, deserializer: Deserializer

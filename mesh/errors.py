@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -35,7 +36,7 @@ class RichError(Exception):
 
     @property
     def message(self) -> str:
-        return self.status.message
+        return str(self.status.message)
 
 
 def code_from_int(value: int) -> grpc.StatusCode:
@@ -51,7 +52,7 @@ def _pack(*details: object) -> list[any_pb2.Any]:
         if detail is None:
             continue
         holder = any_pb2.Any()
-        holder.Pack(detail)  # type: ignore[arg-type]
+        holder.Pack(detail)
         packed.append(holder)
     return packed
 
@@ -109,18 +110,18 @@ def to_grpc_status(error: RichError) -> grpc.Status:
     return rpc_status.to_status(error.status)
 
 
-async def abort(context: grpc.aio.ServicerContext, error: RichError) -> None:  # type: ignore[type-arg]
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: RichError) -> None:
     """Send `error` with its details and end the RPC."""
     await context.abort_with_status(to_grpc_status(error))
 
 
 def from_call_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status:
     """The rich status of a failed call; a plain status when the server sent no details."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     if status is not None:
         return status
-    code = error.code()  # type: ignore[union-attr]
-    return status_pb2.Status(code=code.value[0], message=error.details() or "")  # type: ignore[union-attr]
+    code = error.code()
+    return status_pb2.Status(code=code.value[0], message=error.details() or "")
 
 
 def retry_delay_s(status: status_pb2.Status) -> float | None:
@@ -129,7 +130,7 @@ def retry_delay_s(status: status_pb2.Status) -> float | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
+            return float(info.retry_delay.ToNanoseconds()) / 1e9
     return None
 
 
@@ -150,7 +151,7 @@ def error_reason(status: status_pb2.Status) -> str:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
+            return str(info.reason)
     return ""
 
 

@@ -38,7 +38,7 @@ def _code_name(context: Any, error: BaseException | None) -> str:
     return str(code.name) if hasattr(code, "name") else str(code)
 
 
-class AccessLogInterceptor(grpc.aio.ServerInterceptor):
+class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Sets the request id for the call's logs and logs method, status and duration at the end."""
 
     async def intercept_service(

@@ -64,7 +64,9 @@ async def read_registry(etcd: str, timeout: float = 3.0) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.service, i.id))
 
 
-async def probe(instance: Instance, timeout: float, metadata: credentials.Metadata = ()) -> InstanceView:
+async def probe(
+    instance: Instance, timeout: float, metadata: credentials.Metadata | None = None
+) -> InstanceView:
     """Health check plus, for OCR instances, GetInfo."""
     view = InstanceView(
         service=instance.service,
@@ -111,7 +113,7 @@ async def probe(instance: Instance, timeout: float, metadata: credentials.Metada
     return view
 
 
-async def collect(etcd: str, timeout: float, metadata: credentials.Metadata = ()) -> dict[str, Any]:
+async def collect(etcd: str, timeout: float, metadata: credentials.Metadata | None = None) -> dict[str, Any]:
     """The registry, every instance probed at once, and the xDS clients, as one JSON-able dict."""
     instances = await read_registry(etcd, timeout)
     views = await asyncio.gather(*(probe(i, timeout, metadata) for i in instances))

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import grpc
 from google.rpc import status_pb2
@@ -17,7 +18,7 @@ from mesh.picking import PREDICTED_WAIT_TRAILER
 from ocr_svc.engine import JobOptions
 from ocr_svc.recognizer import Recognition, Recognizer
 
-Context = grpc.aio.ServicerContext  # type: ignore[type-arg]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def to_result(rec: Recognition, facts: InstanceFacts) -> ocr_pb2.OcrResult:
     )
 
 
-class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
+class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
     """gRPC face of a Recognizer."""
 
     def __init__(self, recognizer: Recognizer, facts: InstanceFacts) -> None:

@@ -21,7 +21,15 @@ from tests.integration.bff_fixtures import Mesh, running_mesh
 if not chromium.available():
     pytest.skip(chromium.MISSING, allow_module_level=True)
 
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
 
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
 TRUNCATED = CORPUS / "bad" / "truncated.jpg"
@@ -31,8 +39,8 @@ OCR_ID = "ocr-ui"
 RESULT_TIMEOUT_MS = 90_000
 SHOTS = Path(__file__).resolve().parents[2] / "web_bff" / "screenshots"
 MAX_SHOT_BYTES = 200 * 1024
-DESKTOP = {"width": 1200, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1200, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,7 @@ def screenshot(page: Page, folder: Path, name: str) -> None:
     assert size < MAX_SHOT_BYTES, f"{name}.png is {size} bytes"
 
 
-def new_page(browser: Browser, mesh: Mesh, locale: str = "en-US", viewport: dict[str, int] = DESKTOP) -> Page:
+def new_page(browser: Browser, mesh: Mesh, locale: str = "en-US", viewport: ViewportSize = DESKTOP) -> Page:
     context: BrowserContext = browser.new_context(locale=locale, viewport=viewport)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=mesh.url.rstrip("/"))
     context.set_default_timeout(30_000)

@@ -21,7 +21,9 @@ class RecordingOcr(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
     def __init__(self) -> None:
         self.seen: list[str] = []
 
-    async def GetInfo(self, request: Any, context: grpc.aio.ServicerContext) -> ocr_pb2.GetInfoResponse:  # type: ignore[type-arg]
+    async def GetInfo(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ocr_pb2.GetInfoResponse:
         self.seen.append(dict(context.invocation_metadata() or ()).get("authorization", ""))
         return ocr_pb2.GetInfoResponse(instance_id="recording")
 

@@ -80,4 +80,4 @@ async def test_key_rotation_in_etcd_reaches_envoy(
 
 
 async def _is(got: object, want: grpc.StatusCode) -> bool:
-    return await got == want  # type: ignore[misc]
+    return bool(await got == want)  # type: ignore[misc]

@@ -87,7 +87,7 @@ async def test_nacked_snapshot_keeps_the_last_good_version_and_traffic(
 
             # Publish a snapshot whose ocr cluster Envoy must reject.
             clusters = dict(good.of(rs.CLUSTER))
-            clusters["ocr"] = bad_cluster(clusters["ocr"])  # type: ignore[arg-type]
+            clusters["ocr"] = bad_cluster(clusters["ocr"])
             bad = good.with_resources(rs.CLUSTER, clusters)
             assert bad.problems() == []  # consistent: only Envoy can tell it is wrong
             assert cache.set_snapshot(group, bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -62,7 +63,7 @@ async def test_source_follows_rotation_and_keeps_the_last_good_keys(
         for bad in (b"not json", b'{"keys": []}', b'{"keys": "x"}'):
             rejected = source.rejected
             await etcd_client.put(JWKS_KEY.encode(), bad)
-            await eventually(lambda r=rejected: _async(source.rejected > r), timeout=2.0)
+            await eventually(functools.partial(_rejected_more_than, source, rejected), timeout=2.0)
         await etcd_client.delete(JWKS_KEY.encode())
         await eventually(lambda: _async("no JWKS" in source.last_error), timeout=2.0)
         assert source.kids == {first.kid, second.kid}
@@ -186,3 +187,7 @@ async def test_interceptor_answers_unavailable_until_the_first_jwks(
 
 async def _drain(call: Any) -> list[Any]:
     return [item async for item in call]
+
+
+async def _rejected_more_than(source: JwksSource, count: int) -> bool:
+    return source.rejected > count

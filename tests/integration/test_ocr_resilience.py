@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -23,9 +25,10 @@ from tests.corpus import CORPUS
 from tests.integration.ocr_fixtures import ROOT, running_ocr, stop
 
 PHOTO = (CORPUS / "real" / "rapidocr_ch_en_num.jpg").read_bytes()
+T = TypeVar("T")
 
 
-async def _timed(coro):  # type: ignore[no-untyped-def]
+async def _timed(coro: Awaitable[T]) -> tuple[T | grpc.aio.AioRpcError, float]:
     started = time.monotonic()
     try:
         return await coro, time.monotonic() - started

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -133,7 +133,7 @@ async def test_large_image_streams_in_chunks(service: OcrProcess) -> None:
     async with balancer.direct_channel(service.address) as channel:
         stub = ocr_pb2_grpc.OcrServiceStub(channel)
 
-        async def parts():  # type: ignore[no-untyped-def]
+        async def parts() -> AsyncIterator[ocr_pb2.RecognizeStreamRequest]:
             yield ocr_pb2.RecognizeStreamRequest(
                 header=ocr_pb2.RecognizeStreamHeader(filename=large.name, total_bytes=len(data))
             )
@@ -149,7 +149,7 @@ async def test_stream_rejects_oversize_upload_early(service: OcrProcess) -> None
     async with balancer.direct_channel(service.address) as channel:
         stub = ocr_pb2_grpc.OcrServiceStub(channel)
 
-        async def parts():  # type: ignore[no-untyped-def]
+        async def parts() -> AsyncIterator[ocr_pb2.RecognizeStreamRequest]:
             yield ocr_pb2.RecognizeStreamRequest(header=ocr_pb2.RecognizeStreamHeader(total_bytes=10**9))
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -165,7 +165,7 @@ async def test_batch_returns_a_status_per_item(service: OcrProcess) -> None:
         ocr_pb2.RecognizeBatchRequest(item_id="gray", image=(BAD / "grayscale_text.png").read_bytes()),
     ]
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[ocr_pb2.RecognizeBatchRequest]:
         for item in items:
             yield item
 

@@ -11,7 +11,7 @@ from deploy.supervisor import LocalMesh, MeshPorts
 
 
 def _alive(pid: int) -> bool:
-    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    return bool(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
 
 
 async def test_local_mesh_on_free_ports_starts_ready_and_stops_every_process(tmp_path: Path) -> None:

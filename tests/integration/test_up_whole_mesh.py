@@ -27,7 +27,8 @@ PARTS = ("auth-1", "ocr-1", "ocr-2", "gateway", "bff")
 
 def _ready(run_dir: Path, name: str) -> dict[str, object] | None:
     try:
-        return json.loads((run_dir / f"{name}.json").read_text())
+        found: dict[str, object] = json.loads((run_dir / f"{name}.json").read_text())
+        return found
     except (OSError, ValueError):
         return None
 
@@ -43,7 +44,7 @@ def _tree(pid: int) -> set[int]:
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

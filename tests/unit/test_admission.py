@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import random
 
@@ -84,10 +85,10 @@ def test_retry_hint_is_bounded() -> None:
 
 def test_memory_bound_counts_bytes_and_pixels_but_always_lets_one_wait() -> None:
     policy = AdmissionPolicy(max_queued_bytes=100, max_queued_pixels=1000)
-    fits = {"held_bytes": 60, "held_pixels": 500, "policy": policy}
-    assert fits_memory(size=40, pixels=500, queued=3, **fits)
-    assert not fits_memory(size=41, pixels=10, queued=3, **fits)
-    assert not fits_memory(size=1, pixels=501, queued=3, **fits)
+    fits = functools.partial(fits_memory, held_bytes=60, held_pixels=500, policy=policy)
+    assert fits(size=40, pixels=500, queued=3)
+    assert not fits(size=41, pixels=10, queued=3)
+    assert not fits(size=1, pixels=501, queued=3)
     assert fits_memory(held_bytes=0, held_pixels=0, size=10**9, pixels=10**9, queued=0, policy=policy)
 
 

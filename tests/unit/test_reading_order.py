@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def shuffled(boxes: dict[str, list[float]], seed: int = 3) -> dict[str, list[flo
 
 def column(
     name: str, x0: float, x1: float, top: float, rows: int, pitch: float = 40, thick: float = 30
-) -> dict:
+) -> dict[str, Any]:
     return {f"{name}{i}": rect(x0, top + i * pitch, x1, top + i * pitch + thick) for i in range(rows)}
 
 

@@ -47,7 +47,7 @@ class Stream:
             yield item
 
     async def send(self, type_url: str, **fields: object) -> None:
-        await self.outbox.put(discovery_pb2.DiscoveryRequest(type_url=type_url, **fields))  # type: ignore[arg-type]
+        await self.outbox.put(discovery_pb2.DiscoveryRequest(type_url=type_url, **fields))
 
     async def recv(self, timeout: float = 5.0) -> discovery_pb2.DiscoveryResponse:
         item = await asyncio.wait_for(self.inbox.get(), timeout)

@@ -62,7 +62,7 @@ def test_jwks_rotation_changes_only_the_listener() -> None:
 
 
 def _jwt(snap_listener: object) -> jwt_pb2.JwtAuthentication:
-    hcm = rs.hcm_of(snap_listener)  # type: ignore[arg-type]
+    hcm = rs.hcm_of(snap_listener)
     assert hcm is not None
     config = jwt_pb2.JwtAuthentication()
     [jwt] = [f for f in hcm.http_filters if f.name == "envoy.filters.http.jwt_authn"]
