@@ -67,7 +67,7 @@ examples:
   {PROG}        the default: --ocr 1,2 --auth 1 --concurrency 1,4,16,64 --path direct,gateway
   {PROG} --ocr 1,2 --auth 1,2 --concurrency 1,2,4,8,16,32,64 --duration 20s --path direct,gateway,bff
   {PROG} --mix login=1,ocr=9 --ocr 2 --concurrency 4,16
-  {PROG} --report-only --out bench/results/sweep-2026-11-25     rebuild the report from recorded cells
+  {PROG} --report-only --out docs/benchmarks/sweep-2026-11-25     rebuild the report from recorded cells
 
 Each mesh (OCR x auth instances) is started once on free loopback ports (a running `make up` is
 not touched), every cell on it is warmed up and measured, then the mesh is stopped. Cells already
@@ -385,7 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=None,
-        help="results folder (default bench/results/sweep-DATE); cells recorded there are skipped",
+        help="results folder (default docs/benchmarks/sweep-DATE); cells recorded there are skipped",
     )
     parser.add_argument(
         "--data-dir",
@@ -410,7 +410,7 @@ def config_from(ns: argparse.Namespace, argv: Sequence[str] | None = None) -> Sw
     auth = parse_counts(ns.auth, "--auth", minimum=0)
     if mix.get("login") and 0 in auth:
         raise PlanError("--mix with logins needs auth instances: drop 0 from --auth")
-    out = ns.out or ROOT / "bench" / "results" / f"sweep-{dt.date.today().isoformat()}"
+    out = ns.out or ROOT / "docs" / "benchmarks" / f"sweep-{dt.date.today().isoformat()}"
     args = list(sys.argv[1:] if argv is None else argv)
     return SweepConfig(
         ocr=parse_counts(ns.ocr, "--ocr"),

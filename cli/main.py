@@ -39,22 +39,30 @@ TOP = [
     Command("info", "describe an OCR instance", "cli.ocr_commands", "add_info_arguments", "run_info"),
     Command("status", "services, instances and their health, from etcd", "cli.status_command"),
     Command("config", "get or set live settings kept in etcd", "cli.config_command"),
-    Command("eval", "measure OCR accuracy (CER) on a labelled manifest", "bench.eval"),
+    Command("eval", "measure OCR accuracy (CER) on a labelled manifest", "bench.studies.eval"),
     Command("up", "run the whole mesh locally and print its URLs", "deploy.supervisor"),
     Command("account", "register, log in (print an access token) or check a token", "cli.account_commands"),
 ]
 BENCH = [
-    Command("engine", "measure the raw in-process engine ceiling", "bench.engine_ceiling"),
-    Command("foundation", "engine vs service, overload and large-image runs", "bench.foundation"),
-    Command("auth", "logins/s vs raw bcrypt, token verifications/s", "bench.auth_bench"),
-    Command("balancer", "MeshClient overhead per call vs a direct channel", "bench.balancer_overhead"),
-    Command("layout", "2 OCR instances x 1 worker vs 1 x 2 workers, side by side", "bench.instance_layout"),
-    Command("gateway", "Envoy gateway vs direct: GetInfo p50/p95, OCR throughput", "bench.gateway_bench"),
-    Command("sweep", "instances x concurrency x path matrix on a local mesh, with report", "bench.sweep"),
-    Command("peers", "rapidocr-api vs ocrmesh (gRPC, BFF): same load, side by side", "bench.peers"),
-    Command("bff", "OCR through the web BFF vs direct gRPC, alternating rounds", "bench.bff_bench"),
+    Command("engine", "measure the raw in-process engine ceiling", "bench.studies.engine_ceiling"),
+    Command("foundation", "engine vs service, overload and large-image runs", "bench.studies.foundation"),
+    Command("auth", "logins/s vs raw bcrypt, token verifications/s", "bench.studies.auth_bench"),
     Command(
-        "admission", "one OCR instance: well-behaved vs retry-at-once clients, RSS", "bench.admission_bench"
+        "balancer", "MeshClient overhead per call vs a direct channel", "bench.studies.balancer_overhead"
+    ),
+    Command(
+        "layout", "2 OCR instances x 1 worker vs 1 x 2 workers, side by side", "bench.studies.instance_layout"
+    ),
+    Command(
+        "gateway", "Envoy gateway vs direct: GetInfo p50/p95, OCR throughput", "bench.studies.gateway_bench"
+    ),
+    Command("sweep", "instances x concurrency x path matrix on a local mesh, with report", "bench.sweep"),
+    Command("peers", "rapidocr-api vs ocrmesh (gRPC, BFF): same load, side by side", "bench.studies.peers"),
+    Command("bff", "OCR through the web BFF vs direct gRPC, alternating rounds", "bench.studies.bff_bench"),
+    Command(
+        "admission",
+        "one OCR instance: well-behaved vs retry-at-once clients, RSS",
+        "bench.studies.admission_bench",
     ),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import admission_bench
+from bench.studies import admission_bench
 
 
 def test_admission_bench_runs_both_client_kinds_and_writes_reports(tmp_path: Path) -> None:

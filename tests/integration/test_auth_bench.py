@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import auth_bench
+from bench.studies import auth_bench
 
 
 def test_auth_bench_writes_markdown_and_json(tmp_path: Path) -> None:

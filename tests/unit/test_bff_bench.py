@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.bff_bench import combine, markdown, summary
+from bench.studies.bff_bench import combine, markdown, summary
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "bff-2026-11-25.json"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "bff-2026-11-25.json"
 
 
 def report(ok: int, failed: int, seconds: float) -> dict[str, object]:

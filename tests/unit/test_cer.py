@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bench.cer import bag_counts, join_lines, levenshtein, normalize, score
+from bench.studies.cer import bag_counts, join_lines, levenshtein, normalize, score
 from tests.corpus import CORPUS
 
 

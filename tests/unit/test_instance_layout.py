@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.instance_layout import LAYOUTS, markdown, percentile, pooled
+from bench.studies.instance_layout import LAYOUTS, markdown, percentile, pooled
 
 
 def ghz(ok_latencies_s: list[float], seconds: float, rejected: int = 0) -> dict[str, Any]:

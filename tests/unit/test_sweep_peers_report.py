@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.peers_report import PEER, comparisons, markdown, plot, pooled, verdicts
 from bench.report import CallResult, build_report, go_error
+from bench.studies.peers_report import PEER, comparisons, markdown, plot, pooled, verdicts
 
 SECOND = 1_000_000_000
 

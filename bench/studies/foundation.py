@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import platform
 import statistics
 import subprocess
@@ -23,14 +22,15 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.durations import parse_duration
-from bench.engine_ceiling import EngineBench
 from bench.loadgen import LoadOptions, run_load
 from bench.process_rss import RssSampler
+from bench.report_files import write_report
+from bench.studies.engine_ceiling import EngineBench
 from deploy.service_process import ServiceProcess, running
 from mesh import __version__
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -242,7 +242,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--large", type=Path, default=corpus / "large" / "large_4000x3000.jpg")
     parser.add_argument("-z", "--duration", default="30s", help="length of each run")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results", help="folder for foundation-DATE.json and .md"
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "benchmarks",
+        help="folder for foundation-DATE.json and .md",
     )
 
 
@@ -255,10 +258,8 @@ def run(ns: argparse.Namespace) -> int:
     workdir = ns.out / "raw"
     workdir.mkdir(exist_ok=True)
     results = asyncio.run(run_foundation(ns.image, ns.large, parse_duration(ns.duration), workdir))
-    stamp = dt.date.today().isoformat()
-    (ns.out / f"foundation-{stamp}.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
-    (ns.out / f"foundation-{stamp}.md").write_text(text)
+    _, md_path = write_report(ns.out, f"foundation-{dt.date.today().isoformat()}", results, text)
     table = Table(title="foundation benchmark")
     for col in ("run", "OK/s", "p95 OK s", "other failures", "peak RSS MiB"):
         table.add_column(col)
@@ -274,6 +275,6 @@ def run(ns: argparse.Namespace) -> int:
     Console().print(table)
     print(
         f"engine ceiling {results['engine']['images_per_s']:.2f} img/s; service/engine at -c 4 = "
-        f"{results['ratio_c4_vs_engine']:.3f}; report: {ns.out / f'foundation-{stamp}.md'}"
+        f"{results['ratio_c4_vs_engine']:.3f}; report: {md_path}"
     )
     return 0

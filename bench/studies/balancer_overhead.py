@@ -22,7 +22,8 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from bench.foundation import ocr_service
+from bench.report_files import write_report
+from bench.studies.foundation import ocr_service
 from mesh import __version__, balancer
 from mesh.mesh_client import MeshClient, split_targets
 from mesh.ocr_client import OcrClient
@@ -36,7 +37,7 @@ LABELS = {
     "mesh_all": "MeshClient, all",
 }
 BASELINE = {"mesh_1": "direct", "mesh_all": "direct_rr"}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RoundRobin:
@@ -218,7 +219,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--out",
-        default=str(ROOT / "bench" / "results"),
+        default=str(ROOT / "docs" / "benchmarks"),
         help="folder for balancer-DATE.json and .md ('' to write none)",
     )
 
@@ -236,12 +237,10 @@ def run(ns: argparse.Namespace) -> int:
         print(f"balancer bench: {exc}", file=sys.stderr)
         return 1
     if ns.out:
-        out = Path(ns.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stamp = dt.date.today().isoformat()
-        (out / f"balancer-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / f"balancer-{stamp}.md").write_text(markdown(result))
-        print(f"report: {out / f'balancer-{stamp}.md'}", file=sys.stderr)
+        _, md_path = write_report(
+            Path(ns.out), f"balancer-{dt.date.today().isoformat()}", result, markdown(result)
+        )
+        print(f"report: {md_path}", file=sys.stderr)
     if ns.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -270,7 +269,7 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.balancer_overhead", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.balancer_overhead", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args())
 

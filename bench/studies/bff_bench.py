@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
@@ -20,12 +19,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench.http_load import HttpLoad, Send, run_http_load
-from bench.sweep_paths import CALL_TIMEOUT_S, Account, bearer_metadata, new_accounts, register, run_path_load
+from bench.report_files import write_report
+from bench.sweep_paths import (
+    CALL_TIMEOUT_S,
+    Account,
+    bearer_metadata,
+    new_accounts,
+    register,
+    run_path_load,
+)
 from bench.web_session import CSRF_HEADER, bff_login, bff_ocr_sender
 from deploy.supervisor import LocalMesh, MeshPorts
 
 PATHS = ("direct", "bff")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = ROOT.parent / "shared" / "ocr-corpus" / "real" / "rapidocr_ch_en_num.jpg"
 GOAL = 0.9
 
@@ -274,7 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=None,
-        help="write OUT.json and OUT.md (e.g. bench/results/bff-2026-11-25); default: print only",
+        help="write OUT.json and OUT.md (e.g. docs/benchmarks/bff-2026-11-25); default: print only",
     )
 
 
@@ -309,9 +316,7 @@ def run(ns: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"ratio BFF/direct: median {results['ratio_median']}, overall {results['ratio_overall']}")
     if opts.out is not None:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        opts.out.with_suffix(".md").write_text(text)
+        write_report(opts.out.parent, opts.out.name, results, text)
         console.print(f"wrote {opts.out.with_suffix('.md')} and .json")
     return 0
 

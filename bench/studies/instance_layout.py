@@ -22,16 +22,17 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.durations import parse_duration
-from bench.foundation import Service, ocr_service
 from bench.loadgen import LoadOptions, run_load
 from bench.mesh_calls import mesh_call_factory
+from bench.report_files import write_report
+from bench.studies.foundation import Service, ocr_service
 from etcd.launcher import EtcdError, EtcdProcess
 from mesh import __version__
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
 NEAR_EQUAL = 0.10
 """Throughput ratios within this of 1.0 count as equal (run-to-run noise on a shared 2-core box)."""
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 console = Console(stderr=True)
 
 
@@ -65,7 +66,7 @@ async def running(layouts: Sequence[Layout], workdir: Path) -> AsyncIterator[lis
     """Every layout up at once, each with its own etcd (so each client sees only its layout's
     instances; the idle layout's workers wait on an empty queue and take no CPU).
 
-    The OCR processes stay in this process's session (bench.foundation.ocr_service), not one
+    The OCR processes stay in this process's session (bench.studies.foundation.ocr_service), not one
     session each as `ocrmesh up` starts them: with Linux's autogroup scheduling CPU is shared
     per session, so on a busy machine two instances in two sessions would get twice the share
     of one instance, and the comparison would measure the scheduler, not the layout.
@@ -262,7 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-z", "--duration", default="20s", help="length of each run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (layouts alternate within each)")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results", help="folder for layout-DATE.json and .md"
+        "--out", type=Path, default=ROOT / "docs" / "benchmarks", help="folder for layout-DATE.json and .md"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON too")
 
@@ -286,10 +287,7 @@ def run(ns: argparse.Namespace) -> int:
     except (RuntimeError, EtcdError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
-    ns.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.date.today().isoformat()
-    (ns.out / f"layout-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (ns.out / f"layout-{stamp}.md").write_text(markdown(result))
+    _, md_path = write_report(ns.out, f"layout-{dt.date.today().isoformat()}", result, markdown(result))
     table = Table(title="OCR instance layout (pooled over rounds)")
     for column in ("-c", "layout", "OK/s", "p50 s", "p95 s", "status codes"):
         table.add_column(column)
@@ -317,12 +315,12 @@ def run(ns: argparse.Namespace) -> int:
     Console().print(table)
     if ns.json:
         print(json.dumps(result, indent=2))
-    print(f"report: {ns.out / f'layout-{stamp}.md'}")
+    print(f"report: {md_path}")
     return 0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.instance_layout", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.instance_layout", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args())
 

@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import importlib.metadata
 import itertools
-import json
 import os
 import platform
 import statistics
@@ -29,12 +28,13 @@ from rich.console import Console
 from auth_svc import keys
 from auth_svc.store import UserRecord
 from auth_svc.tokens import TokenSettings, issue_access_token
+from bench.report_files import write_report
 from deploy.service_process import ServiceProcess, running_async
 from mesh import __version__, balancer
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "bench password 123"
 LOGIN_TIMEOUT_S = 60.0
 VERIFY_TARGET_PER_CORE = 5000.0
@@ -390,7 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load this auth service instead of starting one (its bcrypt cost applies)",
     )
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results", help="folder for auth-DATE.json and .md"
+        "--out", type=Path, default=ROOT / "docs" / "benchmarks", help="folder for auth-DATE.json and .md"
     )
 
 
@@ -418,11 +418,9 @@ def run(ns: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"ocrmesh bench auth: {exc}", file=sys.stderr)
         return 1
-    ns.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.date.today().isoformat()
-    json_path, md_path = ns.out / f"auth-{stamp}.json", ns.out / f"auth-{stamp}.md"
-    json_path.write_text(json.dumps(results, indent=2))
-    md_path.write_text(markdown(results))
+    json_path, md_path = write_report(
+        ns.out, f"auth-{dt.date.today().isoformat()}", results, markdown(results)
+    )
     print(markdown(results))
     print(f"wrote {md_path} and {json_path}")
     return 0

@@ -30,13 +30,14 @@ from ocrmesh.ocr.v1 import ocr_pb2
 from rich.console import Console
 
 from bench.loadgen import LoadOptions, run_load
+from bench.report_files import write_report
 from deploy.service_process import ServiceProcess, running_async
 from etcd.launcher import EtcdProcess
 from mesh import balancer
 from mesh.processes import free_port
 from mesh.registry import instance_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GET_INFO = "ocrmesh.ocr.v1.OcrService.GetInfo"
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
 DEFAULT_IMAGE = ROOT.parent / "shared" / "ocr-corpus" / "real" / "rapidocr_ch_en_num.jpg"
@@ -284,7 +285,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ocr-rounds", type=int, default=3, help="Recognize rounds (alternating paths)")
     parser.add_argument("--registrations", type=int, default=10, help="registration-delay samples")
     parser.add_argument(
-        "--out", type=Path, default=None, help="write OUT.json and OUT.md (e.g. bench/results/gateway-DATE)"
+        "--out", type=Path, default=None, help="write OUT.json and OUT.md (e.g. docs/benchmarks/gateway-DATE)"
     )
 
 
@@ -304,9 +305,7 @@ def run(ns: argparse.Namespace) -> int:
             return 1
     text = markdown(result)
     if ns.out is not None:
-        ns.out.parent.mkdir(parents=True, exist_ok=True)
-        ns.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        ns.out.with_suffix(".md").write_text(text)
+        write_report(ns.out.parent, ns.out.name, result, text)
         console.print(f"wrote {ns.out.with_suffix('.md')} and .json")
     print(text)
     return 0

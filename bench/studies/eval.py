@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.cer import Score, score
+from bench.report_files import table
+from bench.studies.cer import Score, score
 
 OURS = "ours"
 RAW = "raw"
@@ -405,12 +406,6 @@ def language_rows(summaries: dict[str, dict[str, Any]]) -> tuple[list[str], list
     return header, rows
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def markdown_report(report: dict[str, Any], results: dict[str, list[ImageResult]]) -> str:
     """The whole report as markdown: setup, summary, per language, comparison, per image."""
     summaries: dict[str, dict[str, Any]] = report["summary"]
@@ -431,11 +426,11 @@ def markdown_report(report: dict[str, Any], results: dict[str, list[ImageResult]
         "",
         "## Summary",
         "",
-        markdown_table(*summary_rows(summaries)),
+        table(*summary_rows(summaries)),
         "",
         "## By language",
         "",
-        markdown_table(*language_rows(summaries)),
+        table(*language_rows(summaries)),
         "",
     ]
     comparison = report.get("comparison")
@@ -455,7 +450,7 @@ def markdown_report(report: dict[str, Any], results: dict[str, list[ImageResult]
             ),
             "",
         ]
-    out += ["## Per image", "", markdown_table(*per_image_rows(results)), ""]
+    out += ["## Per image", "", table(*per_image_rows(results)), ""]
     errors = [(name, r) for name, rs in results.items() for r in rs if r.error]
     if errors:
         out += ["## Errors", "", *(f"- {name} `{r.file}`: {r.error}" for name, r in errors), ""]

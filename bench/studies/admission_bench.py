@@ -20,16 +20,17 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.durations import parse_duration
-from bench.foundation import ocr_service
-from bench.instance_layout import percentile
 from bench.loadgen import LoadOptions, run_load
 from bench.machine_facts import cpu_model
 from bench.process_rss import RssSampler
+from bench.report_files import write_report
+from bench.studies.foundation import ocr_service
+from bench.studies.instance_layout import percentile
 from mesh import __version__, balancer
 from mesh.ocr_client import OcrClient
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFUSALS = (
     "rejected_deadline_unreachable",
     "rejected_queue_wait",
@@ -267,7 +268,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds (client kinds alternate within each)")
     parser.add_argument("--workers", type=int, default=0, help="OCR workers (0: one per core)")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results", help="folder for admission-DATE.json and .md"
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "benchmarks",
+        help="folder for admission-DATE.json and .md",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON too")
 
@@ -296,10 +300,7 @@ def run(ns: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
-    ns.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.date.today().isoformat()
-    (ns.out / f"admission-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (ns.out / f"admission-{stamp}.md").write_text(markdown(result))
+    _, md_path = write_report(ns.out, f"admission-{dt.date.today().isoformat()}", result, markdown(result))
     table = Table(title="One OCR instance: well-behaved vs retry-at-once clients")
     for column in ("-c", "client", "calls", "OK/s", "p95 s", "failed", "refused (deadline)", "RSS MiB"):
         table.add_column(column)
@@ -322,5 +323,5 @@ def run(ns: argparse.Namespace) -> int:
     Console().print(table)
     if ns.json:
         print(json.dumps(result, indent=2))
-    print(f"report: {ns.out / f'admission-{stamp}.md'}")
+    print(f"report: {md_path}")
     return 0

@@ -22,9 +22,9 @@ from rich.table import Table
 from bench.durations import parse_duration
 from bench.http_load import HttpLoad, run_http_load
 from bench.machine_facts import machine
-from bench.peer_server import PeerError, PeerServer, find_peer_python, peer_versions, setup_peer
-from bench.peers_report import PEER, comparisons, markdown, plot, pooled, verdicts
 from bench.process_rss import RssSampler
+from bench.studies.peer_server import PeerError, PeerServer, find_peer_python, peer_versions, setup_peer
+from bench.studies.peers_report import PEER, comparisons, markdown, plot, pooled, verdicts
 from bench.sweep import DEFAULT_IMAGE, ROOT, versions
 from bench.sweep_paths import (
     PathUnavailable,
@@ -224,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, help="worker processes per OCR instance (default 1)"
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="results folder (default bench/results/peers-DATE)"
+        "--out", type=Path, default=None, help="results folder (default docs/benchmarks/peers-DATE)"
     )
     parser.add_argument("--data-dir", type=Path, default=Path(".ocrmesh/peers"), help="mesh data and logs")
     parser.add_argument("--peer-python", type=Path, default=None, help="a Python with rapidocr-api installed")
@@ -253,7 +253,7 @@ def _config(ns: argparse.Namespace) -> PeersConfig:
         rounds=ns.rounds,
         targets=targets,
         image=ns.image,
-        out=ns.out or ROOT / "bench" / "results" / f"peers-{dt.date.today().isoformat()}",
+        out=ns.out or ROOT / "docs" / "benchmarks" / f"peers-{dt.date.today().isoformat()}",
         data_dir=ns.data_dir.resolve(),
         ocr=ns.ocr,
         workers=ns.workers,

@@ -1,0 +1,1 @@
+"""One-off and recurring studies built on the load tool: sweeps, peers, ceilings, accuracy."""
