@@ -26,6 +26,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from kubernetes_validate.utils import latest_version
 from yamllint import linter
 from yamllint.config import YamlLintConfig
@@ -969,11 +970,14 @@ def check_bff(
     app_module = importlib.import_module("web_bff.app")
     backends = importlib.import_module("web_bff.backends").Backends(config.etcd, 1.0, 1.0)
     app = app_module.create_app(config, backends)
-    gets = {r.path for r in app.routes if "GET" in (getattr(r, "methods", None) or ())}
+    # Without `with`, the client does not run the app's lifespan: nothing connects to etcd, and
+    # /healthz answers 503 (no endpoints known) — a route that exists, unlike a 404.
+    client = TestClient(app)
     expected = {"startupProbe": "/", "readinessProbe": "/healthz", "livenessProbe": "/"}
     for probe, path in expected.items():
         http = container[probe]["httpGet"]
-        assert http == {"path": path, "port": "http"} and path in gets, f"{where}: {probe} {http}"
+        assert http == {"path": path, "port": "http"}, f"{where}: {probe} {http}"
+        assert client.get(path).status_code in (200, 503), f"{where}: {probe} {path} is not served"
     assert config.cookie_secure in ("always", "auto"), where
 
 
