@@ -8,9 +8,9 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from ocr_svc.engine import JobOptions
+from ocr_svc.guardrails import ImageHeader
+from ocr_svc.job import Job, JobOptions, JobResult
 
 _ids = itertools.count(1)
 
@@ -30,15 +30,24 @@ class Ticket:
     """One accepted request: waiting in the queue, then on a worker, then answered."""
 
     data: bytes
+    header: ImageHeader  # inspected once, on admission; the worker decodes without inspecting again
     options: JobOptions
     deadline: float | None  # time.monotonic() value, None for no deadline
-    future: asyncio.Future[dict[str, Any]]
+    future: asyncio.Future[JobResult]
     job_id: int = field(default_factory=lambda: next(_ids))
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     attempts: int = 0
     heavy: bool = False  # a large image: ONNX Runtime needs several hundred MiB for it
-    pixels: int = 0  # width x height from the header
+
+    @property
+    def pixels(self) -> int:
+        """Width x height from the header."""
+        return self.header.pixels
+
+    def job(self) -> Job:
+        """What the worker is sent."""
+        return Job(self.job_id, self.data, self.options, self.header)
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -10,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ocr_svc.pipeline_settings import PipelineSettings, StepOptions
+from ocr_svc.job import DEFAULT_MIN_SCORE, JobOptions, Reading
+from ocr_svc.pipeline_settings import PipelineSettings
 from ocr_svc.subnormal_weights import flush_engine_sessions
 
 log = logging.getLogger(__name__)
@@ -30,24 +32,13 @@ class EngineSettings:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1
     cuda_device_id: int = 0
-    min_score: float = 0.5
+    min_score: float = DEFAULT_MIN_SCORE
     max_side: int = 4096
     debug_delay_ms: int = 0
     # Zero the models' subnormal weights (outputs unchanged, detection ~3x cheaper on CPUs that
     # trap subnormals; see ocr_svc/subnormal_weights.py). Off only to measure the difference.
     flush_subnormals: bool = True
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """Per-request switches; every field is passed to the engine on every call, so none leak."""
-
-    use_det: bool = True
-    use_cls: bool = True
-    use_rec: bool = True
-    return_boxes: bool = True
-    min_score: float | None = None
 
 
 @dataclass
@@ -168,17 +159,13 @@ class Engine:
             subnormal_weights_zeroed=zeroed,
         )
 
-    def run(self, image: np.ndarray, options: JobOptions) -> dict[str, Any]:
+    def run(self, image: np.ndarray, options: JobOptions) -> Reading:
         """OCR one BGR image; boxes are in the coordinates of `image`."""
         if self.settings.debug_delay_ms:
             time.sleep(self.settings.debug_delay_ms / 1000)
-        min_score = self.settings.min_score if options.min_score is None else options.min_score
+        if options.min_score is None:
+            options = dataclasses.replace(options, min_score=self.settings.min_score)
         # Every switch is passed on every call, and the pipeline never changes the RapidOCR
         # instance's own settings: nothing from one request reaches the next.
-        steps = StepOptions(
-            use_det=options.use_det, use_cls=options.use_cls, use_rec=options.use_rec, min_score=min_score
-        )
-        result = self._run_pipeline(self._ocr, image, steps, self.settings.pipeline)
-        if not options.return_boxes:
-            result["lines"] = [(text, score, []) for text, score, _ in result["lines"]]
-        return result
+        reading: Reading = self._run_pipeline(self._ocr, image, options, self.settings.pipeline)
+        return reading

@@ -164,8 +164,11 @@ def inspect(data: bytes, limits: Limits) -> ImageHeader:
         )
 
 
-def decode(data: bytes, limits: Limits, max_side: int | None = None) -> DecodedImage:
-    """Check with `inspect`, then decode the first frame to BGR; raises `ImageRejected`.
+def decode(
+    data: bytes, limits: Limits, max_side: int | None = None, header: ImageHeader | None = None
+) -> DecodedImage:
+    """Check with `inspect` (unless `header` is what `inspect` said of these bytes already), then
+    decode the first frame to BGR; raises `ImageRejected`.
 
     Applies EXIF orientation, composites transparency onto white and maps every mode (1-bit,
     grayscale, 16-bit, palette, CMYK, alpha) to 8-bit BGR. When `max_side` is given and the long
@@ -174,7 +177,8 @@ def decode(data: bytes, limits: Limits, max_side: int | None = None) -> DecodedI
     """
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be at least 1, got {max_side}")
-    header = inspect(data, limits)  # never decode what the header check has not passed
+    if header is None:
+        header = inspect(data, limits)  # never decode what the header check has not passed
     long_side = max(header.width, header.height)
     scale = 1.0 if max_side is None or long_side <= max_side else max_side / long_side
     with _open(data, limits) as image:

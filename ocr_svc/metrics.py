@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mesh.metrics_endpoint import MetricsEndpoint
+from ocr_svc.job import Timing
 from ocr_svc.workers import Counters
 
 STAGES = ("queue", "decode", "det", "cls", "rec", "total")
@@ -51,8 +52,7 @@ class OcrMetrics(MetricsEndpoint):
         )
         self.registry.register(_LiveCollector(read))
 
-    def observe(self, timing_ms: dict[str, float]) -> None:
+    def observe(self, timing: Timing) -> None:
+        by_stage = timing.by_stage()
         for stage in STAGES:
-            value = timing_ms.get(stage)
-            if value is not None:
-                self.stage_seconds.labels(stage).observe(value / 1000)
+            self.stage_seconds.labels(stage).observe(by_stage[stage] / 1000)

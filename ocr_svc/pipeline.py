@@ -15,13 +15,13 @@ from rapidocr.ch_ppocr_rec import TextRecInput
 from rapidocr.utils.process_img import get_rotate_crop_image
 
 from ocr_svc.detection_size import det_input_size, padding_px, probe_scale, refine_scale
+from ocr_svc.job import DEFAULT_MIN_SCORE, Box, JobOptions, Line, Reading, box_from_corners
 from ocr_svc.line_recognition import read_lines
-from ocr_svc.pipeline_settings import PipelineSettings, StepOptions
+from ocr_svc.pipeline_settings import PipelineSettings
 from ocr_svc.reading_order import reading_order
 
 Image = npt.NDArray[np.uint8]
 Boxes = npt.NDArray[np.float32]  # (N, 4, 2) corners, clockwise from top-left
-Line = tuple[str, float, list[float]]
 
 
 @dataclass
@@ -281,25 +281,28 @@ def unpad_boxes(boxes: Boxes, pad: int, height: int, width: int) -> Boxes:
     return moved
 
 
-def whole_image_box(height: int, width: int) -> list[float]:
-    return [0.0, 0.0, float(width), 0.0, float(width), float(height), 0.0, float(height)]
+def whole_image_box(height: int, width: int) -> Box:
+    return ((0.0, 0.0), (float(width), 0.0), (float(width), float(height)), (0.0, float(height)))
 
 
 def order_lines(lines: Sequence[Line], settings: PipelineSettings) -> list[Line]:
-    """Lines in reading order (those without a box keep their place at the end)."""
-    if not settings.reading_order or len(lines) < 2 or any(len(box) < 8 for _, _, box in lines):
+    """Lines in reading order (unchanged when any has no box)."""
+    if not settings.reading_order or len(lines) < 2 or any(len(line.box) < 4 for line in lines):
         return list(lines)
-    return [lines[i] for i in reading_order([box for _, _, box in lines], settings.order)]
+    # reading_order is pure geometry on flat quads (x0, y0, ..., x3, y3).
+    quads = [[v for point in line.box for v in point] for line in lines]
+    return [lines[i] for i in reading_order(quads, settings.order)]
 
 
 def run_pipeline(
-    ocr: Any, image: npt.NDArray[Any], options: StepOptions, settings: PipelineSettings
-) -> dict[str, Any]:
+    ocr: Any, image: npt.NDArray[Any], options: JobOptions, settings: PipelineSettings
+) -> Reading:
     """OCR one image with a RapidOCR-like engine's models; nothing about the engine is changed.
 
-    Returns {"lines": [(text, score, box of 8 floats)] in reading order, "det_ms", "cls_ms",
-    "rec_ms", "pipeline": {what was decided}}; boxes are in the coordinates of `image`.
+    Lines come in reading order, with boxes in the coordinates of `image` (none when
+    `options.return_boxes` is false); `options.min_score` None means DEFAULT_MIN_SCORE.
     """
+    min_score = DEFAULT_MIN_SCORE if options.min_score is None else options.min_score
     models = Models.of(ocr)
     bgr = as_bgr(image)
     height, width = bgr.shape[:2]
@@ -319,7 +322,7 @@ def run_pipeline(
             ],
         )
         crops = crop_lines(padded, boxes) if len(boxes) else []
-        line_boxes = [[float(v) for v in box.reshape(-1)] for box in unpad_boxes(boxes, pad, height, width)]
+        line_boxes = [box_from_corners(box) for box in unpad_boxes(boxes, pad, height, width)]
     else:
         crops, det_scores, line_boxes = [bgr], [1.0], [whole_image_box(height, width)]
 
@@ -332,15 +335,12 @@ def run_pipeline(
     if crops and options.use_rec:
         texts, scores, rec_ms = recognise(models.rec, crops, flipped, settings)
         for text, score, box in zip(texts, scores, line_boxes, strict=True):
-            if text.strip() and score >= options.min_score:
-                lines.append((text, score, box))
+            if text.strip() and score >= min_score:
+                lines.append(Line(text, score, box))
     elif crops and options.use_det:
-        lines = [("", score, box) for score, box in zip(det_scores, line_boxes, strict=True)]
+        lines = [Line("", score, box) for score, box in zip(det_scores, line_boxes, strict=True)]
 
-    return {
-        "lines": order_lines(lines, settings),
-        "det_ms": det_ms,
-        "cls_ms": cls_ms,
-        "rec_ms": rec_ms,
-        "pipeline": decided,
-    }
+    ordered = order_lines(lines, settings)
+    if not options.return_boxes:
+        ordered = [Line(line.text, line.score) for line in ordered]
+    return Reading(tuple(ordered), det_ms=det_ms, cls_ms=cls_ms, rec_ms=rec_ms, decided=decided)

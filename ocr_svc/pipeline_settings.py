@@ -1,4 +1,4 @@
-"""What the OCR pipeline does beyond plain RapidOCR, and one request's switches: settings only.
+"""What the OCR pipeline does beyond plain RapidOCR: settings only.
 
 Kept apart from `ocr_svc.pipeline` so that the OCR server process, which only passes these to its
 workers, never imports OpenCV or RapidOCR (about 60 MiB per instance).
@@ -43,13 +43,3 @@ class PipelineSettings:
     tight_rec: bool = True
     rec_batch: int = 1
     rec_min_width: int = 192
-
-
-@dataclass(frozen=True)
-class StepOptions:
-    """One request's switches, all given on every call so nothing carries over to the next one."""
-
-    use_det: bool = True
-    use_cls: bool = True
-    use_rec: bool = True
-    min_score: float = 0.5

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,8 +22,8 @@ from ocr_svc.admission import (
     predicted_wait_s,
     retry_hint_s,
 )
-from ocr_svc.engine import JobOptions
 from ocr_svc.guardrails import ImageHeader, ImageRejected, Limits, inspect
+from ocr_svc.job import JobOptions, JobRejected, JobResult, Recognition, Timing
 from ocr_svc.metrics import OcrMetrics
 from ocr_svc.refusal_pacing import RefusalPacer
 from ocr_svc.workers import JobFailed, WorkerPool
@@ -34,21 +33,8 @@ log = logging.getLogger(__name__)
 EXPIRY_SLACK_S = 0.25
 
 
-@dataclass
-class Recognition:
-    """A finished OCR job: the worker's result plus where the time went."""
-
-    lines: list[tuple[str, float, list[float]]]
-    width: int
-    height: int
-    timing_ms: dict[str, float]
-    worker_pid: int
-
-
-def _bad_image(exc: ImageRejected | tuple[str, str, str]) -> errors.RichError:
-    reason, field, description = (
-        (exc.reason, exc.field, exc.description) if isinstance(exc, ImageRejected) else exc
-    )
+def _bad_image(exc: ImageRejected | JobRejected) -> errors.RichError:
+    reason, field, description = exc.reason, exc.field, exc.description
     return errors.bad_request(
         f"invalid image: {description}",
         [errors.FieldViolation(field, description, reason)],
@@ -213,14 +199,14 @@ class Recognizer:
             )
         deadline = None if time_remaining is None else received + time_remaining
         header = await self._admit(data, deadline, wait_for_room)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         ticket = Ticket(
             data=data,
+            header=header,
             options=options,
             deadline=deadline,
             future=future,
             heavy=is_heavy(header.width, header.height, self.pool.settings.heavy_pixels),
-            pixels=header.pixels,
         )
         self.queue.push(ticket)
         self.counters.accepted += 1
@@ -247,26 +233,21 @@ class Recognizer:
         except JobFailed as exc:
             raise self._failure(exc) from None
         started = ticket.started_at or received
-        timing = {
-            "queue": (started - ticket.enqueued_at) * 1000,
-            "decode": result["decode_ms"],
-            "det": result["det_ms"],
-            "cls": result["cls_ms"],
-            "rec": result["rec_ms"],
-            "total": (time.monotonic() - received) * 1000,
-        }
-        self.metrics.observe(timing)
-        return Recognition(
-            lines=result["lines"],
-            width=result["width"],
-            height=result["height"],
-            timing_ms=timing,
-            worker_pid=result.get("pid", 0),
+        reading = result.reading
+        timing = Timing(
+            queue_ms=(started - ticket.enqueued_at) * 1000,
+            decode_ms=result.decode_ms,
+            det_ms=reading.det_ms,
+            cls_ms=reading.cls_ms,
+            rec_ms=reading.rec_ms,
+            total_ms=(time.monotonic() - received) * 1000,
         )
+        self.metrics.observe(timing)
+        return Recognition(reading.lines, result.width, result.height, timing, result.worker_pid)
 
     def _failure(self, exc: JobFailed) -> errors.RichError:
-        if exc.kind == "rejected" and exc.detail:
-            return _bad_image(exc.detail)
+        if exc.kind == "rejected" and exc.rejected is not None:
+            return _bad_image(exc.rejected)
         if exc.kind == "expired":
             return errors.simple(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while queued", reason="DEADLINE"

@@ -15,8 +15,8 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import __version__, errors
 from mesh.picking import PREDICTED_WAIT_TRAILER
-from ocr_svc.engine import JobOptions
-from ocr_svc.recognizer import Recognition, Recognizer
+from ocr_svc.job import JobOptions, Recognition
+from ocr_svc.recognizer import Recognizer
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -46,26 +46,22 @@ def job_options(options: ocr_pb2.RecognizeOptions) -> JobOptions:
 
 def to_result(rec: Recognition, facts: InstanceFacts) -> ocr_pb2.OcrResult:
     lines = [
-        ocr_pb2.TextLine(
-            text=text,
-            score=score,
-            box=[ocr_pb2.Point(x=box[i], y=box[i + 1]) for i in range(0, len(box) - 1, 2)],
-        )
-        for text, score, box in rec.lines
+        ocr_pb2.TextLine(text=line.text, score=line.score, box=[ocr_pb2.Point(x=x, y=y) for x, y in line.box])
+        for line in rec.lines
     ]
-    t = rec.timing_ms
+    t = rec.timing
     return ocr_pb2.OcrResult(
         text="\n".join(line.text for line in lines),
         lines=lines,
         width=rec.width,
         height=rec.height,
         timing=ocr_pb2.Timing(
-            queue_ms=t["queue"],
-            decode_ms=t["decode"],
-            det_ms=t["det"],
-            cls_ms=t["cls"],
-            rec_ms=t["rec"],
-            total_ms=t["total"],
+            queue_ms=t.queue_ms,
+            decode_ms=t.decode_ms,
+            det_ms=t.det_ms,
+            cls_ms=t.cls_ms,
+            rec_ms=t.rec_ms,
+            total_ms=t.total_ms,
         ),
         served_by=ocr_pb2.ServedBy(
             instance_id=facts.instance_id,

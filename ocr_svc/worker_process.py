@@ -1,28 +1,32 @@
-"""The engine worker process: decode an image, run the engine, send back plain results."""
+"""The engine worker process: decode an image, run the engine, send back a typed answer."""
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import signal
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
 from mesh import logs
-from ocr_svc.engine import Engine, EngineSettings, EngineStartError, JobOptions
+from ocr_svc.engine import Engine, EngineInfo, EngineSettings, EngineStartError
 from ocr_svc.guardrails import ImageRejected, Limits, decode
+from ocr_svc.job import Job, JobAnswer, JobError, JobRejected, JobResult
 
 
-@dataclass(frozen=True)
-class Job:
-    """One OCR job as the worker sees it."""
+@dataclasses.dataclass(frozen=True)
+class WorkerReady:
+    """The worker's first message once its engine is warm."""
 
-    job_id: int
-    data: bytes
-    options: JobOptions
-    limits: Limits | None = None  # the limits in force when the job was queued (live settings)
+    info: EngineInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerFailed:
+    """The worker's only message when its engine cannot start; `message` says what to do."""
+
+    message: str
 
 
 def _memory_trimmer() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -37,24 +41,21 @@ def _memory_trimmer() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
         return None
 
 
-def _scale_boxes(lines: list[tuple[str, float, list[float]]], scale: float) -> list[Any]:
-    if scale == 1.0:
-        return lines
-    return [(t, s, [v / scale for v in box]) for t, s, box in lines]
-
-
-def handle(engine: Engine, limits: Limits, job: Job) -> tuple[Any, ...]:
-    """Run one job; returns the message to send back."""
+def handle(engine: Engine, limits: Limits, job: Job) -> JobAnswer:
+    """Run one job; the answer to send back. The job's header was checked when it was queued, so
+    the image is decoded without being inspected again; `limits` only words decoding errors."""
     started = time.perf_counter()
     try:
-        image = decode(job.data, job.limits or limits, max_side=engine.settings.max_side)
+        image = decode(job.data, limits, max_side=engine.settings.max_side, header=job.header)
     except ImageRejected as exc:
-        return ("rejected", job.job_id, exc.reason, exc.field, exc.description)
+        return JobRejected(job.job_id, exc.reason, exc.field, exc.description)
     decode_ms = (time.perf_counter() - started) * 1000
-    result = engine.run(image.array, job.options)
-    result["lines"] = _scale_boxes(result["lines"], image.scale)
-    result.update(width=image.width, height=image.height, decode_ms=decode_ms, pid=os.getpid())
-    return ("ok", job.job_id, result)
+    reading = engine.run(image.array, job.options)
+    if image.scale != 1.0:
+        reading = dataclasses.replace(
+            reading, lines=tuple(line.scaled(image.scale) for line in reading.lines)
+        )
+    return JobResult(job.job_id, reading, image.width, image.height, decode_ms, os.getpid())
 
 
 def worker_main(conn: Connection, settings: EngineSettings, limits: Limits, log_level: str = "info") -> None:
@@ -65,15 +66,15 @@ def worker_main(conn: Connection, settings: EngineSettings, limits: Limits, log_
     try:
         engine = Engine(settings)
     except EngineStartError as exc:
-        conn.send(("failed", str(exc)))
+        conn.send(WorkerFailed(str(exc)))
         return
     except Exception as exc:  # any model-loading failure must reach the parent as a message
-        conn.send(("failed", f"engine failed to start: {exc!r}"))
+        conn.send(WorkerFailed(f"engine failed to start: {exc!r}"))
         return
     trim = _memory_trimmer()
     if trim is not None:
         trim(0)
-    conn.send(("ready", engine.info))
+    conn.send(WorkerReady(engine.info))
     while True:
         try:
             message = conn.recv()
@@ -83,9 +84,9 @@ def worker_main(conn: Connection, settings: EngineSettings, limits: Limits, log_
             return
         job: Job = message
         try:
-            reply = handle(engine, limits, job)
+            reply: JobAnswer = handle(engine, limits, job)
         except Exception as exc:  # an engine bug on one image must not take the worker down
-            reply = ("error", job.job_id, f"{type(exc).__name__}: {exc}")
+            reply = JobError(job.job_id, f"{type(exc).__name__}: {exc}")
         conn.send(reply)
         if trim is not None:
             trim(0)

@@ -20,7 +20,8 @@ from mesh.tasks import cancel_and_wait
 from ocr_svc.admission import AdmissionQueue, Ticket, heavy_may_start
 from ocr_svc.engine import EngineInfo, EngineSettings, EngineStartError
 from ocr_svc.guardrails import Limits
-from ocr_svc.worker_process import Job, worker_main
+from ocr_svc.job import JobAnswer, JobRejected, JobResult
+from ocr_svc.worker_process import WorkerFailed, WorkerReady, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,10 @@ class WorkerDied(Exception):
 class JobFailed(Exception):
     """A job could not be completed; `kind` says why: rejected, expired, crashed, error."""
 
-    def __init__(self, kind: str, message: str, detail: tuple[str, str, str] | None = None) -> None:
+    def __init__(self, kind: str, message: str, rejected: JobRejected | None = None) -> None:
         super().__init__(message)
         self.kind = kind
-        self.detail = detail  # (reason, field, description) for rejected images
+        self.rejected = rejected  # what the worker said of an image it could not decode
 
 
 @dataclass
@@ -182,10 +183,10 @@ class WorkerPool:
                 f"worker {slot.index} exited or hung while loading the models ({exc!r}); "
                 "check memory and the logs above"
             ) from None
-        if message[0] != "ready":
+        if not isinstance(message, WorkerReady):
             await self._stop_process(slot, 1.0)
-            raise EngineStartError(message[1])
-        slot.info = message[1]
+            raise EngineStartError(message.message if isinstance(message, WorkerFailed) else repr(message))
+        slot.info = message.info
         slot.state = "idle"
         log.info(
             "worker ready",
@@ -308,14 +309,14 @@ class WorkerPool:
                 self.heavy_running += 1
                 waiter.set_result(None)
 
-    async def _exchange(self, slot: Slot, ticket: Ticket) -> tuple[Any, ...]:
+    async def _exchange(self, slot: Slot, ticket: Ticket) -> JobAnswer:
         conn, proc = slot.conn, slot.process
         assert conn is not None and proc is not None
         try:
-            await self._call(conn.send, Job(ticket.job_id, ticket.data, ticket.options, self.limits))
+            await self._call(conn.send, ticket.job())
             receiving = asyncio.ensure_future(self._call(conn.recv))
             try:
-                reply: tuple[Any, ...] = await asyncio.wait_for(
+                reply: JobAnswer = await asyncio.wait_for(
                     asyncio.shield(receiving), timeout=self.settings.job_timeout_s
                 )
             except TimeoutError:
@@ -342,25 +343,22 @@ class WorkerPool:
             JobFailed("crashed", f"the worker died twice while processing this image ({why})")
         )
 
-    def _deliver(self, ticket: Ticket, reply: tuple[Any, ...]) -> None:
-        kind = reply[0]
-        if kind == "ok":
+    def _deliver(self, ticket: Ticket, reply: JobAnswer) -> None:
+        if isinstance(reply, JobResult):
             service_s = time.monotonic() - (ticket.started_at or time.monotonic())
             self.ewma_service_s = service_ewma(self.ewma_service_s, service_s, self.service_samples)
             self.service_samples += 1
             self.counters.completed += 1
-            result = reply[2]
         if ticket.abandoned:
             return
-        if kind == "ok":
-            ticket.future.set_result(result)
-        elif kind == "rejected":
+        if isinstance(reply, JobResult):
+            ticket.future.set_result(reply)
+        elif isinstance(reply, JobRejected):
             self.counters.rejected_invalid += 1
-            _, _, reason, field_name, description = reply
-            ticket.future.set_exception(JobFailed("rejected", description, (reason, field_name, description)))
+            ticket.future.set_exception(JobFailed("rejected", reply.description, reply))
         else:
             self.counters.failed += 1
-            ticket.future.set_exception(JobFailed("error", str(reply[2])))
+            ticket.future.set_exception(JobFailed("error", reply.message))
 
     async def _maybe_recycle(self, slot: Slot) -> None:
         s = self.settings

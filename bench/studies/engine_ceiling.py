@@ -16,8 +16,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from bench.durations import parse_duration
 from ocr_svc.admission import AdmissionQueue, Ticket
 from ocr_svc.config import default_workers
-from ocr_svc.engine import EngineSettings, JobOptions
-from ocr_svc.guardrails import Limits
+from ocr_svc.engine import EngineSettings
+from ocr_svc.guardrails import Limits, inspect
+from ocr_svc.job import JobOptions, JobResult
 from ocr_svc.workers import PoolSettings, WorkerPool
 
 
@@ -35,6 +36,7 @@ class EngineBench:
 
     def __init__(self, image: bytes, workers: int, threads: int, concurrency: int, device: str = "cpu"):
         self.image = image
+        self.header = inspect(image, Limits())  # checked once, as the OCR server does
         self.workers = workers
         self.threads = threads
         self.concurrency = concurrency
@@ -57,9 +59,11 @@ class EngineBench:
         await asyncio.gather(*(self._one([]) for _ in range(self.workers)))
 
     async def _one(self, into: list[float]) -> None:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
-        self.queue.push(Ticket(data=self.image, options=JobOptions(), deadline=None, future=future))
+        self.queue.push(
+            Ticket(data=self.image, header=self.header, options=JobOptions(), deadline=None, future=future)
+        )
         await future
         into.append(time.perf_counter() - t0)
 

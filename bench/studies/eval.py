@@ -205,8 +205,9 @@ class InProcessRecognizer:
     name = OURS
 
     def __init__(self, threads: int, device: str) -> None:
-        from ocr_svc.engine import Engine, EngineSettings, JobOptions
+        from ocr_svc.engine import Engine, EngineSettings
         from ocr_svc.guardrails import Limits
+        from ocr_svc.job import JobOptions
 
         self.engine = Engine(EngineSettings(device=device, threads=threads))
         self.limits = Limits()
@@ -225,9 +226,9 @@ class InProcessRecognizer:
         except (ImageRejected, OSError) as exc:
             return Outcome([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - started
-        detail = dict(result.get("pipeline", {}))
-        detail.update(det_ms=result["det_ms"], cls_ms=result["cls_ms"], rec_ms=result["rec_ms"])
-        return Outcome([text for text, _, _ in result["lines"]], elapsed, None, detail)
+        detail = dict(result.decided)
+        detail.update(det_ms=result.det_ms, cls_ms=result.cls_ms, rec_ms=result.rec_ms)
+        return Outcome(result.texts, elapsed, None, detail)
 
     def close(self) -> None:
         return None

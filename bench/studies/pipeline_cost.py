@@ -16,6 +16,7 @@ import cv2
 
 from ocr_svc.detection_size import padding_px
 from ocr_svc.engine import Engine, EngineSettings
+from ocr_svc.job import JobOptions, Line
 from ocr_svc.pipeline import (
     Models,
     as_bgr,
@@ -27,7 +28,7 @@ from ocr_svc.pipeline import (
     recognise,
     run_pipeline,
 )
-from ocr_svc.pipeline_settings import PipelineSettings, StepOptions
+from ocr_svc.pipeline_settings import PipelineSettings
 
 DEFAULT_IMAGE = "../shared/ocr-corpus/real/rapidocr_ch_en_num.jpg"
 
@@ -67,7 +68,8 @@ def staged_run(ocr: Any, image: Any, settings: PipelineSettings, clock: Clock) -
     crops = clock.time("crop", lambda: crop_lines(padded, boxes))
     crops, flipped, _ = clock.time("cls", lambda: classify(models.cls, crops))
     texts, scores, _ = clock.time("rec", lambda: recognise(models.rec, crops, flipped, settings))
-    lines = [(t, s, [0.0] * 8) for t, s in zip(texts, scores, strict=True)]
+    square = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+    lines = [Line(t, s, square) for t, s in zip(texts, scores, strict=True)]
     clock.time("order", lambda: order_lines(lines, settings))
     widths = sorted(round(c.shape[1] * 48 / c.shape[0]) for c in crops)
     return {"crops": len(crops), "flipped": len(flipped), "rec_widths_at_48": widths, "passes": len(passes)}
@@ -128,19 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     same_as_unflushed = []
     for _ in range(ns.reps):
         info = staged_run(ours._ocr, image, settings, staged)
-        new = whole.time("ours run_pipeline", lambda: run_pipeline(ours._ocr, image, StepOptions(), settings))
+        new = whole.time("ours run_pipeline", lambda: run_pipeline(ours._ocr, image, JobOptions(), settings))
         if baseline is not None:
             old = whole.time(
                 "ours baseline " + " ".join(ns.baseline),
-                lambda: run_pipeline(ours._ocr, image, StepOptions(), baseline),
+                lambda: run_pipeline(ours._ocr, image, JobOptions(), baseline),
             )
-            same_lines.append([t for t, _, _ in old["lines"]] == [t for t, _, _ in new["lines"]])
+            same_lines.append(old.texts == new.texts)
         if unflushed is not None:
             kept = whole.time(
                 "ours, subnormal weights kept",
-                functools.partial(run_pipeline, unflushed._ocr, image, StepOptions(), settings),
+                functools.partial(run_pipeline, unflushed._ocr, image, JobOptions(), settings),
             )
-            same_as_unflushed.append(kept["lines"] == new["lines"])
+            same_as_unflushed.append(kept.lines == new.lines)
         for name, engine in (("raw 1 thread", raw1), ("raw default threads", rawd)):
             out = whole.time(name, functools.partial(engine, image))
             for k, v in zip(("det", "cls", "rec"), out.elapse_list, strict=False):

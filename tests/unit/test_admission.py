@@ -21,15 +21,15 @@ from ocr_svc.admission import (
     predicted_wait_s,
     retry_hint_s,
 )
-from ocr_svc.engine import JobOptions
+from ocr_svc.guardrails import ImageHeader
+from ocr_svc.job import JobOptions
 from ocr_svc.refusal_pacing import PacingPolicy, RefusalPacer
 from ocr_svc.workers import service_ewma
 
 
 def _ticket(deadline: float | None = None, size: int = 1, pixels: int = 0) -> Ticket:
-    return Ticket(
-        b"x" * size, JobOptions(), deadline, asyncio.get_running_loop().create_future(), pixels=pixels
-    )
+    header = ImageHeader("PNG", width=pixels, height=1, mode="RGB", orientation=1, frames=1, bytes=size)
+    return Ticket(b"x" * size, header, JobOptions(), deadline, asyncio.get_running_loop().create_future())
 
 
 def _simulated_wait(busy_elapsed: list[float], queued: int, workers: int, service_s: float) -> float:

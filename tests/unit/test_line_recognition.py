@@ -11,9 +11,9 @@ import pytest
 
 from ocr_svc.engine import Engine, EngineSettings
 from ocr_svc.guardrails import Limits, decode
+from ocr_svc.job import JobOptions, Reading
 from ocr_svc.line_recognition import batch_tensor, batches, input_width
 from ocr_svc.pipeline import run_pipeline
-from ocr_svc.pipeline_settings import StepOptions
 from tests.corpus import CORPUS
 
 
@@ -49,12 +49,12 @@ def test_tight_batches_read_what_rapidocrs_recogniser_reads(engine: Engine, name
     image = decode((CORPUS / "real" / name).read_bytes(), Limits(), max_side=4096).array
     settings = engine.settings.pipeline
     assert settings.tight_rec
-    tight = run_pipeline(engine._ocr, image, StepOptions(), settings)
-    plain = run_pipeline(engine._ocr, image, StepOptions(), dataclasses.replace(settings, tight_rec=False))
+    tight = run_pipeline(engine._ocr, image, JobOptions(), settings)
+    plain = run_pipeline(engine._ocr, image, JobOptions(), dataclasses.replace(settings, tight_rec=False))
 
-    def normal(result: dict) -> list[str]:  # type: ignore[type-arg]
-        return [unicodedata.normalize("NFKC", text) for text, _, _ in result["lines"]]
+    def normal(result: Reading) -> list[str]:
+        return [unicodedata.normalize("NFKC", text) for text in result.texts]
 
-    assert len(tight["lines"]) >= 4
+    assert len(tight.lines) >= 4
     assert normal(tight) == normal(plain)
-    assert [box for _, _, box in tight["lines"]] == [box for _, _, box in plain["lines"]]
+    assert [line.box for line in tight.lines] == [line.box for line in plain.lines]

@@ -18,8 +18,9 @@ from ocr_svc.detection_size import (
     probe_scale,
     refine_scale,
 )
-from ocr_svc.engine import Engine, EngineSettings, JobOptions
+from ocr_svc.engine import Engine, EngineSettings
 from ocr_svc.guardrails import Limits, decode
+from ocr_svc.job import JobOptions
 from ocr_svc.pipeline import add_new_boxes, band_tops, rapidocr_default_scale, text_cover, thickness
 from tests.corpus import CORPUS
 
@@ -148,31 +149,28 @@ def load(name: str) -> np.ndarray:
     return decode((CORPUS / "real" / name).read_bytes(), Limits(), max_side=4096).array
 
 
-def texts(result: dict) -> list[str]:  # type: ignore[type-arg]
-    return [text for text, _, _ in result["lines"]]
-
-
 def test_a_tight_tiny_crop_is_read(engine: Engine) -> None:
     # 65x11 px, text touching the edges: plain RapidOCR finds no box at all.
-    assert texts(engine.run(load("rapidocr_short.png"), JobOptions())) == ["中国网络空间安全"]
+    assert engine.run(load("rapidocr_short.png"), JobOptions()).texts == ["中国网络空间安全"]
 
 
 def test_per_request_options_do_not_affect_the_next_request(engine: Engine) -> None:
     image = load("rapidocr_ch_en_num.jpg")
     before = engine.run(image, JobOptions())
-    assert len(before["lines"]) >= 16 and texts(before)[0] == "正品促销"
+    assert len(before.lines) >= 16 and before.texts[0] == "正品促销"
+    assert all(len(line.box) == 4 for line in before.lines)  # 4 corners, each an (x, y) point
 
     no_det = engine.run(image, JobOptions(use_det=False, min_score=0.0))
-    assert len(no_det["lines"]) == 1  # the whole image read as one line
-    assert no_det["lines"][0][2] == [0.0, 0.0, 323.0, 0.0, 323.0, 430.0, 0.0, 430.0]
+    assert len(no_det.lines) == 1  # the whole image read as one line
+    assert no_det.lines[0].box == ((0.0, 0.0), (323.0, 0.0), (323.0, 430.0), (0.0, 430.0))
     strict = engine.run(image, JobOptions(min_score=0.999, use_cls=False))
-    assert len(strict["lines"]) < len(before["lines"])
+    assert len(strict.lines) < len(before.lines)
     boxes_only = engine.run(image, JobOptions(use_rec=False))
-    assert boxes_only["lines"] and all(text == "" for text in texts(boxes_only))
+    assert boxes_only.lines and all(text == "" for text in boxes_only.texts)
     no_boxes = engine.run(image, JobOptions(return_boxes=False))
-    assert all(box == [] for _, _, box in no_boxes["lines"])
+    assert no_boxes.lines and all(line.box == () for line in no_boxes.lines)
 
     after = engine.run(image, JobOptions())
     fresh = Engine(EngineSettings(device="cpu", threads=1)).run(image, JobOptions())
-    assert texts(after) == texts(before) == texts(fresh)
-    assert [box for _, _, box in after["lines"]] == [box for _, _, box in before["lines"]]
+    assert after.texts == before.texts == fresh.texts
+    assert [line.box for line in after.lines] == [line.box for line in before.lines]

@@ -12,8 +12,9 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ocr_svc.engine import Engine, EngineSettings, JobOptions
+from ocr_svc.engine import Engine, EngineSettings
 from ocr_svc.guardrails import Limits, decode
+from ocr_svc.job import JobOptions
 from ocr_svc.subnormal_weights import (
     SMALLEST_NORMAL,
     flush_array,
@@ -196,5 +197,5 @@ def test_the_engine_reads_exactly_the_same_with_flushed_weights() -> None:
     for name in ("rapidocr_ch_en_num.jpg", "rapidocr_short.png"):
         image = decode((CORPUS / "real" / name).read_bytes(), Limits(), max_side=4096).array
         ours, theirs = flushed.run(image, JobOptions()), kept.run(image, JobOptions())
-        assert ours["lines"], name
-        assert ours["lines"] == theirs["lines"], name  # texts, scores and boxes all equal
+        assert ours.lines, name
+        assert ours.lines == theirs.lines, name  # texts, scores and boxes all equal
