@@ -22,8 +22,8 @@ from tests.integration.ocr_fixtures import stop
 
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
 TRUNCATED = CORPUS / "bad" / "truncated.jpg"
-# One worker, one request may wait for it, and every job takes 2.5 s longer: really busy on demand.
-BUSY_OCR = ("--instance-id", "ocr-busy", "--queue-depth", "1", "--debug-delay-ms", "2500")
+# One worker, one request may wait for it, and every job takes 3 s longer: really busy on demand.
+BUSY_OCR = ("--instance-id", "ocr-busy", "--queue-depth", "1", "--debug-delay-ms", "3000")
 
 
 @pytest.fixture(scope="module")
@@ -206,13 +206,14 @@ def test_ocr_waits_when_the_wait_fits_and_is_429_with_retry_after_when_it_cannot
     client: httpx.Client, mesh: Mesh, tmp_path: Path
 ) -> None:
     data = PHOTO.read_bytes()
-    # The busy instance (2.5 s a job, at most 1 waiting) with the BFF's 60 s: everyone is served,
+    # The busy instance (3 s a job, at most 1 waiting) with the BFF's 60 s: everyone is served,
     # the ones beyond the queue's cap after the retry hint.
     with ThreadPoolExecutor(3) as pool:
         waited = list(pool.map(lambda _: upload(client, data), range(3)))
     assert [a.status_code for a in waited] == [200] * 3, [a.text for a in waited]
-    # A BFF that gives OCR 4 s: one job fits, a job behind another (about 5.5 s) does not.
-    impatient = start_bff(tmp_path, mesh.etcd, "--ocr-timeout-s", "4")
+    # A BFF that gives OCR 5.9 s: one job fits (3 s plus the OCR itself, which may take well over
+    # a second on a busy machine), and a job behind another never can: it needs 6 s plus twice the OCR.
+    impatient = start_bff(tmp_path, mesh.etcd, "--ocr-timeout-s", "5.9")
     try:
         with api_client(impatient.url) as c:
             register_and_login(c, new_user())
@@ -269,7 +270,7 @@ def test_without_the_mesh_the_ready_file_says_what_is_missing_and_sigterm_exits_
 
 
 def test_an_ocr_call_over_the_deadline_is_504(mesh: Mesh, tmp_path: Path) -> None:
-    # A second BFF on the same mesh that gives OCR 1 s: the busy instance takes 2.5 s longer per job.
+    # A second BFF on the same mesh that gives OCR 1 s: the busy instance takes 3 s longer per job.
     impatient = start_bff(tmp_path, mesh.etcd, "--ocr-timeout-s", "1")
     try:
         with api_client(impatient.url) as c:
