@@ -117,6 +117,7 @@ class MeshClient:
         self._discovery = discovery
         self._unsubscribe: Callable[[], None] | None = None
         self._stats: dict[str, EndpointStats] = {}
+        self._instances: dict[str, Instance] = {}
         self._changed = asyncio.Event()  # set (and replaced) whenever the endpoint set changes
         self._closed = False
         self.retries = 0
@@ -173,6 +174,7 @@ class MeshClient:
             known = by_address.get(inst.address)
             if known is None or inst.started_at >= known.started_at:
                 by_address[inst.address] = inst
+        self._instances = by_address
         for address in [a for a in self._stats if a not in by_address]:
             del self._stats[address]
             if not self._closed:
@@ -187,6 +189,10 @@ class MeshClient:
     def endpoints(self) -> list[str]:
         """Addresses currently balanced over."""
         return sorted(self._stats)
+
+    def instances(self) -> list[Instance]:
+        """The registry records of the endpoints balanced over (what each instance published)."""
+        return [self._instances[address] for address in sorted(self._instances)]
 
     async def wait_for_endpoints(self, count: int = 1, timeout: float = 5.0) -> bool:
         """Wait until at least `count` endpoints are known; False after `timeout`."""

@@ -56,6 +56,7 @@ def apply(instance: OcrInstance, values: dict[str, Any]) -> None:
     )
     instance.recognizer.limits = limits
     instance.pool.limits = limits
+    instance.publish_limits()
     instance.pool.settings.recycle_after_jobs = values["recycle_after_jobs"]
     instance.pool.settings.max_worker_rss_bytes = values["max_worker_rss_mb"] * 2**20
     logging.getLogger().setLevel(str(values["log_level"]).upper())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import time
@@ -11,7 +12,7 @@ from types import TracebackType
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import config as mesh_config
-from mesh import lifecycle, logs
+from mesh import lifecycle, logs, ocr_limits
 from mesh.instance_registration import join_registry, leave_registry
 from mesh.jwks_source import JwksAuthInterceptor, JwksSource
 from mesh.lease import Registration
@@ -43,6 +44,7 @@ class OcrInstance:
         self.address = ""
         self.metrics_url = ""
         self.registration: Registration | None = None
+        self._background: set[asyncio.Task[bool]] = set()
         self.live: LiveConfig | None = None
         limits = Limits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
         self.queue = AdmissionQueue(config.admission_policy)
@@ -178,12 +180,30 @@ class OcrInstance:
                 "queue_capacity": max(0, c.queue_depth),
                 "max_queue_wait_s": c.max_queue_wait_s,
                 "require_auth": c.require_auth,
+                ocr_limits.RECORD_KEY: self._published_limits().to_record(),
             },
         )
         if not registered:
             log.warning(
                 "etcd not reachable yet; serving anyway and registering when it is", extra={"etcd": c.etcd}
             )
+
+    def _published_limits(self) -> ocr_limits.ImageLimits:
+        limits = self.recognizer.limits
+        return ocr_limits.ImageLimits(limits.max_bytes, limits.max_pixels, limits.formats)
+
+    def publish_limits(self) -> None:
+        """Put the image limits now in force into this instance's registry record (callers that
+        check uploads first, like the BFF, read them there); written in the background."""
+        registration = self.registration
+        if registration is None:
+            return  # not registered yet: the record will carry the limits then
+        record = registration.instance
+        extra = {**record.extra, ocr_limits.RECORD_KEY: self._published_limits().to_record()}
+        if extra != dict(record.extra):
+            task = asyncio.get_running_loop().create_task(registration.update(record.replace(extra=extra)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
         """Leave the registry, stop taking work (NOT_SERVING), let in-flight requests finish, stop."""

@@ -14,7 +14,6 @@ from web_bff.bff_state import State
 from web_bff.http_errors import from_rpc
 from web_bff.logged_in import Access, with_login
 from web_bff.session import REFRESH_COOKIE, clear_tokens, set_tokens
-from web_bff.upload import ACCEPTED_FORMATS
 
 router = APIRouter()
 
@@ -37,7 +36,8 @@ async def get_csrf(request: Request) -> dict[str, str]:
 
 @router.get("/api/config", summary="what the page needs to know: upload limit and accepted formats")
 async def get_config(state: State) -> dict[str, Any]:
-    return {"max_upload_bytes": state.config.max_upload_bytes, "formats": list(ACCEPTED_FORMATS)}
+    max_bytes, formats = state.upload_limits()
+    return {"max_upload_bytes": max_bytes, "formats": formats}
 
 
 @router.post("/api/register", status_code=201, summary="create an account (then log in)")

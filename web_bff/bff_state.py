@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from mesh.ocr_limits import accepted_by_all
 from web_bff.backends import Backends
 from web_bff.config import BffConfig
 from web_bff.session import RefreshCoalescer
@@ -21,6 +22,15 @@ class BffState:
     backends: Backends
     coalescer: RefreshCoalescer = field(default_factory=RefreshCoalescer)
     registry_view: SharedSnapshot = field(default_factory=SharedSnapshot)
+
+    def upload_limits(self) -> tuple[int, list[str]]:
+        """The largest upload every OCR instance takes (and this BFF allows), and the formats all
+        of them take, from their registry records; the BFF's own limit and no formats while no
+        instance is known."""
+        limits = accepted_by_all(self.backends.ocr.instances())
+        if limits is None:
+            return self.config.max_upload_bytes, []
+        return min(self.config.max_upload_bytes, limits.max_image_bytes), list(limits.formats)
 
 
 def bff_state(request: Request) -> BffState:

@@ -55,10 +55,15 @@ _MAPPING: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
+# OCR's INVALID_ARGUMENT reasons (ErrorInfo) for an upload that is no image of an accepted type.
+NOT_AN_ACCEPTED_IMAGE = frozenset({"IMAGE_EMPTY", "IMAGE_NOT_AN_IMAGE", "IMAGE_UNSUPPORTED_FORMAT"})
+
+
 def from_rpc(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
     """The HTTP answer for a failed call to `service` ("auth" or "ocr").
 
-    400 with per-field messages for bad input (a bad image: `bad_image`), 401 for a missing or
+    400 with per-field messages for bad input (a bad image: `bad_image`; 415 `unsupported_type`
+    when it is no image of a type OCR takes), 401 for a missing or
     expired login, 409 for a taken user name, 429 with Retry-After when the service sheds load,
     503 (Retry-After) when no instance can take the call, 504 when it took too long, 502 otherwise.
     """
@@ -69,7 +74,9 @@ def from_rpc(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
     headers: dict[str, str] = {}
     fields = {v.field: v.description for v in errors.field_violations(status)}
     reason = errors.error_reason(status)
-    if http == 400 and service == "ocr":
+    if http == 400 and service == "ocr" and reason in NOT_AN_ACCEPTED_IMAGE:
+        http, name = 415, "unsupported_type"
+    elif http == 400 and service == "ocr":
         name = "bad_image"
     elif http == 429:
         headers["Retry-After"] = retry_after(errors.retry_delay_s(status))

@@ -1,46 +1,14 @@
-"""Upload guards: a request-body byte limit (413) and an image type check (415) before any OCR."""
+"""Upload guard: a request-body byte limit (413) enforced while the body streams in."""
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from collections.abc import Iterable
 
-from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# What the OCR service accepts (ocr_svc/guardrails.py Limits.formats); Pillow's format names.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
-ACCEPTED_TYPES = "JPEG, PNG, BMP, TIFF or WebP"
 # Multipart framing around the file (boundaries, part headers, the filename) on top of its bytes.
 MULTIPART_OVERHEAD = 64 * 1024
-
-
-class UnsupportedImage(ValueError):
-    """Not an image the OCR service takes; the message says what it is and what to send instead."""
-
-
-def image_format(data: bytes) -> str:
-    """The format of an uploaded image, read from its header by Pillow (nothing is decoded).
-
-    Only a type gate: decoding, size, pixel-count and corruption checks are the OCR service's
-    guardrails, which answer with a precise 400. Raises UnsupportedImage for anything else.
-    """
-    if not data:
-        raise UnsupportedImage("the file is empty: choose an image file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                found = str(img.format or "")
-    except Image.DecompressionBombError:
-        return "IMAGE"  # an image, but huge: the OCR service rejects it with the exact limit
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise UnsupportedImage(f"the file is not an image: send a {ACCEPTED_TYPES} file") from None
-    if found.upper() not in ACCEPTED_FORMATS:
-        raise UnsupportedImage(f"{found or 'this'} images are not supported: send a {ACCEPTED_TYPES} file")
-    return found.upper()
 
 
 def _too_large(limit: int) -> bytes:

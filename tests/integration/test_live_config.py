@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from etcd.launcher import EtcdProcess
 from mesh import balancer, errors
 from mesh.live_config import config_key
 from mesh.ocr_client import OcrClient
+from mesh.ocr_limits import RECORD_KEY, ImageLimits
+from mesh.registry import service_prefix
 from tests.corpus import CORPUS
-from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture
+from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
 from tests.integration.ocr_fixtures import ROOT, running_ocr
 
 __all__ = ["etcd_client_fixture", "etcd_fixture"]
@@ -72,6 +75,8 @@ async def test_config_set_applies_live_and_bad_values_are_rejected(
             assert (
                 errors.field_violations(errors.from_call_error(caught.value))[0].reason == "TOO_MANY_PIXELS"
             )
+            # ... and published in the instance's registry record, where the BFF reads it.
+            await eventually(functools.partial(_published_pixels, etcd_client, 100_000), timeout=3.0)
             # A bad value written behind the CLI's back is rejected by the instance; 7 stays.
             await etcd_client.put(config_key("ocr").encode(), json.dumps({"queue_depth": "lots"}).encode())
             await asyncio.sleep(1.5)
@@ -96,3 +101,10 @@ async def test_config_set_applies_live_and_bad_values_are_rejected(
             await _capacity_becomes(client, 0, timeout=2.0)
             assert (await client.info()).max_queue_wait_ms == pytest.approx(60_000)
     assert took < 2.0
+
+
+async def _published_pixels(etcd_client: aetcd.Client, pixels: int) -> bool:
+    """Whether some OCR registry record publishes `pixels` as its image pixel limit."""
+    records = await etcd_client.get_prefix(service_prefix("ocr").encode())
+    found = [ImageLimits.from_record(json.loads(kv.value).get(RECORD_KEY)) for kv in records]
+    return any(limits is not None and limits.max_image_pixels == pixels for limits in found)

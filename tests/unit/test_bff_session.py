@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 
 import grpc
 import pytest
-from PIL import Image
 from starlette.requests import Request
 
 from mesh import errors
 from web_bff.http_errors import from_rpc
 from web_bff.session import RefreshCoalescer, Tokens, csrf_failure, needs_refresh, token_expiry
 from web_bff.status_view import SharedSnapshot
-from web_bff.upload import UnsupportedImage, image_format
 
 
 def jwt_with(claims: dict[str, object]) -> str:
@@ -113,21 +110,19 @@ def test_grpc_statuses_map_to_http() -> None:
     assert odd.status == 502 and "INTERNAL" in odd.message
 
 
-def encoded(fmt: str) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (8, 8), "white").save(out, fmt)
-    return out.getvalue()
+def bad_image(reason: str) -> grpc.aio.AioRpcError:
+    violation = errors.FieldViolation("image", f"{reason.lower()} image", reason)
+    return rpc_error(errors.bad_request("invalid image", [violation], reason=f"IMAGE_{reason}"))
 
 
-def test_only_the_formats_the_ocr_service_takes_pass_the_type_gate() -> None:
-    for fmt in ("JPEG", "PNG", "BMP", "TIFF", "WEBP"):
-        assert image_format(encoded(fmt)) == fmt
-    with pytest.raises(UnsupportedImage, match="GIF images are not supported"):
-        image_format(encoded("GIF"))
-    with pytest.raises(UnsupportedImage, match="not an image"):
-        image_format(b"%PDF-1.7 not an image")
-    with pytest.raises(UnsupportedImage, match="empty"):
-        image_format(b"")
+def test_ocr_refusing_the_type_of_an_upload_is_415_and_other_bad_images_400() -> None:
+    for reason in ("EMPTY", "NOT_AN_IMAGE", "UNSUPPORTED_FORMAT"):
+        err = from_rpc(bad_image(reason), "ocr")
+        assert (err.status, err.code) == (415, "unsupported_type"), reason
+    for reason in ("TRUNCATED", "TOO_MANY_PIXELS", "CORRUPT"):
+        err = from_rpc(bad_image(reason), "ocr")
+        assert (err.status, err.code) == (400, "bad_image"), reason
+        assert err.fields == {"image": f"{reason.lower()} image"}
 
 
 async def test_status_snapshots_are_shared_by_concurrent_pages_for_a_moment() -> None:
