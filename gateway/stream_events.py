@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TypeVar
 
 from gateway.cache import SnapshotCache
+from mesh.tasks import cancel_and_wait
 
 Request = TypeVar("Request")
 
@@ -33,14 +33,12 @@ async def requests_and_changes(
     seen = cache.generation
     try:
         while True:
-            got_request = asyncio.ensure_future(requests.get())
-            got_change = asyncio.ensure_future(cache.changed(seen))
+            got_request = asyncio.create_task(requests.get())
+            got_change = asyncio.create_task(cache.changed(seen))
             done, _ = await asyncio.wait({got_request, got_change}, return_when=asyncio.FIRST_COMPLETED)
             for waiter in (got_request, got_change):
                 if waiter not in done:
-                    waiter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiter
+                    await cancel_and_wait(waiter)
             if got_change in done:
                 seen = got_change.result()
                 yield None
@@ -50,6 +48,4 @@ async def requests_and_changes(
                     return
                 yield request
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await cancel_and_wait(reader)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import __version__, errors
 from mesh.picking import PREDICTED_WAIT_TRAILER
+from mesh.tasks import cancel_and_wait
 from ocr_svc.job import JobOptions, Recognition
 from ocr_svc.recognizer import Recognizer
 
@@ -174,11 +174,9 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
                 yield reply
             await reader
         finally:
-            reader.cancel()
             for task in list(tasks):
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
 
     async def GetInfo(self, request: ocr_pb2.GetInfoRequest, context: Context) -> ocr_pb2.GetInfoResponse:
         r = self.recognizer
