@@ -180,6 +180,24 @@ def test_uploads_over_the_limit_are_413(client: httpx.Client) -> None:
     assert client.post("/api/ocr", content=chunked(), headers=headers).status_code == 413
 
 
+def test_json_bodies_over_16_kib_are_413_on_every_other_route(client: httpx.Client) -> None:
+    # Anonymous and CSRF-passing: two 200 MB register posts once took the BFF from 82 to 1105 MiB.
+    big = {"username": "x" * (17 * 1024), "password": "correct horse battery"}
+    for path in ("/api/register", "/api/login", "/api/logout"):
+        got = client.post(path, json=big)
+        assert got.status_code == 413, (path, got.text)
+        assert got.json()["error"] == "too_large" and "16 KiB" in got.json()["message"]
+
+    def endless() -> Iterator[bytes]:  # no Content-Length: cut off as it arrives, not read to the end
+        yield b'{"username": "'
+        for _ in range(64):
+            yield b"x" * 1024 * 1024
+
+    headers = {"content-type": "application/json"}
+    assert client.post("/api/register", content=endless(), headers=headers).status_code == 413
+    assert client.post("/api/login", json={"username": "a", "password": "b"}).status_code == 401
+
+
 def test_wrong_types_are_415(client: httpx.Client) -> None:
     not_form = client.post("/api/ocr", json={"image": "aGVsbG8="})
     assert not_form.status_code == 415 and not_form.json()["error"] == "unsupported_type"
