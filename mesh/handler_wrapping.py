@@ -1,4 +1,5 @@
-"""One wrapper for grpc.aio method handlers of every kind: each call runs inside a given scope."""
+"""One wrapper for grpc.aio method handlers of every kind: each call runs inside a given scope, and
+a request that is not a valid message is answered INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -8,9 +9,49 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+
+from mesh import errors
 
 CallScope = Callable[[Any, bool], AbstractAsyncContextManager[object]]
 """`scope(context, unary)`: entered around one call; `unary` is True when it has one response."""
+
+
+class Undecodable:
+    """What a request that fails to parse becomes, so the handler wrapper can answer it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, returning Undecodable instead of raising. grpc itself would answer UNKNOWN
+    ("Unexpected <class DecodeError>") and log a traceback at error level for every bad message."""
+    if deserializer is None or getattr(deserializer, "tolerant", False):
+        return deserializer
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, TypeError) as exc:
+            return Undecodable(exc)
+
+    parse.tolerant = True  # type: ignore[attr-defined]
+    return parse
+
+
+async def _refuse(context: Any) -> None:
+    """Answer INVALID_ARGUMENT: the bytes are not the method's request message (nothing internal said)."""
+    message = "the request is not a valid protobuf message for this method"
+    violation = errors.FieldViolation("request", message, "MALFORMED_MESSAGE")
+    await errors.abort(context, errors.bad_request(message, [violation], reason="MALFORMED_MESSAGE"))
+
+
+async def _checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            await _refuse(context)
+        yield request
 
 
 def wrap_handler(handler: grpc.RpcMethodHandler, scope: CallScope) -> grpc.RpcMethodHandler:
@@ -18,37 +59,44 @@ def wrap_handler(handler: grpc.RpcMethodHandler, scope: CallScope) -> grpc.RpcMe
 
     grpc.aio has no per-call hook that spans a streaming response, so interceptors re-wrap the
     handler; this is the one place that knows the four kinds and both streaming styles (async
-    generators, and coroutines that send with `await context.write(...)`).
+    generators, and coroutines that send with `await context.write(...)`). A request message that
+    does not parse is answered INVALID_ARGUMENT before the handler sees it.
     """
+    deserializer = _tolerant(handler.request_deserializer)
+    streamed = bool(handler.stream_unary or handler.stream_stream)
+
+    async def checked(request: Any, context: Any) -> Any:
+        if streamed:
+            return _checked(request, context)
+        if isinstance(request, Undecodable):
+            await _refuse(context)
+        return request
+
     if handler.unary_unary or handler.stream_unary:
         inner = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: Any) -> Any:
             async with scope(context, True):
-                return await inner(request, context)
+                return await inner(await checked(request, context), context)
 
         make = (
             grpc.unary_unary_rpc_method_handler
             if handler.unary_unary
             else grpc.stream_unary_rpc_method_handler
         )
-        return make(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return make(unary, request_deserializer=deserializer, response_serializer=handler.response_serializer)
 
     inner_stream = handler.unary_stream or handler.stream_stream
 
     async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
         async with scope(context, False):
-            async for item in inner_stream(request, context):
+            async for item in inner_stream(await checked(request, context), context):
                 yield item
 
     async def writing(request: Any, context: Any) -> None:
         # Handlers such as grpc.health.v1 Watch are coroutines that call context.write.
         async with scope(context, False):
-            await inner_stream(request, context)
+            await inner_stream(await checked(request, context), context)
 
     make_stream = (
         grpc.unary_stream_rpc_method_handler
@@ -57,6 +105,6 @@ def wrap_handler(handler: grpc.RpcMethodHandler, scope: CallScope) -> grpc.RpcMe
     )
     return make_stream(
         writing if inspect.iscoroutinefunction(inner_stream) else streaming,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
