@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -168,6 +169,14 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(database)
 
 
+def _owner_only(path: Path) -> None:
+    """Create the database file readable by its owner alone (0600), or make an existing one so:
+    it holds password hashes and signing keys. SQLite gives its -wal and -shm files the same mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(path, 0o600)
+
+
 def _prepare_sqlite(engine: AsyncEngine) -> None:
     """Busy timeout, foreign keys; and BEGIN issued by us (IMMEDIATE for writes)."""
 
@@ -205,7 +214,7 @@ class AuthStore:
                 raise StoreError("a schema can only be chosen on PostgreSQL")
             path = _sqlite_file(parsed)
             if path is not None:
-                path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+                _owner_only(path.expanduser())
         elif backend == "postgresql":
             kwargs["pool_pre_ping"] = True
             if schema:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -74,8 +76,22 @@ def ocr_child(
     return Child(name, argv, ready, data_dir / "logs" / f"{name}.log")
 
 
+def key_passphrase_file(data_dir: Path) -> Path:
+    """DATA_DIR/key-passphrase, made once with a random passphrase and readable by its owner alone
+    (0600): the key-encryption key that seals the auth service's signing keys in its database."""
+    path = data_dir / "key-passphrase"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def auth_child(index: int, etcd: str, host: str, port: int, data_dir: Path) -> Child:
-    """An auth instance; all of them share one SQLite file (and so one user table and key set)."""
+    """An auth instance; all of them share one SQLite file (and so one user table and key set), and
+    the passphrase that seals the signing keys in it."""
     name = f"auth-{index}"
     ready = data_dir / "run" / f"{name}.json"
     db = f"sqlite+aiosqlite:///{(data_dir / 'auth.db').resolve()}"
@@ -86,6 +102,7 @@ def auth_child(index: int, etcd: str, host: str, port: int, data_dir: Path) -> C
         "--instance-id", name,
         "--etcd", etcd,
         "--db", db,
+        "--key-passphrase-file", str(key_passphrase_file(data_dir).resolve()),
     )  # fmt: skip
     return Child(name, argv, ready, data_dir / "logs" / f"{name}.log")
 

@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import sqlite3
+import stat
 import sys
 from pathlib import Path
 
@@ -74,7 +76,13 @@ async def test_up_starts_auth_before_ocr_and_ocr_requires_tokens(tmp_path: Path)
         auth_address, ocr_address = ready["auth-1"]["address"], ready["ocr-1"]["address"]
         assert f"auth: {auth_address}" in text and "--login alice" in text
         assert ready["ocr-1"]["require_auth"] is True
-        assert (data / "auth.db").exists()
+        # The accounts database and the key-encryption passphrase are the owner's alone, and the
+        # signing key in the database is sealed (an encrypted PKCS#8 PEM, not a readable one).
+        for secret in ("auth.db", "key-passphrase"):
+            assert stat.S_IMODE((data / secret).stat().st_mode) == 0o600, secret
+        with sqlite3.connect(data / "auth.db") as db:
+            pems = [row[0] for row in db.execute("SELECT private_pem FROM signing_keys")]
+        assert pems and all(pem.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----") for pem in pems), pems
 
         async with (
             balancer.direct_channel(auth_address) as auth_channel,
