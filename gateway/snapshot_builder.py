@@ -45,7 +45,16 @@ _ADS = {"ads": {}, "resource_api_version": "V3"}
 _H2 = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": rs.typed("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
-        "explicit_http_config": {"http2_protocol_options": {}},
+        "explicit_http_config": {
+            "http2_protocol_options": {
+                # PING every 2 s and drop a connection whose peer does not answer within 1 s: a
+                # frozen (SIGSTOPped, partitioned) instance's calls are reset within ~3 s and
+                # retried elsewhere, instead of hanging until the caller's deadline. A per-try
+                # timeout cannot do this for OCR, whose legitimate calls may wait a minute in a queue.
+                # The services accept pings 1 s apart (mesh/lifecycle.py), as from the mesh client.
+                "connection_keepalive": {"interval": "2s", "timeout": "1s"}
+            }
+        },
     }
 }
 

@@ -68,8 +68,9 @@ def ocr_pair(tmp: Path, etcd: str) -> Iterator[list[OcrProcess]]:
 class Load:
     """Closed-loop Recognize callers through the gateway; records who served and every failure."""
 
-    def __init__(self, target: str, token: str, callers: int) -> None:
+    def __init__(self, target: str, token: str, callers: int, timeout_s: float = 20.0) -> None:
         self.target = target
+        self.timeout_s = timeout_s
         self.metadata = [("authorization", f"Bearer {token}")]
         self.callers = callers
         self.served: list[tuple[float, str]] = []
@@ -83,7 +84,7 @@ class Load:
             request = ocr_pb2.RecognizeRequest(image=LINE, filename="line.png", options=LINE_ONLY)
             while not self._stop.is_set():
                 try:
-                    answer = await stub.Recognize(request, metadata=self.metadata, timeout=20)
+                    answer = await stub.Recognize(request, metadata=self.metadata, timeout=self.timeout_s)
                 except grpc.aio.AioRpcError as exc:
                     self.failures.append(f"{exc.code().name}: {exc.details()}")
                     await asyncio.sleep(0.05)
@@ -137,6 +138,35 @@ async def test_killed_instance_leaves_with_no_failed_request(
     assert load.failures == [], load.failures[:5]
     after = Counter(who for at, who in load.served if at > killed_at + 1.0)
     assert after["gw-survivor"] > 0 and after["gw-victim"] == 0, after
+
+
+async def test_calls_on_a_frozen_instance_are_retried_elsewhere_within_their_deadline(
+    tmp_path: Path, etcd: EtcdProcess
+) -> None:
+    """SIGSTOP leaves connections open and silent: without HTTP/2 keepalive on its upstream
+    connections Envoy would wait on the calls it sent there until their 8 s deadline."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
+    with (
+        running_auth(tmp_path, "--etcd", etcd.endpoint, "--db", db),
+        ocr_pair(tmp_path, etcd.endpoint) as (victim, survivor),
+        running_gateway(tmp_path, etcd.endpoint) as gateway,
+    ):
+        await eventually(lambda: _healthy(gateway, {victim.address, survivor.address}), 30)
+        token = await login_through(gateway.address, "frozen-user")
+        load = Load(gateway.address, token, callers=6, timeout_s=8.0)
+        load.start()
+        try:
+            await eventually(lambda: _served_by_both(load), 60)
+            os.kill(victim.pid, signal.SIGSTOP)
+            try:
+                frozen = load.count()
+                await asyncio.sleep(12)  # longer than a call's deadline: a hung call would fail
+                await eventually(lambda: _at_least(load.count, frozen + 10), 60)
+            finally:
+                os.kill(victim.pid, signal.SIGCONT)
+        finally:
+            await load.finish()
+    assert load.failures == [], load.failures[:5]
 
 
 async def test_control_plane_restart_does_not_interrupt_traffic(
