@@ -21,10 +21,56 @@ def split_hostport(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def overload_manager(max_heap_bytes: int, max_connections: int) -> dict[str, Any]:
+    """Envoy's memory ceiling: past 90 % of `max_heap_bytes` it gives freed memory back to the
+    system, past 95 % it stops accepting new requests (answering 503) until memory falls again;
+    at most `max_connections` downstream connections are open at once."""
+    monitor = "envoy.resource_monitors.fixed_heap"
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": monitor,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3."
+                    "FixedHeapConfig",
+                    "max_heap_size_bytes": str(max_heap_bytes),
+                },
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                    "downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": str(max_connections),
+                },
+            },
+        ],
+        "actions": [
+            {
+                "name": "envoy.overload_actions.shrink_heap",
+                "triggers": [{"name": monitor, "threshold": {"value": 0.90}}],
+            },
+            {
+                "name": "envoy.overload_actions.stop_accepting_requests",
+                "triggers": [{"name": monitor, "threshold": {"value": 0.95}}],
+            },
+        ],
+    }
+
+
 def envoy_bootstrap(
-    node_id: str, xds: str, admin_port: int, profile: Profile, *, delta: bool = False
+    node_id: str,
+    xds: str,
+    admin_port: int,
+    profile: Profile,
+    *,
+    delta: bool = False,
+    max_heap_bytes: int = 512 * 2**20,
+    max_connections: int = 10_000,
 ) -> dict[str, Any]:
-    """Envoy's bootstrap: node (with the listener profile as metadata), loopback admin, ADS (delta or not)."""
+    """Envoy's bootstrap: node (with the listener profile as metadata), loopback admin, ADS (delta
+    or not), and the overload manager that holds Envoy under `max_heap_bytes`."""
     xds_host, xds_port = split_hostport(xds)
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
@@ -80,6 +126,7 @@ def envoy_bootstrap(
             ]
         },
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
+        "overload_manager": overload_manager(max_heap_bytes, max_connections),
     }
 
 

@@ -57,6 +57,9 @@ class GatewayConfig:
         21 * 1024 * 1024, help="request bodies kept for retries (OCR limit + 1 MiB)"
     )
     access_log: bool = setting(True, help="Envoy access log (JSON lines on stdout)")
+    max_heap_mb: int = setting(
+        512, help="Envoy's heap ceiling: it sheds memory at 90 %% and refuses new requests at 95 %%"
+    )
     cors_origins: str = setting(
         ",".join(DEFAULT_CORS_ORIGINS),
         help="comma-separated origins whose pages may call the gateway (gRPC-Web); '*' for any, '' for none",

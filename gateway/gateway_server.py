@@ -104,7 +104,12 @@ async def serve(config: GatewayConfig) -> int:
             await xds_service.start()
             xds_address = xds_service.address
         bootstrap = envoy_bootstrap(
-            node_id, xds_address, admin_port, profile_of(config, port), delta=config.xds_delta
+            node_id,
+            xds_address,
+            admin_port,
+            profile_of(config, port),
+            delta=config.xds_delta,
+            max_heap_bytes=config.max_heap_mb * 2**20,
         )
     except (OSError, ValueError) as exc:
         print(f"ocrmesh serve gateway: {exc}", file=sys.stderr)

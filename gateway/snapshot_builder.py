@@ -161,9 +161,16 @@ def proxyless_cluster(service: str) -> dict[str, Any]:
     }
 
 
-def _route(prefix: str, cluster: str, retry_on: str) -> dict[str, Any]:
+SMALL_REQUEST_BYTES = 64 * 1024
+"""What Envoy keeps of a request for retries on routes that take small messages (auth, health,
+reflection): unauthenticated slow 21 MiB bodies to Health/Check once held ~13 MiB each."""
+
+
+def _route(prefix: str, cluster: str, retry_on: str, buffer_bytes: int) -> dict[str, Any]:
     return {
         "match": {"prefix": prefix},
+        # Retries need the request body kept: up to the OCR upload limit on OCR routes, little elsewhere.
+        "request_body_buffer_limit": str(buffer_bytes),
         "route": {
             "cluster": cluster,
             "timeout": "0s",  # no fixed route timeout: the caller's grpc-timeout bounds the call
@@ -194,9 +201,17 @@ def route_config(profile: Profile) -> dict[str, Any]:
     host: dict[str, Any] = {
         "name": "ocrmesh",
         "domains": ["*"],
-        "routes": [_route(prefix, cluster, retry_on) for prefix, cluster, _, retry_on in ROUTED],
-        # Retries need the request body kept; up to the OCR upload limit it is.
-        "request_body_buffer_limit": str(profile.max_request_bytes),
+        "routes": [
+            _route(
+                prefix,
+                cluster,
+                retry_on,
+                profile.max_request_bytes
+                if cluster == OCR_SERVICE and required
+                else min(SMALL_REQUEST_BYTES, profile.max_request_bytes),
+            )
+            for prefix, cluster, required, retry_on in ROUTED
+        ],
     }
     if profile.cors_origins:  # none: the CORS filter adds no headers, so browsers on other sites are refused
         host["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(profile.cors_origins)}

@@ -16,8 +16,15 @@ from gateway.profile import PROXYLESS, Profile, from_node
 
 def test_envoy_bootstrap_is_valid_for_envoy_and_admin_stays_on_loopback(tmp_path: Path) -> None:
     profile = Profile(host="0.0.0.0", port=8443, rate_limit_rps=50)
-    doc = envoy_bootstrap("gw-1", "127.0.0.1:18000", 0, profile)
+    doc = envoy_bootstrap("gw-1", "127.0.0.1:18000", 0, profile, max_heap_bytes=300 << 20)
     assert doc["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    heap = doc["overload_manager"]["resource_monitors"][0]["typed_config"]
+    assert heap["max_heap_size_bytes"] == str(300 << 20)
+    actions = {a["name"]: a["triggers"][0]["threshold"]["value"] for a in doc["overload_manager"]["actions"]}
+    assert actions == {
+        "envoy.overload_actions.shrink_heap": 0.90,
+        "envoy.overload_actions.stop_accepting_requests": 0.95,
+    }
     path = tmp_path / "bootstrap.json"
     path.write_text(json.dumps(doc))
     done = subprocess.run(

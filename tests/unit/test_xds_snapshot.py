@@ -16,6 +16,7 @@ from gateway.snapshot import InconsistentSnapshot
 from gateway.snapshot_builder import (
     NO_JWKS_YET,
     ROUTES_NAME,
+    SMALL_REQUEST_BYTES,
     Endpoint,
     MeshState,
     build_snapshot,
@@ -77,6 +78,17 @@ def test_jwt_required_on_ocr_only_and_token_forwarded() -> None:
     provider = config.providers["ocrmesh"]
     assert provider.forward and json.loads(provider.local_jwks.inline_string) == json.loads(JWKS)
     assert provider.issuer == "ocrmesh-auth" and list(provider.audiences) == ["ocrmesh"]
+    # From the authorization header only: no `?access_token=` (Envoy's default also reads it).
+    assert [(h.name, h.value_prefix) for h in provider.from_headers] == [("authorization", "Bearer ")]
+    assert list(provider.from_params) == []
+
+
+def test_only_ocr_routes_keep_large_bodies_for_retries() -> None:
+    snap = build_snapshot(state(), Profile(max_request_bytes=21 << 20))
+    routes = snap.of(rs.ROUTE)[ROUTES_NAME].virtual_hosts[0].routes
+    kept = {r.match.prefix: r.request_body_buffer_limit.value for r in routes}
+    assert kept["/ocrmesh.ocr.v1.OcrService/"] == 21 << 20
+    assert all(v == SMALL_REQUEST_BYTES for p, v in kept.items() if p != "/ocrmesh.ocr.v1.OcrService/"), kept
 
 
 def test_no_jwks_yet_uses_a_key_nobody_holds() -> None:
