@@ -39,7 +39,15 @@ class BffConfig:
         help="mark cookies Secure: auto (when the request came over https), always, never",
         choices=("auto", "always", "never"),
     )
+    admins: str = setting(
+        "",
+        help="comma-separated user names who see the status page in full (instances, addresses, "
+        "balancer); everyone else sees how many instances of each service are healthy",
+    )
     log_level: str = setting("info", help="log level", env="OCRMESH_LOG_LEVEL")
+
+    def admin_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.admins.split(",") if name.strip())
 
     def validate(self) -> None:
         if not self.etcd.strip():

@@ -20,6 +20,8 @@ from tests.integration.ocr_fixtures import OcrProcess, start_ocr
 from tests.integration.service_process import start_command, stop
 
 T = TypeVar("T")
+ADMINS = ("api-admin", "ui-admin")
+"""User names the test meshes' BFF shows the full status page to (`--admins`)."""
 
 
 class LoopThread:
@@ -101,7 +103,7 @@ def running_mesh(tmp: Path, *ocr_args: tuple[str, ...]) -> Iterator[Mesh]:
         for future in futures:
             if future.exception() is not None:
                 raise future.exception()  # type: ignore[misc]
-        bff = start_bff(tmp / "bff", endpoint)
+        bff = start_bff(tmp / "bff", endpoint, "--admins", ",".join(ADMINS))
         procs.append(bff.proc)
         yield Mesh(endpoint, auth, ocr, bff)
     finally:

@@ -257,12 +257,22 @@ def test_an_expired_access_cookie_is_refreshed_once_for_concurrent_requests(clie
     assert client.get("/api/me").status_code == 200
 
 
-def test_status_lists_services_and_healthy_instances(client: httpx.Client, mesh: Mesh) -> None:
+def test_status_shows_users_health_and_admins_every_instance(client: httpx.Client, mesh: Mesh) -> None:
+    # An ordinary user: how many instances of each service are healthy, and nothing internal.
     got = client.get("/api/status")
     assert got.status_code == 200, got.text
+    summary = got.json()
+    assert summary["services"]["ocr"] == {"instances": 1, "healthy": 1}
+    assert summary["services"]["auth"] == {"instances": 1, "healthy": 1}
+    assert summary["detail"] is False and set(summary) == {"at", "services", "detail"}
+    assert mesh.ocr[0].address not in got.text and mesh.etcd not in got.text
+    # A user named in --admins (the auth service says who it is; the cookie's claims are not trusted).
+    with api_client(mesh.url) as admin:
+        register_and_login(admin, "api-admin")
+        got = admin.get("/api/status")
+    assert got.status_code == 200, got.text
     body = got.json()
-    assert body["services"]["ocr"] == {"instances": 1, "healthy": 1}
-    assert body["services"]["auth"] == {"instances": 1, "healthy": 1}
+    assert body["detail"] is True and body["services"] == summary["services"]
     (ocr,) = [i for i in body["instances"] if i["service"] == "ocr"]
     assert (
         ocr["id"] == "ocr-busy"

@@ -490,6 +490,10 @@ function renderStatus(snapshot) {
     card.querySelector(".svc-sub").textContent = t("status.healthyOf", { h: entry.healthy, n: entry.instances });
     cards.append(card);
   }
+  const detail = snapshot.detail !== false;
+  $("status-limited").hidden = detail;
+  for (const card of document.querySelectorAll("[data-detail]")) card.hidden = !detail;
+  if (!detail) return;
   const body = document.querySelector("#instances tbody");
   body.textContent = "";
   if (!snapshot.instances.length) {
