@@ -68,6 +68,12 @@ class OcrConfig:
     )
     job_timeout_s: float = setting(120.0, help="kill a worker stuck on one job for this long")
     grace_s: float = setting(20.0, help="on SIGTERM, time given to in-flight requests")
+    stream_idle_s: float = setting(
+        30.0, help="RecognizeStream: end an upload that sends nothing for this long (DEADLINE_EXCEEDED)"
+    )
+    stream_upload_s: float = setting(
+        300.0, help="RecognizeStream: end an upload not finished in this long, whatever its deadline"
+    )
     metrics_port: int = setting(0, help="Prometheus /metrics port (0: a free one, -1: off)")
     ready_file: Path | None = setting(None, help="write {address, metrics} JSON here once serving")
     etcd: str = setting(
@@ -93,6 +99,8 @@ class OcrConfig:
     debug_delay_ms: int = setting(0, help="TEST ONLY: sleep this long in the worker per job")
 
     def validate(self) -> None:
+        if self.stream_idle_s <= 0 or self.stream_upload_s <= 0:
+            raise ConfigError("--stream-idle-s and --stream-upload-s must be positive")
         if self.workers < 0:
             raise ConfigError("--workers must be 0 (auto) or more")
         if self.threads_per_worker < 1:

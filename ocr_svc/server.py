@@ -94,6 +94,8 @@ class OcrInstance:
                 config.worker_count,
                 config.threads_per_worker,
             ),
+            stream_idle_s=config.stream_idle_s,
+            stream_upload_s=config.stream_upload_s,
         )
         ocr_pb2_grpc.add_OcrServiceServicer_to_server(self.servicer, self.server)
         lifecycle.enable_reflection(self.server, [SERVICE_NAME])

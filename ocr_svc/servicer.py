@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.rpc import status_pb2
@@ -77,9 +77,18 @@ def to_result(rec: Recognition, facts: InstanceFacts) -> ocr_pb2.OcrResult:
 class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
     """gRPC face of a Recognizer."""
 
-    def __init__(self, recognizer: Recognizer, facts: InstanceFacts) -> None:
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        facts: InstanceFacts,
+        stream_idle_s: float = 30.0,
+        stream_upload_s: float = 300.0,
+    ) -> None:
         self.recognizer = recognizer
         self.facts = facts
+        # An upload that stalls, or trickles, must not hold its bytes (up to the image limit) for ever.
+        self.stream_idle_s = stream_idle_s
+        self.stream_upload_s = stream_upload_s
 
     async def Recognize(
         self, request: ocr_pb2.RecognizeRequest, context: Context
@@ -107,7 +116,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
         chunks: list[bytes] = []
         size = 0
         try:
-            async for message in request_iterator:
+            async for message in bounded_upload(request_iterator, self.stream_idle_s, self.stream_upload_s):
                 part = message.WhichOneof("part")
                 if part == "header":
                     if header is not None or chunks:
@@ -228,6 +237,31 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
             uptime_seconds=time.time() - r.started,
             serving=r.serving,
         )
+
+
+M = TypeVar("M")
+
+
+async def bounded_upload(messages: AsyncIterator[M], idle_s: float, total_s: float) -> AsyncIterator[M]:
+    """`messages`, ended with DEADLINE_EXCEEDED (reason UPLOAD_STALLED) when the next one takes
+    over `idle_s` or the whole upload over `total_s`."""
+    iterator = aiter(messages)
+    ends = time.monotonic() + total_s
+    while True:
+        left = ends - time.monotonic()
+        wait = min(idle_s, left)
+        try:
+            message = await asyncio.wait_for(anext(iterator), max(0.0, wait))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            why = f"nothing arrived for {idle_s:g} s" if wait == idle_s else f"not finished in {total_s:g} s"
+            raise errors.simple(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"upload ended: {why}; send the image's chunks without pauses",
+                reason="UPLOAD_STALLED",
+            ) from None
+        yield message
 
 
 def _stream_error(message: str) -> errors.RichError:
