@@ -7,7 +7,8 @@ one more freezes an instance behind a static address list, where only keepalive 
 Each runs twice: with one text line and detection off (cheap, ~0.2 s a call) and with the corpus
 photo a user would send (full pipeline, ~0.7 s a call, 30 s deadline). Eight callers fit in the
 queue of the instance that survives (predicted wait ~6 s), so no call may fail, not even with
-RESOURCE_EXHAUSTED. The default suite runs the kill -9 photo variant and the cheap SIGTERM one;
+RESOURCE_EXHAUSTED; the one exception is the photo under SIGSTOP, where a call that lost seconds
+on the frozen instance may be refused at once because what is left of its deadline no longer fits. The default suite runs the kill -9 photo variant and the cheap SIGTERM one;
 the rest are `slow`. The figures each test measures are printed (run with -s to see them).
 """
 
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aetcd
+import grpc
 import pytest
 
 from etcd.launcher import EtcdProcess
@@ -160,7 +162,20 @@ async def test_sigstop_for_15s_under_load(
         while_frozen = load.counts(since=frozen + 0.5, until=resumed)
         await load.wait_served("chaos-b", 1, timeout=30)
     report("sigstop", load, mesh, gone_from_discovery_s=gone_s, back_after_sigcont_s=back_s)
-    assert not load.failures, load.describe_failures()
+    # With the photo, half the capacity is gone for 15 s: a call that lost seconds on the frozen
+    # instance may then find the survivor's queue longer than what is left of its deadline, and is
+    # refused at once (RESOURCE_EXHAUSTED, DEADLINE_UNREACHABLE) rather than left to time out. That,
+    # and only while the instance is frozen, is allowed; nothing else is.
+    shed = [
+        f
+        for f in load.failures
+        if work is PHOTO_WORK
+        and f.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and "before your deadline" in f.details
+        and frozen <= f.at <= resumed + 1.0
+    ]
+    print(f"[sigstop] {work.name}: {len(shed)} refused while half the capacity was frozen")
+    assert [f for f in load.failures if f not in shed] == [], load.describe_failures()
     # Nothing came back from the frozen instance (bar calls that ended in its first half second),
     # the survivor carried the load meanwhile.
     assert while_frozen["chaos-a"] == 0 and while_frozen["chaos-b"] >= 3, while_frozen
