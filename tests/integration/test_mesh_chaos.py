@@ -8,8 +8,9 @@ Each runs twice: with one text line and detection off (cheap, ~0.2 s a call) and
 photo a user would send (full pipeline, ~0.7 s a call, 30 s deadline). Eight callers fit in the
 queue of the instance that survives (predicted wait ~6 s), so no call may fail, not even with
 RESOURCE_EXHAUSTED; the one exception is the photo under SIGSTOP, where a call that lost seconds
-on the frozen instance may be refused at once because what is left of its deadline no longer fits. The default suite runs the kill -9 photo variant and the cheap SIGTERM one;
-the rest are `slow`. The figures each test measures are printed (run with -s to see them).
+on the frozen instance may be refused at once because what is left of its deadline no longer
+fits. The default suite runs the kill -9 photo variant and the cheap SIGTERM one; the rest are
+`slow`. The figures each test measures are printed (run with -s to see them).
 """
 
 from __future__ import annotations
