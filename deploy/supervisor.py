@@ -24,6 +24,8 @@ from etcd.launcher import EtcdProcess
 console = Console(stderr=False)
 
 Say = Callable[[str], None]
+RESTART_TIMEOUT_S = 300.0
+"""How long a restarted child may take to get ready again (models load, engines warm up)."""
 
 
 @dataclass
@@ -37,10 +39,6 @@ class Child(ServiceProcess):
     def kind(self) -> str:
         """The service this child runs: "ocr", "auth", "gateway" or "bff" (its name without "-N")."""
         return self.name.split("-", 1)[0]
-
-    async def start_ready(self, timeout_s: float = 300.0) -> None:
-        """Start it and wait until it is ready (stopped again if it is not); NotReadyError says why."""
-        await self.start_async(timeout_s)
 
 
 def _serve_argv(service: str, *args: str) -> list[str]:
@@ -237,7 +235,7 @@ class LocalMesh:
                 self.say(f"note: {note}")
             for child in self.planned:
                 self.say(f"starting {child.name} ({_what_it_does(child)}) ...")
-                await child.start_ready(self.start_timeout_s)
+                await child.start_async(self.start_timeout_s)
                 self.started.append(child)
         except BaseException:
             await self.stop()
@@ -340,7 +338,7 @@ async def supervise(children: list[Child], stop: asyncio.Event, say: Say) -> Non
                 await asyncio.sleep(delay)
                 child.restarts += 1
                 try:
-                    await child.start_ready()
+                    await child.start_async(RESTART_TIMEOUT_S)
                     say(f"[green]{child.name} is back on {child.info.get('address')}[/]")
                 except RuntimeError as exc:
                     say(f"[red]{exc}[/]")

@@ -195,6 +195,14 @@ def _route(prefix: str, cluster: str, retry_on: str, buffer_bytes: int) -> dict[
     }
 
 
+def _kept_bytes(profile: Profile, cluster: str, token_required: bool) -> int:
+    """Request bytes kept for retries: the upload limit on OCR routes (jwt_authn checks their token
+    before any body is read), a small message's worth elsewhere."""
+    if cluster == OCR_SERVICE and token_required:
+        return profile.max_request_bytes
+    return min(SMALL_REQUEST_BYTES, profile.max_request_bytes)
+
+
 def route_config(profile: Profile) -> dict[str, Any]:
     """Routes by gRPC service name, CORS for the allowed origins, request bodies buffered up to the
     OCR limit."""
@@ -202,14 +210,7 @@ def route_config(profile: Profile) -> dict[str, Any]:
         "name": "ocrmesh",
         "domains": ["*"],
         "routes": [
-            _route(
-                prefix,
-                cluster,
-                retry_on,
-                profile.max_request_bytes
-                if cluster == OCR_SERVICE and required
-                else min(SMALL_REQUEST_BYTES, profile.max_request_bytes),
-            )
+            _route(prefix, cluster, retry_on, _kept_bytes(profile, cluster, required))
             for prefix, cluster, required, retry_on in ROUTED
         ],
     }

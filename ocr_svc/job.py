@@ -24,9 +24,9 @@ Box = tuple[Point, ...]
 (after EXIF orientation); empty when the caller asked for no boxes."""
 
 
-def box_from_corners(corners: Any, scale: float = 1.0) -> Box:
-    """A Box from 4 (x, y) corners (any sequence or an array of shape (4, 2)), divided by `scale`."""
-    return tuple((float(x) / scale, float(y) / scale) for x, y in corners)
+def box_from_corners(corners: Any) -> Box:
+    """A Box from 4 (x, y) corners (any sequence or an array of shape (4, 2))."""
+    return tuple((float(x), float(y)) for x, y in corners)
 
 
 @dataclass(frozen=True)

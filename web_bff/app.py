@@ -111,7 +111,6 @@ def create_app(config: BffConfig, backends: Backends | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.bff = BffState(config, mesh)
-    app.state.backends = mesh
     app.add_middleware(
         BodyLimit,
         limit=config.max_upload_bytes + MULTIPART_OVERHEAD,

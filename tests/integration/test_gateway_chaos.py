@@ -10,17 +10,16 @@ import signal
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aetcd
 import grpc
-import psutil
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from etcd.launcher import EtcdProcess
 from mesh import balancer
-from mesh.processes import free_port
+from mesh.processes import free_port, kill_tree
 from mesh.registry import instance_key
 from tests.corpus import CORPUS
 from tests.integration.auth_fixtures import running_auth
@@ -102,27 +101,26 @@ class Load:
         return len(self.served)
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and its children (an OCR instance and its engine workers)."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        children = psutil.Process(pid).children(recursive=True)
-        os.kill(pid, signal.SIGKILL)
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
+@contextlib.asynccontextmanager
+async def gateway_over_a_pair(
+    tmp: Path, etcd: EtcdProcess, user: str
+) -> AsyncIterator[tuple[OcrProcess, OcrProcess, GatewayProcess, str]]:
+    """Auth, two OCR instances (victim, survivor) and a gateway, both instances healthy in Envoy;
+    yields them with an access token for `user` obtained through the gateway."""
+    db = f"sqlite+aiosqlite:///{tmp / 'auth.db'}"
+    with (
+        running_auth(tmp, "--etcd", etcd.endpoint, "--db", db),
+        ocr_pair(tmp, etcd.endpoint) as (victim, survivor),
+        running_gateway(tmp, etcd.endpoint) as gateway,
+    ):
+        await eventually(lambda: _healthy(gateway, {victim.address, survivor.address}), 30)
+        yield victim, survivor, gateway, await login_through(gateway.address, user)
 
 
 async def test_killed_instance_leaves_with_no_failed_request(
     tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client
 ) -> None:
-    db = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
-    with (
-        running_auth(tmp_path, "--etcd", etcd.endpoint, "--db", db),
-        ocr_pair(tmp_path, etcd.endpoint) as (victim, survivor),
-        running_gateway(tmp_path, etcd.endpoint) as gateway,
-    ):
-        await eventually(lambda: _healthy(gateway, {victim.address, survivor.address}), 30)
-        token = await login_through(gateway.address, "chaos-user")
+    async with gateway_over_a_pair(tmp_path, etcd, "chaos-user") as (victim, _, gateway, token):
         load = Load(gateway.address, token, callers=6)
         load.start()
         try:
@@ -145,14 +143,7 @@ async def test_calls_on_a_frozen_instance_are_retried_elsewhere_within_their_dea
 ) -> None:
     """SIGSTOP leaves connections open and silent: without HTTP/2 keepalive on its upstream
     connections Envoy would wait on the calls it sent there until their 8 s deadline."""
-    db = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
-    with (
-        running_auth(tmp_path, "--etcd", etcd.endpoint, "--db", db),
-        ocr_pair(tmp_path, etcd.endpoint) as (victim, survivor),
-        running_gateway(tmp_path, etcd.endpoint) as gateway,
-    ):
-        await eventually(lambda: _healthy(gateway, {victim.address, survivor.address}), 30)
-        token = await login_through(gateway.address, "frozen-user")
+    async with gateway_over_a_pair(tmp_path, etcd, "frozen-user") as (victim, _, gateway, token):
         load = Load(gateway.address, token, callers=6, timeout_s=8.0)
         load.start()
         try:
