@@ -25,6 +25,7 @@ from auth_svc.tokens import Sessions, TokenSettings
 from mesh import config as mesh_config
 from mesh import lifecycle, logs
 from mesh.instance_registration import join_registry, leave_registry
+from mesh.interceptors import RequestCountInterceptor
 from mesh.lease import Registration
 from mesh.tasks import cancel_and_wait
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier
@@ -101,7 +102,12 @@ class AuthInstance:
         settings = TokenSettings(config.issuer, config.audience, config.access_ttl_s, config.refresh_ttl_s)
         self.sessions = Sessions(self.store, self.keyring, settings, clock)
         self.accounts = Accounts(self.store, self.hasher, self.throttle, self.sessions, self.metrics, clock)
-        self.server = lifecycle.new_server(interceptors=[AuthInterceptor(self.verifier, PUBLIC_AUTH_METHODS)])
+        self.server = lifecycle.new_server(
+            interceptors=[
+                RequestCountInterceptor(SERVICE_NAME, self.metrics.count_request),
+                AuthInterceptor(self.verifier, PUBLIC_AUTH_METHODS),
+            ]
+        )
         self.health = lifecycle.Health(self.server, [SERVICE_NAME])
         self.servicer = AuthServicer(self.accounts, self.keyring.jwks, config.trust_forwarded_for)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self.servicer, self.server)

@@ -1,4 +1,5 @@
-"""Server interceptors: request id into a contextvar, and one JSON access-log line per call."""
+"""Server interceptors: request id into a contextvar, one JSON access-log line per call, and a
+count of finished calls per method and status code for the metrics."""
 
 from __future__ import annotations
 
@@ -82,3 +83,44 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request_id.reset(token)
 
         return wrap_handler(handler, logged)
+
+
+RequestCounter = Callable[[str, str], None]
+"""`count(method, code)`: called once per finished call, with the method's short name and the code."""
+
+
+class RequestCountInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts every finished call of `service` (e.g. "ocrmesh.ocr.v1.OcrService") by method and code.
+
+    Put it first among a server's own interceptors, so calls refused by a later one (a missing
+    token: UNAUTHENTICATED) are counted too. Health and reflection calls are not counted.
+    """
+
+    def __init__(self, service: str, count: RequestCounter) -> None:
+        self._prefix = f"/{service}/"
+        self._count = count
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        name = method[len(self._prefix) :]
+        count = self._count
+
+        @contextlib.asynccontextmanager
+        async def counted(context: Any, unary: bool) -> AsyncIterator[None]:
+            error: BaseException | None = None
+            try:
+                yield
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                count(name, _code_name(context, error))
+
+        return wrap_handler(handler, counted)

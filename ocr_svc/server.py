@@ -9,11 +9,13 @@ import sys
 import time
 from types import TracebackType
 
+import grpc
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import config as mesh_config
 from mesh import lifecycle, logs, ocr_limits
 from mesh.instance_registration import join_registry, leave_registry
+from mesh.interceptors import RequestCountInterceptor
 from mesh.jwks_source import JwksAuthInterceptor, JwksSource
 from mesh.lease import Registration
 from mesh.live_config import LiveConfig
@@ -75,7 +77,9 @@ class OcrInstance:
         # With --require-auth every OcrService call needs an access token, checked locally
         # against the JWKS the auth service publishes in etcd; health and reflection stay open.
         self.jwks: JwksSource | None = None
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            RequestCountInterceptor(SERVICE_NAME, self.metrics.count_request)
+        ]
         if config.require_auth:
             verifier = TokenVerifier(issuer=config.auth_issuer, audience=config.auth_audience)
             self.jwks = JwksSource(config.etcd, verifier)

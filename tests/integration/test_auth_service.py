@@ -20,6 +20,7 @@ from auth_svc.server import SERVICE_NAME, AuthInstance
 from auth_svc.store import StoreError
 from mesh import errors
 from mesh.token_verify import TokenVerifier
+from tests.integration import prometheus_text
 from tests.integration.auth_fixtures import fast_config
 from tests.integration.pg_fixtures import BACKENDS, Database, database
 from tests.integration.rpc_status import bearer, code, refused
@@ -327,12 +328,26 @@ async def test_health_reflection_and_metrics(db: Database) -> None:
             answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
         stub = auth_pb2_grpc.AuthServiceStub(channel)
+        # A short load touching every method once, and one refusal.
         await register(stub, "metered")
+        tokens = (await login(stub, "metered")).tokens
+        await stub.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(tokens.access_token))
+        await refused(stub.WhoAmI(auth_pb2.WhoAmIRequest()))
+        tokens = (await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=tokens.refresh_token))).tokens
+        await stub.GetJwks(auth_pb2.GetJwksRequest())
+        await stub.Logout(auth_pb2.LogoutRequest(refresh_token=tokens.refresh_token))
         text = await asyncio.to_thread(
             lambda: urllib.request.urlopen(inst.metrics_url, timeout=5).read().decode()
         )
         assert 'ocrmesh_auth_outcomes_total{action="register",outcome="ok"} 1.0' in text
         assert "ocrmesh_auth_jwks_keys 1.0" in text
+    metrics = prometheus_text.parse(text)  # prometheus_client's parser: raises on a malformed page
+    assert metrics.empty_families() == [], "declared metrics without a sample after the load"
+    for method in ("Register", "Login", "Refresh", "Logout", "WhoAmI", "GetJwks"):
+        assert metrics.value("ocrmesh_auth_requests_total", method=method, code="OK") >= 1, method
+    assert metrics.value("ocrmesh_auth_requests_total", method="WhoAmI", code="UNAUTHENTICATED") == 1
+    assert metrics.value("ocrmesh_auth_password_seconds_count") >= 2  # register + login
+    assert all(len(help_text) >= 30 for help_text in metrics.help.values()), metrics.help
     assert inst.health.serving is False
 
 

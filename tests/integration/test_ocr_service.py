@@ -16,7 +16,9 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 from mesh import balancer, errors
 from mesh.ocr_client import UNARY_LIMIT_BYTES, OcrClient
 from tests.corpus import CORPUS
+from tests.integration import prometheus_text
 from tests.integration.ocr_fixtures import OcrProcess, running_ocr
+from tests.integration.rpc_status import code, refused
 
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
 BAD = CORPUS / "bad"
@@ -200,14 +202,23 @@ async def test_per_request_options_do_not_leak(service: OcrProcess) -> None:
         assert [line.text for line in result.lines] == [line.text for line in before.lines]
 
 
-def test_metrics_endpoint_exposes_queue_and_stage_latency(service: OcrProcess) -> None:
-    import urllib.request
-
-    body = urllib.request.urlopen(service.metrics, timeout=5).read().decode()
-    assert "ocrmesh_ocr_queue_depth" in body
-    assert "ocrmesh_ocr_in_flight" in body
-    assert "ocrmesh_ocr_rejected_busy_total" in body
-    assert 'ocrmesh_ocr_stage_seconds_bucket{le="0.5",stage="det"}' in body
+async def test_every_metric_has_samples_after_a_short_load(service: OcrProcess) -> None:
+    async with balancer.direct_channel(service.address) as channel:
+        client = OcrClient(channel)
+        await client.recognize(PHOTO.read_bytes(), PHOTO.name, timeout=60)
+        await client.info()
+        status = await refused(ocr_pb2_grpc.OcrServiceStub(channel).Recognize(ocr_pb2.RecognizeRequest()))
+    assert code(status) == grpc.StatusCode.INVALID_ARGUMENT
+    metrics = await asyncio.to_thread(prometheus_text.scrape, service.metrics)  # raises if malformed
+    assert metrics.empty_families() == [], "declared metrics without a sample after the load"
+    assert metrics.value("ocrmesh_ocr_requests_total", method="Recognize", code="OK") >= 1
+    assert metrics.value("ocrmesh_ocr_requests_total", method="Recognize", code="INVALID_ARGUMENT") >= 1
+    assert metrics.value("ocrmesh_ocr_requests_total", method="GetInfo", code="OK") >= 1
+    assert metrics.value("ocrmesh_ocr_stage_seconds_count", stage="det") >= 1
+    assert metrics.value("ocrmesh_ocr_completed_total") >= 1
+    for name in ("ocrmesh_ocr_queue_depth", "ocrmesh_ocr_in_flight", "ocrmesh_ocr_rejected_busy"):
+        assert name in metrics.help
+    assert all(len(h) >= 30 and not h.startswith("Total ") for h in metrics.help.values()), metrics.help
 
 
 def test_ready_file_and_log_lines_are_json(service: OcrProcess) -> None:
