@@ -1,4 +1,8 @@
-"""gRPC statuses with rich details (BadRequest, RetryInfo, ErrorInfo), built and read here."""
+"""gRPC statuses with rich details (BadRequest, RetryInfo, ErrorInfo), built and read here.
+
+Every reason, in ErrorInfo and in BadRequest field violations alike, is a value of the contract's
+`ocrmesh.rpc.v1.ErrorReason` (protos/ocrmesh/rpc/v1/error_reason.proto) without its prefix.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,24 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from ocrmesh.rpc.v1 import error_reason_pb2
 
 DOMAIN = "ocrmesh.dev"
+REASON_PREFIX = "ERROR_REASON_"
+REASONS = frozenset(
+    name.removeprefix(REASON_PREFIX)
+    for name in error_reason_pb2.ErrorReason.keys()
+    if name != "ERROR_REASON_UNSPECIFIED"
+)
+"""Every reason string a service may send (`ErrorReason` value names without the prefix)."""
+
+
+def reason_value(reason: str) -> int:
+    """The `ErrorReason` number of a reason string (0, UNSPECIFIED, for one this build does not know)."""
+    try:
+        return int(error_reason_pb2.ErrorReason.Value(REASON_PREFIX + reason))
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True)

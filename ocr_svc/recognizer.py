@@ -34,11 +34,10 @@ EXPIRY_SLACK_S = 0.25
 
 
 def _bad_image(exc: ImageRejected | JobRejected) -> errors.RichError:
-    reason, field, description = exc.reason, exc.field, exc.description
+    # One vocabulary (ocrmesh.rpc.v1.ErrorReason): the field violation and ErrorInfo say the same.
+    reason, field, description = f"IMAGE_{exc.reason}", exc.field, exc.description
     return errors.bad_request(
-        f"invalid image: {description}",
-        [errors.FieldViolation(field, description, reason)],
-        reason=f"IMAGE_{reason}",
+        f"invalid image: {description}", [errors.FieldViolation(field, description, reason)], reason=reason
     )
 
 

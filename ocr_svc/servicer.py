@@ -265,13 +265,15 @@ async def bounded_upload(messages: AsyncIterator[M], idle_s: float, total_s: flo
 
 
 def _stream_error(message: str) -> errors.RichError:
-    return errors.bad_request(message, [errors.FieldViolation("header", message, "STREAM_ORDER")])
+    return errors.bad_request(
+        message, [errors.FieldViolation("header", message, "STREAM_ORDER")], reason="STREAM_ORDER"
+    )
 
 
 def _too_big(size: int, limit: int) -> errors.RichError:
     description = f"image is {size} bytes; the limit is {limit} bytes: compress or scale it down first"
     return errors.bad_request(
         f"invalid image: {description}",
-        [errors.FieldViolation("image", description, "TOO_MANY_BYTES")],
+        [errors.FieldViolation("image", description, "IMAGE_TOO_MANY_BYTES")],
         reason="IMAGE_TOO_MANY_BYTES",
     )

@@ -72,9 +72,8 @@ async def test_config_set_applies_live_and_bad_values_are_rejected(
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await client.recognize(PHOTO.read_bytes(), timeout=30)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert (
-                errors.field_violations(errors.from_call_error(caught.value))[0].reason == "TOO_MANY_PIXELS"
-            )
+            [violation] = errors.field_violations(errors.from_call_error(caught.value))
+            assert violation.reason == "IMAGE_TOO_MANY_PIXELS"
             # ... and published in the instance's registry record, where the BFF reads it.
             await eventually(functools.partial(_published_pixels, etcd_client, 100_000), timeout=3.0)
             # A bad value written behind the CLI's back is rejected by the instance; 7 stays.

@@ -74,11 +74,11 @@ async def test_get_info_and_health(service: OcrProcess) -> None:
 
 
 EXPECTED_REJECTS = {
-    "empty.png": "EMPTY",
-    "random_bytes.png": "NOT_AN_IMAGE",
-    "truncated.jpg": "TRUNCATED",
-    "bomb_header_30000x30000.png": "TOO_MANY_PIXELS",
-    "bomb_valid_30000x30000_1bit.png": "TOO_MANY_PIXELS",
+    "empty.png": "IMAGE_EMPTY",
+    "random_bytes.png": "IMAGE_NOT_AN_IMAGE",
+    "truncated.jpg": "IMAGE_TRUNCATED",
+    "bomb_header_30000x30000.png": "IMAGE_TOO_MANY_PIXELS",
+    "bomb_valid_30000x30000_1bit.png": "IMAGE_TOO_MANY_PIXELS",
 }
 
 
@@ -103,6 +103,7 @@ async def test_every_bad_file_gets_invalid_argument_with_details(service: OcrPro
                 status = errors.from_call_error(caught.value)
                 violations = errors.field_violations(status)
                 assert violations and violations[0].reason == reason, (name, violations)
+                assert errors.error_reason(status) == reason, name  # one vocabulary for both
                 assert violations[0].field == "image" and violations[0].description
     finally:
         done.set()
@@ -157,7 +158,7 @@ async def test_stream_rejects_oversize_upload_early(service: OcrProcess) -> None
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.RecognizeStream(parts(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert errors.field_violations(errors.from_call_error(caught.value))[0].reason == "TOO_MANY_BYTES"
+    assert errors.field_violations(errors.from_call_error(caught.value))[0].reason == "IMAGE_TOO_MANY_BYTES"
 
 
 async def test_batch_returns_a_status_per_item(service: OcrProcess) -> None:
@@ -177,7 +178,7 @@ async def test_batch_returns_a_status_per_item(service: OcrProcess) -> None:
     assert set(replies) == {"photo", "empty", "gray"}
     assert replies["photo"].status.code == 0 and "正品促销" in replies["photo"].result.text
     assert replies["empty"].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert errors.field_violations(replies["empty"].status)[0].reason == "EMPTY"
+    assert errors.field_violations(replies["empty"].status)[0].reason == "IMAGE_EMPTY"
     assert "Grayscale" in replies["gray"].result.text
 
 

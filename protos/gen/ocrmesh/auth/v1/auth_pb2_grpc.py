@@ -36,7 +36,8 @@ class AuthServiceStub:
     Errors: INVALID_ARGUMENT + google.rpc.BadRequest (bad username or password shape),
     ALREADY_EXISTS (username taken), UNAUTHENTICATED (wrong credentials, the same answer for an
     unknown user and a wrong password; bad or revoked token), RESOURCE_EXHAUSTED + RetryInfo
-    (login throttled).
+    (login throttled). Every error carries a google.rpc.ErrorInfo whose reason (and every BadRequest
+    field violation's reason) is an ocrmesh.rpc.v1.ErrorReason: protos/ocrmesh/rpc/v1/error_reason.proto.
 
     WhoAmI and GetJwks only read (idempotency_level NO_SIDE_EFFECTS): clients may retry them on
     another instance. Register, Login, Refresh and Logout change state: never retried once sent.
@@ -91,7 +92,8 @@ class AuthServiceServicer:
     Errors: INVALID_ARGUMENT + google.rpc.BadRequest (bad username or password shape),
     ALREADY_EXISTS (username taken), UNAUTHENTICATED (wrong credentials, the same answer for an
     unknown user and a wrong password; bad or revoked token), RESOURCE_EXHAUSTED + RetryInfo
-    (login throttled).
+    (login throttled). Every error carries a google.rpc.ErrorInfo whose reason (and every BadRequest
+    field violation's reason) is an ocrmesh.rpc.v1.ErrorReason: protos/ocrmesh/rpc/v1/error_reason.proto.
 
     WhoAmI and GetJwks only read (idempotency_level NO_SIDE_EFFECTS): clients may retry them on
     another instance. Register, Login, Refresh and Logout change state: never retried once sent.
@@ -191,7 +193,8 @@ class AuthService:
     Errors: INVALID_ARGUMENT + google.rpc.BadRequest (bad username or password shape),
     ALREADY_EXISTS (username taken), UNAUTHENTICATED (wrong credentials, the same answer for an
     unknown user and a wrong password; bad or revoked token), RESOURCE_EXHAUSTED + RetryInfo
-    (login throttled).
+    (login throttled). Every error carries a google.rpc.ErrorInfo whose reason (and every BadRequest
+    field violation's reason) is an ocrmesh.rpc.v1.ErrorReason: protos/ocrmesh/rpc/v1/error_reason.proto.
 
     WhoAmI and GetJwks only read (idempotency_level NO_SIDE_EFFECTS): clients may retry them on
     another instance. Register, Login, Refresh and Logout change state: never retried once sent.

@@ -28,7 +28,8 @@ if _version_not_supported:
 class OcrServiceStub:
     """OcrService recognises text in images.
 
-    Errors (as a google.rpc.Status with details):
+    Errors (as a google.rpc.Status with details; every ErrorInfo and BadRequest reason is an
+    ocrmesh.rpc.v1.ErrorReason, see protos/ocrmesh/rpc/v1/error_reason.proto):
     INVALID_ARGUMENT   + google.rpc.BadRequest: what is wrong with the image (empty, not an image,
     truncated, too many pixels, unsupported format, too many bytes).
     RESOURCE_EXHAUSTED + google.rpc.RetryInfo: not admitted now; retry after the delay (the predicted
@@ -41,7 +42,8 @@ class OcrServiceStub:
     the same prediction in the trailer "ocrmesh-predicted-wait-ms".
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
-    UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
+    UNAUTHENTICATED    auth is enabled and the access token is missing or invalid (ErrorInfo reason
+    TOKEN_MISSING, TOKEN_EXPIRED or TOKEN_INVALID).
     Every method reads nothing but its input (idempotency_level NO_SIDE_EFFECTS): clients may retry a
     call cut mid-flight on another instance.
     """
@@ -77,7 +79,8 @@ class OcrServiceStub:
 class OcrServiceServicer:
     """OcrService recognises text in images.
 
-    Errors (as a google.rpc.Status with details):
+    Errors (as a google.rpc.Status with details; every ErrorInfo and BadRequest reason is an
+    ocrmesh.rpc.v1.ErrorReason, see protos/ocrmesh/rpc/v1/error_reason.proto):
     INVALID_ARGUMENT   + google.rpc.BadRequest: what is wrong with the image (empty, not an image,
     truncated, too many pixels, unsupported format, too many bytes).
     RESOURCE_EXHAUSTED + google.rpc.RetryInfo: not admitted now; retry after the delay (the predicted
@@ -90,7 +93,8 @@ class OcrServiceServicer:
     the same prediction in the trailer "ocrmesh-predicted-wait-ms".
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
-    UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
+    UNAUTHENTICATED    auth is enabled and the access token is missing or invalid (ErrorInfo reason
+    TOKEN_MISSING, TOKEN_EXPIRED or TOKEN_INVALID).
     Every method reads nothing but its input (idempotency_level NO_SIDE_EFFECTS): clients may retry a
     call cut mid-flight on another instance.
     """
@@ -159,7 +163,8 @@ def add_OcrServiceServicer_to_server(servicer, server):
 class OcrService:
     """OcrService recognises text in images.
 
-    Errors (as a google.rpc.Status with details):
+    Errors (as a google.rpc.Status with details; every ErrorInfo and BadRequest reason is an
+    ocrmesh.rpc.v1.ErrorReason, see protos/ocrmesh/rpc/v1/error_reason.proto):
     INVALID_ARGUMENT   + google.rpc.BadRequest: what is wrong with the image (empty, not an image,
     truncated, too many pixels, unsupported format, too many bytes).
     RESOURCE_EXHAUSTED + google.rpc.RetryInfo: not admitted now; retry after the delay (the predicted
@@ -172,7 +177,8 @@ class OcrService:
     the same prediction in the trailer "ocrmesh-predicted-wait-ms".
     DEADLINE_EXCEEDED  the deadline passed while the request waited or ran.
     UNAVAILABLE        the instance is draining or a worker died twice on this request.
-    UNAUTHENTICATED    auth is enabled and the access token is missing or invalid.
+    UNAUTHENTICATED    auth is enabled and the access token is missing or invalid (ErrorInfo reason
+    TOKEN_MISSING, TOKEN_EXPIRED or TOKEN_INVALID).
     Every method reads nothing but its input (idempotency_level NO_SIDE_EFFECTS): clients may retry a
     call cut mid-flight on another instance.
     """
