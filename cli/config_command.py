@@ -65,17 +65,38 @@ async def _main(ns: argparse.Namespace) -> int:
         await close_quietly(client, ns.timeout)
 
 
+def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--etcd and --timeout; on the actions without defaults, so they only override when given."""
+    parser.add_argument(
+        "--etcd",
+        default="127.0.0.1:2379" if defaults else argparse.SUPPRESS,
+        help="etcd endpoints (host:port,...)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0 if defaults else argparse.SUPPRESS,
+        help="seconds per etcd call",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--etcd", default="127.0.0.1:2379", help="etcd endpoints (host:port,...)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per etcd call")
+    _connection_options(parser, defaults=True)
+    # The same options after the action too: `ocrmesh config set ocr queue_depth=8 --etcd HOST:PORT`.
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, defaults=False)
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list", help="list services' live settings and their overrides")
-    get = sub.add_parser("get", help="show a service's overrides")
+    sub.add_parser("list", help="list services' live settings and their overrides", parents=[common])
+    get = sub.add_parser("get", help="show a service's overrides", parents=[common])
     get.add_argument("service")
-    put = sub.add_parser("set", help="set overrides, e.g. `ocrmesh config set ocr queue_depth=8`")
+    put = sub.add_parser(
+        "set", help="set overrides, e.g. `ocrmesh config set ocr queue_depth=8`", parents=[common]
+    )
     put.add_argument("service")
     put.add_argument("assignments", nargs="+", metavar="NAME=VALUE")
-    unset = sub.add_parser("unset", help="remove overrides (back to each instance's own value)")
+    unset = sub.add_parser(
+        "unset", help="remove overrides (back to each instance's own value)", parents=[common]
+    )
     unset.add_argument("service")
     unset.add_argument("names", nargs="+", metavar="NAME")
 

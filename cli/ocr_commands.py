@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from ocrmesh.ocr.v1 import ocr_pb2
-from rich.console import Console
 from rich.table import Table
 
 from mesh import balancer, credentials, errors
+from mesh.console import output_console
 from mesh.mesh_client import MeshClient, split_targets
 from mesh.ocr_client import OcrClient
 
@@ -159,7 +159,7 @@ async def _info(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2))
         return 0
-    console = Console()
+    console = output_console()
     table = Table(title=f"OCR instance {info.instance_id} at {ns.target}", show_header=False)
     c = info.counters
     rows = [

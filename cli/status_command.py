@@ -8,11 +8,12 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
 from mesh import credentials
+from mesh.console import output_console
 from mesh.status import collect
 
 
@@ -95,7 +96,7 @@ def _xds_table(clients: list[dict[str, Any]]) -> list[Table]:
 
 
 async def _status(ns: argparse.Namespace) -> int:
-    console = Console()
+    console = output_console()
     try:
         metadata = await credentials.resolve_metadata(ns)
     except credentials.CredentialsError as exc:

@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from mesh import reflection_v1
 from mesh.interceptors import AccessLogInterceptor
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class Health:
 
 
 def enable_reflection(server: grpc.aio.Server, services: Sequence[str]) -> None:
-    reflection.enable_server_reflection([*services, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    """Server reflection, v1 and v1alpha, listing `services` and health."""
+    reflection_v1.enable(server, [*services, health.SERVICE_NAME])
 
 
 async def wait_for_stop_signal(extra: asyncio.Event | None = None) -> str:

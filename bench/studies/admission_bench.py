@@ -27,6 +27,7 @@ from bench.report_files import write_report
 from bench.studies.foundation import ocr_service
 from bench.studies.instance_layout import percentile
 from mesh import __version__, balancer
+from mesh.console import output_console
 from mesh.ocr_client import OcrClient
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
@@ -320,7 +321,7 @@ def run(ns: argparse.Namespace) -> int:
         table.add_row(
             str(c), "ratio retry-at-once / well-behaved", "", f"{result['ratios_ghz_vs_honor'][f'c{c}']:.3f}x"
         )
-    Console().print(table)
+    output_console().print(table)
     if ns.json:
         print(json.dumps(result, indent=2))
     print(f"report: {md_path}")

@@ -30,6 +30,7 @@ from bench.sweep_paths import (
 )
 from bench.web_session import CSRF_HEADER, bff_login, bff_ocr_sender
 from deploy.supervisor import LocalMesh, MeshPorts
+from mesh.console import output_console
 
 PATHS = ("direct", "bff")
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,7 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    console = Console()
+    console = output_console()
     if not ns.image.is_file():
         console.print(f"[red]ocrmesh bench bff: no image at {ns.image}; pass --image PATH[/]")
         return 2

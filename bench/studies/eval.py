@@ -24,6 +24,7 @@ from rich.table import Table
 
 from bench.report_files import table
 from bench.studies.cer import Score, score
+from mesh.console import output_console
 
 OURS = "ours"
 RAW = "raw"
@@ -546,7 +547,7 @@ def run(ns: argparse.Namespace) -> int:
 
     from mesh import credentials
 
-    console = Console(stderr=ns.quiet)
+    console = output_console(stderr=ns.quiet)
     try:
         items, unlabelled = load_manifest(ns.manifest)
     except ManifestError as exc:

@@ -28,6 +28,7 @@ from bench.report_files import write_report
 from bench.studies.engine_ceiling import EngineBench
 from deploy.service_process import ServiceProcess, running
 from mesh import __version__
+from mesh.console import output_console
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
 ROOT = Path(__file__).resolve().parents[2]
@@ -272,7 +273,7 @@ def run(ns: argparse.Namespace) -> int:
             str(r["other_failures"]),
             f"{r['peak_rss_mib']:.0f}",
         )
-    Console().print(table)
+    output_console().print(table)
     print(
         f"engine ceiling {results['engine']['images_per_s']:.2f} img/s; service/engine at -c 4 = "
         f"{results['ratio_c4_vs_engine']:.3f}; report: {md_path}"

@@ -28,6 +28,7 @@ from bench.report_files import write_report
 from bench.studies.foundation import Service, ocr_service
 from etcd.launcher import EtcdError, EtcdProcess
 from mesh import __version__
+from mesh.console import output_console
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
 NEAR_EQUAL = 0.10
@@ -312,7 +313,7 @@ def run(ns: argparse.Namespace) -> int:
             f"{ratio['p95']:.3f}x",
             "",
         )
-    Console().print(table)
+    output_console().print(table)
     if ns.json:
         print(json.dumps(result, indent=2))
     print(f"report: {md_path}")

@@ -54,14 +54,15 @@ async def test_config_set_applies_live_and_bad_values_are_rejected(
         async with balancer.direct_channel(svc.address) as channel:
             client = OcrClient(channel)
             assert (await client.info()).queue_capacity == 0  # no cap: admission by predicted wait
+            # The etcd flag may come after the action too (issue 19: it was an argparse error).
             proc = _cli(
-                "--etcd",
-                etcd.endpoint,
                 "set",
                 "ocr",
                 "queue_depth=7",
                 "max_image_pixels=100000",
                 "max_queue_wait_s=12.5",
+                "--etcd",
+                etcd.endpoint,
             )
             assert proc.returncode == 0, proc.stderr
             took = await _capacity_becomes(client, 7, timeout=2.0)
@@ -82,7 +83,7 @@ async def test_config_set_applies_live_and_bad_values_are_rejected(
             assert (await client.info()).queue_capacity == 7
             assert "live settings rejected" in svc.log_text()
             # The CLI refuses bad values before they reach etcd.
-            bad = _cli("--etcd", etcd.endpoint, "set", "ocr", "queue_depth=-3")
+            bad = _cli("set", "--etcd", etcd.endpoint, "ocr", "queue_depth=-3")
             assert bad.returncode == 2 and "at least -1" in bad.stderr
             # Unsetting goes back to the instance's own value.
             assert (
