@@ -15,6 +15,7 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 from mesh import __version__, errors
 from mesh.picking import PREDICTED_WAIT_TRAILER
 from mesh.tasks import cancel_and_wait
+from ocr_svc import contract_enums
 from ocr_svc.job import JobOptions, Recognition
 from ocr_svc.recognizer import Recognizer
 
@@ -66,6 +67,7 @@ def to_result(rec: Recognition, facts: InstanceFacts) -> ocr_pb2.OcrResult:
         served_by=ocr_pb2.ServedBy(
             instance_id=facts.instance_id,
             device=facts.device,
+            device_kind=contract_enums.device(facts.device),
             execution_provider=facts.execution_provider,
             models=list(facts.models),
             worker_pid=rec.worker_pid,
@@ -195,12 +197,14 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
             instance_id=self.facts.instance_id,
             version=__version__,
             device=self.facts.device,
+            device_kind=contract_enums.device(self.facts.device),
             execution_provider=self.facts.execution_provider,
             models=list(self.facts.models),
             workers=self.facts.workers,
             threads_per_worker=self.facts.threads_per_worker,
             queue_capacity=max(0, r.queue.policy.max_queued),
             queue_depth=len(r.queue),
+            queued_requests=len(r.queue),
             predicted_wait_ms=r.predicted_wait_s() * 1000,
             max_queue_wait_ms=r.queue.policy.max_queue_wait_s * 1000,
             queued_bytes=r.queue.held_bytes,
@@ -211,6 +215,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
                 max_image_bytes=limits.max_bytes,
                 max_image_pixels=limits.max_pixels,
                 formats=list(limits.formats),
+                image_formats=contract_enums.image_formats(limits.formats),
                 max_side=r.pool.engine.max_side,
             ),
             counters=ocr_pb2.Counters(
@@ -231,7 +236,13 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
                 admitted_after_hold=c.admitted_after_hold,
             ),
             worker_infos=[
-                ocr_pb2.WorkerInfo(pid=s.pid, jobs_done=s.jobs_done, rss_bytes=s.rss_bytes(), state=s.state)
+                ocr_pb2.WorkerInfo(
+                    pid=s.pid,
+                    jobs_done=s.jobs_done,
+                    rss_bytes=s.rss_bytes(),
+                    state=s.state,
+                    worker_state=contract_enums.worker_state(s.state),
+                )
                 for s in r.pool.slots()
             ],
             uptime_seconds=time.time() - r.started,

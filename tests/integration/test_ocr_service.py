@@ -55,6 +55,7 @@ async def test_recognizes_chinese_and_english_with_boxes_and_timings(service: Oc
     assert t.total_ms >= t.det_ms + t.rec_ms
     assert result.served_by.execution_provider == "CPUExecutionProvider"
     assert result.served_by.device == "cpu"
+    assert result.served_by.device_kind == ocr_pb2.DEVICE_CPU
     assert len(result.served_by.models) == 3
     assert result.served_by.worker_pid > 0
 
@@ -71,6 +72,20 @@ async def test_get_info_and_health(service: OcrProcess) -> None:
     assert info.max_queue_wait_ms == pytest.approx(60_000) and info.max_queued_bytes == 256 * 2**20
     assert info.service_ms > 0 and info.predicted_wait_ms >= 0
     assert info.limits.max_image_pixels == 40_000_000
+    # The clearer fields added beside the deprecated ones (issue 19) say the same thing.
+    assert info.device_kind == ocr_pb2.DEVICE_CPU and info.queued_requests == info.queue_depth
+    assert list(info.limits.image_formats) == [
+        ocr_pb2.IMAGE_FORMAT_JPEG,
+        ocr_pb2.IMAGE_FORMAT_PNG,
+        ocr_pb2.IMAGE_FORMAT_BMP,
+        ocr_pb2.IMAGE_FORMAT_TIFF,
+        ocr_pb2.IMAGE_FORMAT_WEBP,
+    ]
+    states = {ocr_pb2.WORKER_STATE_IDLE, ocr_pb2.WORKER_STATE_BUSY}
+    assert all(w.worker_state in states and w.worker_state != 0 for w in info.worker_infos)
+    assert [ocr_pb2.WorkerState.Name(w.worker_state) for w in info.worker_infos] == [
+        f"WORKER_STATE_{w.state.upper()}" for w in info.worker_infos
+    ]
 
 
 EXPECTED_REJECTS = {

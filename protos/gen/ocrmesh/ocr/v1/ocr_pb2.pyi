@@ -1,11 +1,51 @@
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Device(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_UNSPECIFIED: _ClassVar[Device]
+    DEVICE_CPU: _ClassVar[Device]
+    DEVICE_CUDA: _ClassVar[Device]
+
+class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_FORMAT_UNSPECIFIED: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_BMP: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_TIFF: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+
+class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_STATE_UNSPECIFIED: _ClassVar[WorkerState]
+    WORKER_STATE_STARTING: _ClassVar[WorkerState]
+    WORKER_STATE_IDLE: _ClassVar[WorkerState]
+    WORKER_STATE_BUSY: _ClassVar[WorkerState]
+    WORKER_STATE_RETIRING: _ClassVar[WorkerState]
+    WORKER_STATE_STOPPED: _ClassVar[WorkerState]
+DEVICE_UNSPECIFIED: Device
+DEVICE_CPU: Device
+DEVICE_CUDA: Device
+IMAGE_FORMAT_UNSPECIFIED: ImageFormat
+IMAGE_FORMAT_JPEG: ImageFormat
+IMAGE_FORMAT_PNG: ImageFormat
+IMAGE_FORMAT_BMP: ImageFormat
+IMAGE_FORMAT_TIFF: ImageFormat
+IMAGE_FORMAT_WEBP: ImageFormat
+WORKER_STATE_UNSPECIFIED: WorkerState
+WORKER_STATE_STARTING: WorkerState
+WORKER_STATE_IDLE: WorkerState
+WORKER_STATE_BUSY: WorkerState
+WORKER_STATE_RETIRING: WorkerState
+WORKER_STATE_STOPPED: WorkerState
 
 class RecognizeOptions(_message.Message):
     __slots__ = ("use_det", "use_cls", "use_rec", "return_boxes", "language_hint", "min_score")
@@ -136,27 +176,29 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., det_ms: _Optional[float] = ..., cls_ms: _Optional[float] = ..., rec_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class ServedBy(_message.Message):
-    __slots__ = ("instance_id", "device", "execution_provider", "models", "worker_pid", "version")
+    __slots__ = ("instance_id", "device", "execution_provider", "models", "worker_pid", "version", "device_kind")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     WORKER_PID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_KIND_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     device: str
     execution_provider: str
     models: _containers.RepeatedScalarFieldContainer[str]
     worker_pid: int
     version: str
-    def __init__(self, instance_id: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., worker_pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    device_kind: Device
+    def __init__(self, instance_id: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., worker_pid: _Optional[int] = ..., version: _Optional[str] = ..., device_kind: _Optional[_Union[Device, str]] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("instance_id", "version", "device", "execution_provider", "models", "workers", "threads_per_worker", "queue_capacity", "queue_depth", "in_flight", "limits", "counters", "worker_infos", "uptime_seconds", "serving", "predicted_wait_ms", "max_queue_wait_ms", "queued_bytes", "max_queued_bytes", "service_ms")
+    __slots__ = ("instance_id", "version", "device", "execution_provider", "models", "workers", "threads_per_worker", "queue_capacity", "queue_depth", "in_flight", "limits", "counters", "worker_infos", "uptime_seconds", "serving", "predicted_wait_ms", "max_queue_wait_ms", "queued_bytes", "max_queued_bytes", "service_ms", "queued_requests", "device_kind")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +219,8 @@ class GetInfoResponse(_message.Message):
     QUEUED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUED_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVICE_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_KIND_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     version: str
     device: str
@@ -197,19 +241,23 @@ class GetInfoResponse(_message.Message):
     queued_bytes: int
     max_queued_bytes: int
     service_ms: float
-    def __init__(self, instance_id: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., worker_infos: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., serving: _Optional[bool] = ..., predicted_wait_ms: _Optional[float] = ..., max_queue_wait_ms: _Optional[float] = ..., queued_bytes: _Optional[int] = ..., max_queued_bytes: _Optional[int] = ..., service_ms: _Optional[float] = ...) -> None: ...
+    queued_requests: int
+    device_kind: Device
+    def __init__(self, instance_id: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., worker_infos: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., serving: _Optional[bool] = ..., predicted_wait_ms: _Optional[float] = ..., max_queue_wait_ms: _Optional[float] = ..., queued_bytes: _Optional[int] = ..., max_queued_bytes: _Optional[int] = ..., service_ms: _Optional[float] = ..., queued_requests: _Optional[int] = ..., device_kind: _Optional[_Union[Device, str]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_image_bytes", "max_image_pixels", "formats", "max_side")
+    __slots__ = ("max_image_bytes", "max_image_pixels", "formats", "max_side", "image_formats")
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FORMATS_FIELD_NUMBER: _ClassVar[int]
     max_image_bytes: int
     max_image_pixels: int
     formats: _containers.RepeatedScalarFieldContainer[str]
     max_side: int
-    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., max_side: _Optional[int] = ...) -> None: ...
+    image_formats: _containers.RepeatedScalarFieldContainer[ImageFormat]
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., max_side: _Optional[int] = ..., image_formats: _Optional[_Iterable[_Union[ImageFormat, str]]] = ...) -> None: ...
 
 class Counters(_message.Message):
     __slots__ = ("accepted", "completed", "rejected_busy", "rejected_invalid", "dropped_expired", "dropped_cancelled", "worker_restarts", "retried", "failed", "rejected_deadline_unreachable", "rejected_queue_wait", "rejected_queue_memory", "rejected_queue_full", "refusals_held", "admitted_after_hold")
@@ -246,13 +294,15 @@ class Counters(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., completed: _Optional[int] = ..., rejected_busy: _Optional[int] = ..., rejected_invalid: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., dropped_cancelled: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., retried: _Optional[int] = ..., failed: _Optional[int] = ..., rejected_deadline_unreachable: _Optional[int] = ..., rejected_queue_wait: _Optional[int] = ..., rejected_queue_memory: _Optional[int] = ..., rejected_queue_full: _Optional[int] = ..., refusals_held: _Optional[int] = ..., admitted_after_hold: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("pid", "jobs_done", "rss_bytes", "state")
+    __slots__ = ("pid", "jobs_done", "rss_bytes", "state", "worker_state")
     PID_FIELD_NUMBER: _ClassVar[int]
     JOBS_DONE_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_STATE_FIELD_NUMBER: _ClassVar[int]
     pid: int
     jobs_done: int
     rss_bytes: int
     state: str
-    def __init__(self, pid: _Optional[int] = ..., jobs_done: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    worker_state: WorkerState
+    def __init__(self, pid: _Optional[int] = ..., jobs_done: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., state: _Optional[str] = ..., worker_state: _Optional[_Union[WorkerState, str]] = ...) -> None: ...
