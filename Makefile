@@ -37,8 +37,9 @@ browser: ## make sure chromium (and a CJK font) is there for the browser tests; 
 		echo "!!! Install it with: sudo apt-get install -y chromium fonts-wqy-microhei"; \
 	fi
 
-test: $(STAMP) browser ## lint the contracts, code, layering and types, then run the test suite (slow chaos tests excluded)
+test: $(STAMP) browser ## lint the contracts (buf lint and breaking), code, layering and types, then run the test suite (slow chaos tests excluded)
 	$(VENV)/bin/buf lint
+	$(PY) protos/breaking.py
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
@@ -54,8 +55,9 @@ test-all: $(STAMP) ## run every test
 protos: $(STAMP) ## regenerate the Python stubs in protos/gen from protos/*.proto
 	$(PY) protos/generate.py
 
-lint: $(STAMP) ## buf lint, ruff, the import layering and mypy (what make test checks before the tests)
+lint: $(STAMP) ## buf lint and breaking, ruff, the import layering and mypy (what make test checks before the tests)
 	$(VENV)/bin/buf lint
+	$(PY) protos/breaking.py
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
