@@ -64,6 +64,11 @@ BENCH = [
         "one OCR instance: well-behaved vs retry-at-once clients, RSS",
         "bench.studies.admission_bench",
     ),
+    Command(
+        "chaos",
+        "kill -9 one of two OCR instances mid-load, direct and via the gateway",
+        "bench.studies.chaos_bench",
+    ),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")
 
