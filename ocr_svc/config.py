@@ -52,6 +52,11 @@ class OcrConfig:
         "up to --refusal-hold-s (paces clients that retry at once)",
     )
     refusal_hold_s: float = setting(1.0, help="longest hold of a paced refusal (0: never hold)")
+    handoff_margin_jobs: float = setting(
+        3.0,
+        help="with --etcd: forward a new call to a sibling instance whose predicted wait is shorter "
+        "than this one's by more than this many jobs (0: never forward)",
+    )
     max_image_bytes: int = setting(20 * 1024 * 1024, help="largest accepted upload in bytes")
     max_image_pixels: int = setting(40_000_000, help="largest accepted image in pixels (from header)")
     max_side: int = setting(4096, help="longer images are scaled down to this side before OCR")
@@ -109,8 +114,10 @@ class OcrConfig:
             raise ConfigError("--queue-depth must be -1 (no cap) or 0 and more")
         if self.max_queue_wait_s <= 0 or self.max_queued_mb < 1 or self.max_queued_mpx < 1:
             raise ConfigError("--max-queue-wait-s, --max-queued-mb and --max-queued-mpx must be positive")
-        if self.refusal_rate < 0 or self.refusal_hold_s < 0:
-            raise ConfigError("--refusal-rate and --refusal-hold-s must not be negative")
+        if self.refusal_rate < 0 or self.refusal_hold_s < 0 or self.handoff_margin_jobs < 0:
+            raise ConfigError(
+                "--refusal-rate, --refusal-hold-s and --handoff-margin-jobs must not be negative"
+            )
         if self.max_image_bytes < 1 or self.max_image_pixels < 1 or self.max_side < 32:
             raise ConfigError("image limits must be positive (max side at least 32)")
         if not 0.0 <= self.min_score <= 1.0:

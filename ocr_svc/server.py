@@ -19,12 +19,14 @@ from mesh.interceptors import RequestCountInterceptor
 from mesh.jwks_source import JwksAuthInterceptor, JwksSource
 from mesh.lease import Registration
 from mesh.live_config import LiveConfig
+from mesh.load_board import LoadBoard
 from mesh.token_verify import TokenVerifier
 from ocr_svc import live_settings
 from ocr_svc.admission import AdmissionQueue
 from ocr_svc.config import OcrConfig
 from ocr_svc.engine import EngineSettings, EngineStartError
 from ocr_svc.guardrails import Limits
+from ocr_svc.handoff import Handoff
 from ocr_svc.metrics import OcrMetrics
 from ocr_svc.recognizer import Recognizer
 from ocr_svc.refusal_pacing import RefusalPacer
@@ -145,6 +147,9 @@ class OcrInstance:
             )
             await self.live.start()
             await self._register(info.device, info.execution_provider)
+            if c.handoff_margin_jobs > 0:
+                self.servicer.handoff = Handoff(self._load_board(), c.handoff_margin_jobs)
+                self.servicer.handoff.board.start()
         if self.jwks is not None and not self.jwks.ready:
             log.warning(
                 "no JWKS in etcd yet: OcrService calls get UNAVAILABLE until an auth service publishes one",
@@ -194,6 +199,17 @@ class OcrInstance:
                 "etcd not reachable yet; serving anyway and registering when it is", extra={"etcd": c.etcd}
             )
 
+    def _load_board(self) -> LoadBoard:
+        """This instance's entry among its siblings' predicted waits (for handoffs)."""
+        c, r = self.config, self.recognizer
+        return LoadBoard(
+            c.etcd,
+            REGISTRY_SERVICE,
+            self.instance_id,
+            c.advertise or self.address,
+            lambda: (r.predicted_wait_s(), c.worker_count, r.pool.ewma_service_s),
+        )
+
     def _published_limits(self) -> ocr_limits.ImageLimits:
         limits = self.recognizer.limits
         return ocr_limits.ImageLimits(limits.max_bytes, limits.max_pixels, limits.formats)
@@ -215,10 +231,15 @@ class OcrInstance:
         """Leave the registry, stop taking work (NOT_SERVING), let in-flight requests finish, stop."""
         if self.live is not None:
             await self.live.close()
+        handoff, self.servicer.handoff = self.servicer.handoff, None  # new calls are served here
+        if handoff is not None:
+            await handoff.board.close()
         await leave_registry(self.registration, self.config.drain_linger_s)
         self.recognizer.serving = False
         await self.health.set(False)
         await self.server.stop(self.config.grace_s)
+        if handoff is not None:
+            await handoff.channels.close()  # after the calls forwarded through them have ended
         if self.jwks is not None:
             await self.jwks.close()
         await self.pool.close()

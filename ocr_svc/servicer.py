@@ -16,6 +16,7 @@ from mesh import __version__, errors
 from mesh.picking import PREDICTED_WAIT_TRAILER
 from mesh.tasks import cancel_and_wait
 from ocr_svc import contract_enums
+from ocr_svc.handoff import HANDOFF_HEADER, Handoff
 from ocr_svc.job import JobOptions, Recognition
 from ocr_svc.recognizer import Recognizer
 
@@ -91,19 +92,39 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
         # An upload that stalls, or trickles, must not hold its bytes (up to the image limit) for ever.
         self.stream_idle_s = stream_idle_s
         self.stream_upload_s = stream_upload_s
+        self.handoff: Handoff | None = None  # set once registered, with --etcd
 
     async def Recognize(
         self, request: ocr_pb2.RecognizeRequest, context: Context
     ) -> ocr_pb2.RecognizeResponse:
         try:
-            rec = await self.recognizer.recognize(
-                request.image, job_options(request.options), context.time_remaining()
-            )
+            answer = await self._hand_off(request, context)
+            if answer is None:
+                rec = await self.recognizer.recognize(
+                    request.image, job_options(request.options), context.time_remaining()
+                )
+                answer = ocr_pb2.RecognizeResponse(result=to_result(rec, self.facts))
         except errors.RichError as exc:
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
         self._tell_wait(context)
-        return ocr_pb2.RecognizeResponse(result=to_result(rec, self.facts))
+        return answer
+
+    async def _hand_off(
+        self, request: ocr_pb2.RecognizeRequest, context: Context
+    ) -> ocr_pb2.RecognizeResponse | None:
+        """A sibling's answer when this instance's queue is much longer than its (see handoff.py)."""
+        handoff, r = self.handoff, self.recognizer
+        if handoff is None or not r.serving:
+            return None
+        metadata = tuple(context.invocation_metadata() or ())
+        if any(key == HANDOFF_HEADER for key, _ in metadata):
+            return None  # handed to us: served here, never passed on
+        sibling = handoff.pick(r.predicted_wait_s(), r.pool.ewma_service_s, r.pool.settings.size)
+        if sibling is None:
+            return None
+        r.check_image(request.image)  # a bad image is refused here, not shipped
+        return await handoff.forward(sibling, request, metadata, context.time_remaining())
 
     def _tell_wait(self, context: Context) -> None:
         """Say in the trailer how long the next request would wait here (balancers prefer less)."""
