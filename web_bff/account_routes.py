@@ -8,8 +8,17 @@ from typing import Any
 
 import grpc
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
 
+from web_bff.api_schema import (
+    ConfigReply,
+    Credentials,
+    CsrfReply,
+    LogoutReply,
+    SessionReply,
+    UserReply,
+    errors,
+    ok,
+)
 from web_bff.bff_state import State
 from web_bff.http_errors import from_rpc
 from web_bff.logged_in import Access, with_login
@@ -18,29 +27,38 @@ from web_bff.session import REFRESH_COOKIE, clear_tokens, set_tokens
 router = APIRouter()
 
 
-class Credentials(BaseModel):
-    """A user name and password, as the login and register forms send them."""
-
-    username: str = Field(min_length=1, max_length=256)
-    password: str = Field(min_length=1, max_length=1024)
-
-
 def user_json(user: Any) -> dict[str, str]:
     return {"id": user.user_id, "username": user.username}
 
 
-@router.get("/api/csrf", summary="the CSRF token to send as X-CSRF-Token (also set as a cookie)")
+@router.get(
+    "/api/csrf",
+    summary="the CSRF token to send as X-CSRF-Token (also set as a cookie)",
+    response_model=None,
+    responses=ok(CsrfReply),
+)
 async def get_csrf(request: Request) -> dict[str, str]:
     return {"csrf": request.state.csrf, "header": "X-CSRF-Token"}
 
 
-@router.get("/api/config", summary="what the page needs to know: upload limit and accepted formats")
+@router.get(
+    "/api/config",
+    summary="what the page needs to know: upload limit and accepted formats",
+    response_model=None,
+    responses=ok(ConfigReply),
+)
 async def get_config(state: State) -> dict[str, Any]:
     max_bytes, formats = state.upload_limits()
     return {"max_upload_bytes": max_bytes, "formats": formats}
 
 
-@router.post("/api/register", status_code=201, summary="create an account (then log in)")
+@router.post(
+    "/api/register",
+    status_code=201,
+    summary="create an account (then log in)",
+    response_model=None,
+    responses={**ok(UserReply, 201, "created"), **errors(400, 403, 409, 413, 429, 502, 503, 504)},
+)
 async def register(body: Credentials, state: State) -> dict[str, Any]:
     try:
         user = await state.backends.register(body.username, body.password)
@@ -52,7 +70,12 @@ async def register(body: Credentials, state: State) -> dict[str, Any]:
     return {"user": user_json(user)}
 
 
-@router.post("/api/login", summary="log in: the session lives in HttpOnly cookies")
+@router.post(
+    "/api/login",
+    summary="log in: the session lives in HttpOnly cookies",
+    response_model=None,
+    responses={**ok(SessionReply), **errors(400, 401, 403, 413, 429, 502, 503, 504)},
+)
 async def login(body: Credentials, request: Request, response: Response, state: State) -> dict[str, Any]:
     client = request.client.host if request.client else ""
     try:
@@ -66,7 +89,12 @@ async def login(body: Credentials, request: Request, response: Response, state: 
     return {"user": user_json(user), "expires_at": tokens.access_expires_at}
 
 
-@router.post("/api/logout", summary="end the session (the refresh token is revoked)")
+@router.post(
+    "/api/logout",
+    summary="end the session (the refresh token is revoked)",
+    response_model=None,
+    responses={**ok(LogoutReply), **errors(403, 413)},
+)
 async def logout(request: Request, response: Response, state: State) -> dict[str, Any]:
     refresh = request.cookies.get(REFRESH_COOKIE)
     revoked = 0
@@ -77,7 +105,12 @@ async def logout(request: Request, response: Response, state: State) -> dict[str
     return {"ok": True, "revoked_sessions": revoked}
 
 
-@router.get("/api/me", summary="who is logged in")
+@router.get(
+    "/api/me",
+    summary="who is logged in",
+    response_model=None,
+    responses={**ok(SessionReply), **errors(401, 429, 502, 503, 504)},
+)
 async def me(
     request: Request,
     response: Response,

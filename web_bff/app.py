@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, JSONResponse
 
 from mesh.logs import request_id
-from web_bff import account_routes, ocr_routes, status_routes
+from web_bff import account_routes, api_schema, ocr_routes, status_routes
 from web_bff.backends import Backends
 from web_bff.bff_state import BffState
 from web_bff.config import BffConfig
@@ -124,5 +124,6 @@ def create_app(config: BffConfig, backends: Backends | None = None) -> FastAPI:
     for routes in (account_routes, ocr_routes, status_routes):
         app.include_router(routes.router)
     app.get("/", include_in_schema=False)(index)
+    app.openapi = lambda: api_schema.openapi(app)  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

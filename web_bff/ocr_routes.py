@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from ocrmesh.ocr.v1 import ocr_pb2
 from starlette.datastructures import UploadFile
 
+from web_bff.api_schema import OcrReply, errors, ok
 from web_bff.bff_state import State
 from web_bff.http_errors import ApiError
 from web_bff.logged_in import Access, with_login
@@ -69,7 +70,12 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     return data, (upload.filename or "")[:255]
 
 
-@router.post(OCR_PATH, summary="recognise the text in an uploaded image (multipart field `file`)")
+@router.post(
+    OCR_PATH,
+    summary="recognise the text in an uploaded image (multipart field `file`)",
+    response_model=None,
+    responses={**ok(OcrReply), **errors(400, 401, 403, 413, 415, 429, 502, 503, 504)},
+)
 async def ocr(
     request: Request,
     response: Response,

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 
 from mesh import credentials
 from mesh.status import collect as collect_snapshot
+from web_bff.api_schema import HealthReply, StatusReply, errors, ok
 from web_bff.bff_state import State
 from web_bff.http_errors import ApiError
 from web_bff.logged_in import Access, with_login
@@ -19,6 +20,8 @@ router = APIRouter()
 @router.get(
     "/api/status",
     summary="services and their health; instances, addresses and the balancer for admins (--admins)",
+    response_model=None,
+    responses={**ok(StatusReply), **errors(401, 429, 502, 503, 504)},
 )
 async def status(request: Request, response: Response, access: Access, state: State) -> dict[str, Any]:
     config, backends = state.config, state.backends
@@ -40,7 +43,15 @@ async def status(request: Request, response: Response, access: Access, state: St
     return {**snapshot, "bff": bff, "detail": True}
 
 
-@router.get("/healthz", summary="200 once an auth and an OCR endpoint are known, else 503")
+@router.get(
+    "/healthz",
+    summary="200 once an auth and an OCR endpoint are known, else 503",
+    response_model=None,
+    responses={
+        **ok(HealthReply),
+        503: {"model": HealthReply, "description": "an auth or OCR endpoint is missing"},
+    },
+)
 async def healthz(state: State) -> JSONResponse:
     missing = state.backends.missing()
     body = {"status": "degraded" if missing else "ok", "missing": missing}

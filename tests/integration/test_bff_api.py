@@ -10,10 +10,15 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
 from PIL import Image
+from schemathesis import checks
 
 from mesh.processes import free_port
 from tests.corpus import CORPUS
@@ -309,3 +314,87 @@ def test_an_ocr_call_over_the_deadline_is_504(mesh: Mesh, tmp_path: Path) -> Non
         assert "did not answer in time" in got.json()["message"]
     finally:
         stop(impatient.proc)
+
+
+# Property-based API tests generated from the BFF's own OpenAPI document (schemathesis): every
+# operation with generated bodies, cookies and headers, against this module's real mesh. Last in
+# the module: its random logins may start the login throttle.
+CONFORMANCE_CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def api_schema(mesh: Mesh) -> Any:
+    return schemathesis.openapi.from_url(mesh.url + "api/openapi.json")
+
+
+@pytest.fixture(scope="module")
+def api_user(mesh: Mesh) -> dict[str, str]:
+    credentials = {"username": new_user(), "password": "correct horse 42"}
+    with api_client(mesh.url) as client:
+        assert client.post("/api/register", json=credentials).status_code == 201
+    return credentials
+
+
+def browser_session(url: str, credentials: dict[str, str]) -> requests.Session:
+    """A newly logged-in session that sends the CSRF header, as the page does."""
+    session = requests.Session()
+    session.headers["X-CSRF-Token"] = session.get(url + "api/csrf", timeout=30).json()["csrf"]
+    assert session.post(url + "api/login", json=credentials, timeout=60).status_code == 200
+    return session
+
+
+def test_the_openapi_document_is_complete(mesh: Mesh) -> None:
+    document = httpx.get(mesh.url + "api/openapi.json").json()
+    ocr = document["paths"]["/api/ocr"]["post"]
+    assert ocr["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["file"]
+    assert {"400", "401", "403", "413", "415", "429", "503", "504"} <= set(ocr["responses"])
+    assert set(document["components"]["securitySchemes"]) == {"session", "refresh", "csrf"}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert "422" not in operation["responses"], (method, path)
+            for status, answer in operation["responses"].items():
+                assert "$ref" in answer["content"]["application/json"]["schema"], (method, path, status)
+
+
+def test_every_answer_conforms_to_the_openapi_document(
+    mesh: Mesh, api_schema: Any, api_user: dict[str, str]
+) -> None:
+    """Generated requests for every operation (valid data, then invalid data where there is a body),
+    sent with a live session's cookies and CSRF header: no 5xx, and every status, content type,
+    header and body is one the document declares."""
+    labels = []
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        labels.append(operation.label)
+        # A session per operation: a generated POST /api/logout ends the one it is sent with.
+        with browser_session(mesh.url, api_user) as session:
+            csrf = {"X-CSRF-Token": str(session.headers["X-CSRF-Token"])}
+            live = {"headers": csrf, "cookies": session.cookies.get_dict()}
+            runs: list[tuple[schemathesis.GenerationMode, dict[str, Any]]] = [
+                (schemathesis.GenerationMode.POSITIVE, live),
+                (schemathesis.GenerationMode.POSITIVE, {"headers": csrf}),  # generated (bad) cookies
+            ]
+            if operation.get_request_payload_content_types():  # nothing to make invalid without a body
+                runs.append((schemathesis.GenerationMode.NEGATIVE, live))
+            for mode, known in runs:
+
+                @given(case=operation.as_strategy(generation_mode=mode, **known))
+                @settings(
+                    max_examples=6,
+                    deadline=None,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                    phases=[Phase.explicit, Phase.generate],
+                )
+                def conforms(case: Any) -> None:
+                    response = case.call(session=session, timeout=60)
+                    case.validate_response(response, checks=CONFORMANCE_CHECKS)
+
+                conforms()
+    assert "POST /api/ocr" in labels and len(labels) == 9, labels
