@@ -18,6 +18,7 @@ from auth_svc.jwks_publisher import JwksPublisher
 from auth_svc.keys import Jwks, KeyLoadError, KeyRing, KeysChanged
 from auth_svc.metrics import AuthMetrics
 from auth_svc.passwords import PasswordHasher
+from auth_svc.revocation_publisher import RevocationPublisher
 from auth_svc.servicer import AuthServicer
 from auth_svc.store import AuthStore, StoreError, StoreUnavailable
 from auth_svc.throttle import LoginThrottle, ThrottlePolicy
@@ -99,8 +100,24 @@ class AuthInstance:
                 len(self.keyring.jwks()["keys"]),
             )
         )
+        self.revocations: RevocationPublisher | None = None
+        if config.etcd:
+            # Every access token of a session revoked longer ago than this has expired.
+            self.revocations = RevocationPublisher(
+                config.etcd,
+                self.store,
+                keep_s=config.access_ttl_s + VERIFY_LEEWAY_S + 5.0,
+                clock=clock,
+                on_update=self.verifier.update_revoked,
+            )
         settings = TokenSettings(config.issuer, config.audience, config.access_ttl_s, config.refresh_ttl_s)
-        self.sessions = Sessions(self.store, self.keyring, settings, clock)
+        self.sessions = Sessions(
+            self.store,
+            self.keyring,
+            settings,
+            clock,
+            on_revoke=self.revocations.poke if self.revocations is not None else lambda: None,
+        )
         self.accounts = Accounts(self.store, self.hasher, self.throttle, self.sessions, self.metrics, clock)
         self.server = lifecycle.new_server(
             interceptors=[
@@ -130,6 +147,8 @@ class AuthInstance:
             if self.publisher is not None:
                 await self.publisher.start()
             await self._open_store()
+            if self.revocations is not None:
+                await self.revocations.start()
             await self.hasher.start()
             await self.keyring.sync()
             if c.metrics_port >= 0:
@@ -230,6 +249,8 @@ class AuthInstance:
     async def _close_resources(self) -> None:
         if self.publisher is not None:
             await self.publisher.close()
+        if self.revocations is not None:
+            await self.revocations.close()
         self.hasher.close()
         await self.store.close()
         self.metrics.close()

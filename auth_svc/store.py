@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _WRITE = "ocrmesh_write"
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Any constant works: pg_advisory_xact_lock serialises concurrent migrations across instances.
@@ -85,8 +85,16 @@ def _migrate_to_1(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+revoked_at_index = sa.Index("ix_refresh_tokens_revoked_at", refresh_tokens.c.revoked_at)
+
+
+def _migrate_to_2(conn: Connection) -> None:
+    # Auth instances read the families revoked lately every second to publish them (revocations.py).
+    revoked_at_index.create(conn, checkfirst=True)
+
+
 # (version, step): each step brings the schema from version-1 to version, inside one transaction.
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _migrate_to_1),)
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _migrate_to_1), (2, _migrate_to_2))
 
 
 class StoreError(Exception):
@@ -402,6 +410,17 @@ class AuthStore:
             ).scalar_one()
             await conn.execute(refresh_tokens.update().where(live).values(revoked_at=now))
         return int(families)
+
+    async def families_revoked_since(self, cutoff: float) -> dict[str, float]:
+        """family id -> when it was revoked, for every family revoked at or after `cutoff`."""
+        t = refresh_tokens.c
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(t.family_id, sa.func.max(t.revoked_at))
+                .where(t.revoked_at >= cutoff)
+                .group_by(t.family_id)
+            )
+            return {str(family): float(at) for family, at in rows}
 
     async def delete_refresh_tokens_expired_before(self, cutoff: float) -> int:
         """Housekeeping: drop tokens that expired before `cutoff`."""

@@ -51,9 +51,10 @@ class RefreshRejected(Exception):
 
 
 def issue_access_token(
-    key: SigningKey, user: UserRecord, now: float, settings: TokenSettings
+    key: SigningKey, user: UserRecord, now: float, settings: TokenSettings, session_id: str
 ) -> tuple[str, float]:
-    """A signed ES256 access token for `user` and its expiry time."""
+    """A signed ES256 access token for `user` in session `session_id` (the refresh-token family,
+    claim `sid`: revoking the family revokes its access tokens too), and its expiry time."""
     issued = int(now)
     expires = issued + int(settings.access_ttl_s)
     claims = {
@@ -64,6 +65,7 @@ def issue_access_token(
         "iat": issued,
         "exp": expires,
         "jti": uuid.uuid4().hex,
+        "sid": session_id,
     }
     token = jwt.encode(claims, key.private_key, algorithm="ES256", headers={"kid": key.kid})
     return token, float(expires)
@@ -88,18 +90,23 @@ class Sessions:
         keyring: KeyRing,
         settings: TokenSettings,
         clock: Callable[[], float],
+        on_revoke: Callable[[], object] = lambda: None,
     ) -> None:
         self._store = store
         self._keyring = keyring
         self.settings = settings
         self._clock = clock
+        self._on_revoke = on_revoke  # sessions ended: publish the revocation now
 
-    def _pair(self, user: UserRecord, now: float) -> tuple[TokenPair, RefreshRecord]:
-        access, access_exp = issue_access_token(self._keyring.signer(), user, now, self.settings)
+    def _pair(
+        self, user: UserRecord, now: float, family_id: str | None = None
+    ) -> tuple[TokenPair, RefreshRecord]:
+        family_id = family_id or uuid.uuid4().hex
+        access, access_exp = issue_access_token(self._keyring.signer(), user, now, self.settings, family_id)
         refresh = new_refresh_token()
         record = RefreshRecord(
             token_hash=hash_refresh_token(refresh),
-            family_id=uuid.uuid4().hex,
+            family_id=family_id,
             user_id=user.user_id,
             issued_at=now,
             expires_at=now + self.settings.refresh_ttl_s,
@@ -122,7 +129,7 @@ class Sessions:
         user = await self._store.user_by_id(old.user_id)
         if user is None:
             raise RefreshRejected("the account no longer exists", "ACCOUNT_GONE")
-        pair, replacement = self._pair(user, now)
+        pair, replacement = self._pair(user, now, old.family_id)
         used = await self._store.exchange_refresh_token(token_hash, replacement, now)
         if used is not None:
             return user, pair
@@ -132,6 +139,7 @@ class Sessions:
             raise RefreshRejected("refresh token revoked; log in again", "REFRESH_REVOKED")
         if current.used_at is not None:
             await self._store.revoke_family(current.family_id, now)
+            self._on_revoke()
             log.warning(
                 "refresh token reuse: family revoked",
                 extra={"user_id": current.user_id, "family_id": current.family_id},
@@ -149,8 +157,11 @@ class Sessions:
             raise RefreshRejected("invalid refresh token", "REFRESH_INVALID")
         now = self._clock()
         if all_sessions:
-            return await self._store.revoke_user(record.user_id, now)
-        return await self._store.revoke_family(record.family_id, now)
+            revoked = await self._store.revoke_user(record.user_id, now)
+        else:
+            revoked = await self._store.revoke_family(record.family_id, now)
+        self._on_revoke()
+        return revoked
 
     def _hash_checked(self, token: str) -> str:
         if not token or len(token) > _MAX_REFRESH_CHARS or not token.startswith(REFRESH_PREFIX):

@@ -1,4 +1,4 @@
-"""Keeps a TokenVerifier fed with the JWKS that auth instances publish in etcd."""
+"""Keeps a TokenVerifier fed with the JWKS and the revoked sessions that auth instances publish in etcd."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import grpc
 from mesh import errors
 from mesh.etcd_client import ClientFactory
 from mesh.key_poller import poll_key
+from mesh.session_revocations import REVOKED_SESSIONS_KEY, parse_revocations
 from mesh.tasks import cancel_and_wait
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier, guard_handler, parse_jwks
 
@@ -34,6 +35,8 @@ class JwksSource:
     no watch, and a poll needs no re-establishment after etcd is killed, frozen or compacted. A
     rotation reaches the verifier within `interval` plus one call. While etcd is unreachable, or
     when the key is deleted or holds something that is not a JWKS, the last good keys stay.
+    The revoked sessions (`revoked_key`) are polled beside it: a logout reaches the verifier within
+    `interval` plus one call.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class JwksSource:
         verifier: TokenVerifier,
         *,
         key: str = JWKS_KEY,
+        revoked_key: str = REVOKED_SESSIONS_KEY,
         interval: float = 0.5,
         call_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -49,6 +53,7 @@ class JwksSource:
         if interval <= 0 or call_timeout <= 0:
             raise ValueError("interval and call_timeout must be positive")
         self.key = key
+        self.revoked_key = revoked_key
         self.verifier = verifier
         self.interval = interval
         self.call_timeout = call_timeout
@@ -56,6 +61,7 @@ class JwksSource:
         self._clock = clock
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._revocations: asyncio.Task[None] | None = None
         self._outage = False
         self._applied: bytes | None = None
         # Public state for status pages and tests.
@@ -75,6 +81,16 @@ class JwksSource:
         """Begin polling in the background (does not wait for etcd)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"jwks source {self.key}")
+            self._revocations = asyncio.create_task(
+                poll_key(
+                    self._factory,
+                    self.revoked_key,
+                    interval=self.interval,
+                    call_timeout=self.call_timeout,
+                    on_change=self.consider_revocations,
+                ),
+                name=f"revocations {self.revoked_key}",
+            )
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the first JWKS; returns `ready`."""
@@ -83,9 +99,10 @@ class JwksSource:
         return self.ready
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait(task)
+        for task in (self._task, self._revocations):
+            if task is not None:
+                await cancel_and_wait(task)
+        self._task = self._revocations = None
 
     async def __aenter__(self) -> JwksSource:
         await self.start()
@@ -102,6 +119,7 @@ class JwksSource:
             "kids": sorted(self.kids),
             "updates": self.updates,
             "rejected": self.rejected,
+            "revoked_sessions": self.verifier.revoked_sessions,
             "last_error": self.last_error,
         }
 
@@ -138,6 +156,18 @@ class JwksSource:
             log.info("JWKS loaded", extra={"key": self.key, "kids": sorted(kids)})
         self._ready.set()
         return True
+
+    def consider_revocations(self, raw: bytes | None) -> None:
+        """Load one value of the revoked-sessions key (None: absent, nothing revoked lately)."""
+        try:
+            sessions = parse_revocations(raw) if raw is not None else {}
+        except ValueError as exc:  # keep the last good set: dropping it would un-revoke sessions
+            log.error(
+                "revoked sessions in etcd unreadable; keeping the last set",
+                extra={"key": self.revoked_key, "why": str(exc)},
+            )
+            return
+        self.verifier.update_revoked(sessions)
 
     async def _run(self) -> None:
         await poll_key(

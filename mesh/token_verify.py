@@ -61,6 +61,10 @@ class TokenInvalid(TokenError):
     reason = "TOKEN_INVALID"
 
 
+class TokenRevoked(TokenError):
+    reason = "TOKEN_REVOKED"
+
+
 def _b64decode(segment: str) -> bytes:
     """Unpadded base64url, strictly: other characters or a bad length make the token invalid."""
     if not _B64URL.match(segment) or len(segment) % 4 == 1:
@@ -148,6 +152,7 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._cache: OrderedDict[str, Claims] = OrderedDict()
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._revoked: Mapping[str, float] = {}
         if jwks is not None:
             self.update_jwks(jwks)
 
@@ -160,16 +165,27 @@ class TokenVerifier:
         self._keys = parse_jwks(jwks)
         self._cache.clear()
 
+    @property
+    def revoked_sessions(self) -> int:
+        """How many revoked sessions are known (their tokens are refused)."""
+        return len(self._revoked)
+
+    def update_revoked(self, sessions: Mapping[str, float]) -> None:
+        """Replace the set of revoked sessions (sid -> until): their tokens are refused from now on."""
+        self._revoked = dict(sessions)
+
     def verify(self, token: str) -> Claims:
-        """The token's claims, or TokenExpired / TokenInvalid saying why not."""
+        """The token's claims, or TokenExpired / TokenInvalid / TokenRevoked saying why not."""
         if len(token) > _MAX_TOKEN_BYTES:
             raise TokenInvalid("token too large")
         cached = self._cache.get(token)
         if cached is not None:
             self._check_times(cached)
+            self._check_session(cached)
             return dict(cached)
         claims = self._verify_signature(token)
         self._check_times(claims)
+        self._check_session(claims)
         self._cache[token] = claims
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -220,6 +236,11 @@ class TokenVerifier:
             raise TokenInvalid("claim 'sub' is not a user id")
         return claims
 
+    def _check_session(self, claims: Claims) -> None:
+        sid = claims.get("sid")
+        if isinstance(sid, str) and sid in self._revoked:
+            raise TokenRevoked("this session has ended (logged out or revoked): log in again")
+
     def _check_times(self, claims: Claims) -> None:
         now = self._clock()
         if now > claims["exp"] + self.leeway_s:
@@ -245,7 +266,8 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
 
 
 def unauthenticated(error: TokenError) -> errors.RichError:
-    """UNAUTHENTICATED with ErrorInfo reason TOKEN_MISSING / TOKEN_EXPIRED / TOKEN_INVALID."""
+    """UNAUTHENTICATED with ErrorInfo reason TOKEN_MISSING / TOKEN_EXPIRED / TOKEN_INVALID /
+    TOKEN_REVOKED."""
     message = str(error)
     if isinstance(error, TokenInvalid):
         message = f"invalid access token: {error}"

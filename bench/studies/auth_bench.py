@@ -261,7 +261,9 @@ async def measure_verification(seconds: float, runs: int = 3, distinct_tokens: i
     jwks = keys.jwks_document([key])
     settings = TokenSettings(DEFAULT_ISSUER, DEFAULT_AUDIENCE, 900.0, 3600.0)
     user = UserRecord("bench-user", "bench", "", now)
-    tokens = [issue_access_token(key, user, now, settings)[0] for _ in range(distinct_tokens)]
+    tokens = [
+        issue_access_token(key, user, now, settings, "bench-session")[0] for _ in range(distinct_tokens)
+    ]
     # cache_size=0: every call verifies the signature (a new token on each call).
     cold = TokenVerifier(jwks, issuer=DEFAULT_ISSUER, audience=DEFAULT_AUDIENCE, cache_size=0)
     warm = TokenVerifier(jwks, issuer=DEFAULT_ISSUER, audience=DEFAULT_AUDIENCE)

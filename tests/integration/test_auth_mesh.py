@@ -161,9 +161,13 @@ async def test_ocr_requires_valid_tokens_from_the_etcd_jwks_and_follows_rotation
                 kid = auth.keyring.signer().kid
                 user = UserRecord("user-1", "alice", "", time.time())
                 settings = TokenSettings("ocrmesh-auth", "ocrmesh", 900.0, 3600.0)
-                expired, _ = issue_access_token(auth.keyring.signer(), user, time.time() - 3600, settings)
+                expired, _ = issue_access_token(
+                    auth.keyring.signer(), user, time.time() - 3600, settings, "s-old"
+                )
                 other_audience = dataclasses.replace(settings, audience="someone-else")
-                wrong_aud, _ = issue_access_token(auth.keyring.signer(), user, time.time(), other_audience)
+                wrong_aud, _ = issue_access_token(
+                    auth.keyring.signer(), user, time.time(), other_audience, "s-aud"
+                )
                 bad_tokens = {
                     "forged": (forged_token(kid), "TOKEN_INVALID"),
                     "alg none": (unsigned_token(kid), "TOKEN_INVALID"),

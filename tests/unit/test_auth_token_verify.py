@@ -15,10 +15,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from auth_svc import keys
+from mesh.session_revocations import encode_revocations, parse_revocations
 from mesh.token_verify import (
     TokenExpired,
     TokenInvalid,
     TokenMissing,
+    TokenRevoked,
     TokenVerifier,
     bearer_token,
     parse_jwks,
@@ -264,3 +266,25 @@ def test_structural_tricks_are_rejected(verifier: TokenVerifier, key: keys.Signi
         with pytest.raises(TokenInvalid):
             verifier.verify(token)
             pytest.fail(name)
+
+
+def test_a_revoked_session_is_refused_even_when_its_token_was_verified_before(
+    verifier: TokenVerifier, key: keys.SigningKey
+) -> None:
+    token, other = sign(key, sid="family-1"), sign(key, sid="family-2")
+    assert verifier.verify(token)["sid"] == "family-1"  # now in the cache
+    verifier.update_revoked({"family-1": NOW + 900})
+    with pytest.raises(TokenRevoked):
+        verifier.verify(token)
+    assert verifier.verify(other)["sid"] == "family-2"
+    verifier.update_revoked({})  # the entry aged out: the token (if not expired) is fine again
+    assert verifier.verify(token)["sid"] == "family-1"
+
+
+def test_revocation_documents_round_trip_and_bad_ones_are_refused() -> None:
+    raw = encode_revocations({"b": 200.4, "a": 100.0})
+    assert raw == b'{"sessions":{"a":100,"b":200}}'  # byte-stable: instances write the same bytes
+    assert parse_revocations(raw) == {"a": 100.0, "b": 200.0}
+    for bad in (b"[]", b'{"sessions": []}', b'{"sessions": {"a": "soon"}}', b'{"sessions": {"": 1}}', b"x"):
+        with pytest.raises(ValueError):
+            parse_revocations(bad)

@@ -45,6 +45,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_TOKEN_MISSING: _ClassVar[ErrorReason]
     ERROR_REASON_TOKEN_EXPIRED: _ClassVar[ErrorReason]
     ERROR_REASON_TOKEN_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_TOKEN_REVOKED: _ClassVar[ErrorReason]
     ERROR_REASON_BAD_CREDENTIALS: _ClassVar[ErrorReason]
     ERROR_REASON_ACCOUNT_GONE: _ClassVar[ErrorReason]
     ERROR_REASON_REFRESH_EXPIRED: _ClassVar[ErrorReason]
@@ -93,6 +94,7 @@ ERROR_REASON_STORE_UNAVAILABLE: ErrorReason
 ERROR_REASON_TOKEN_MISSING: ErrorReason
 ERROR_REASON_TOKEN_EXPIRED: ErrorReason
 ERROR_REASON_TOKEN_INVALID: ErrorReason
+ERROR_REASON_TOKEN_REVOKED: ErrorReason
 ERROR_REASON_BAD_CREDENTIALS: ErrorReason
 ERROR_REASON_ACCOUNT_GONE: ErrorReason
 ERROR_REASON_REFRESH_EXPIRED: ErrorReason
