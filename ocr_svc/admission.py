@@ -134,7 +134,10 @@ def admit(
     if policy.max_queued >= 0 and queued >= policy.max_queued:
         return Refusal(QUEUE_FULL, hint, wait_s)
     if wait_s > policy.max_queue_wait_s:
-        return Refusal(QUEUE_WAIT_TOO_LONG, retry_hint_s(wait_s - policy.max_queue_wait_s, hint), wait_s)
+        # Room opens as jobs finish: no sooner than one job from now, however close to the bound.
+        # A shorter hint (50 ms) had well-behaved clients spend their retries before any job ended.
+        over = max(wait_s - policy.max_queue_wait_s, service_s)
+        return Refusal(QUEUE_WAIT_TOO_LONG, retry_hint_s(over, hint), wait_s)
     if time_remaining is not None and wait_s > 0:
         # An idle worker always takes the request: only waiting can be refused for the deadline
         # (a deadline shorter than one job is the caller's to choose; it gets DEADLINE_EXCEEDED).

@@ -73,6 +73,10 @@ def test_admit_refuses_what_cannot_finish_before_the_deadline_and_says_when_to_c
     assert (
         long is not None and long.reason == QUEUE_WAIT_TOO_LONG and long.retry_after_s == pytest.approx(15.0)
     )
+    # Just over the bound: come back after one job, not in 50 ms (nothing can have changed by then).
+    edge = admit(wait_s=30.1, service_s=0.8, time_remaining=None, queued=40, policy=policy)
+    assert edge is not None and edge.reason == QUEUE_WAIT_TOO_LONG
+    assert edge.retry_after_s == pytest.approx(0.8)
     capped = AdmissionPolicy(max_queued=2)
     full = admit(wait_s=0.5, service_s=1.0, time_remaining=None, queued=2, policy=capped)
     assert full is not None and full.reason == QUEUE_FULL
