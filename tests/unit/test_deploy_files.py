@@ -576,12 +576,17 @@ def interpolate(text: str) -> str:
     return text.replace("$$", "$")
 
 
+def service_image(svc: Mapping[str, Any]) -> str:
+    """A compose service's image with the defaults of its variables (`${ETCD_IMAGE:-quay.io/...}`)."""
+    return interpolate(str(svc["image"]))
+
+
 def built_images() -> dict[str, Path]:
     """Image name -> the Dockerfile that builds it, from the compose `build` sections."""
     images: dict[str, Path] = {}
     for name, svc in compose()["services"].items():
         if "build" in svc:
-            repo = split_image(svc["image"])[0]
+            repo = split_image(service_image(svc))[0]
             dockerfile = (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve()
             assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
             assert images.setdefault(repo, dockerfile) == dockerfile, f"{repo} built two ways"
@@ -628,10 +633,10 @@ def test_compose_services_and_images() -> None:
     services = compose()["services"]
     images = built_images()
     assert {p.name for p in images.values()} == {p.name for p in DOCKERFILES}, "build every Dockerfile"
-    etcd = [n for n, s in services.items() if split_image(s["image"])[0].endswith("/etcd")]
+    etcd = [n for n, s in services.items() if split_image(service_image(s))[0].endswith("/etcd")]
     assert len(etcd) == 3, "a 3-node etcd cluster"
     for name, svc in services.items():
-        repo, tag, _ = split_image(svc["image"])
+        repo, tag, _ = split_image(service_image(svc))
         assert repo in images or repo in THIRD_PARTY, f"{name}: image {svc['image']} is not ours or allowed"
         if repo in THIRD_PARTY:
             assert tag and tag != "latest", f"{name}: pin {svc['image']}"
@@ -657,7 +662,7 @@ def test_compose_ocrmesh_services_read_their_settings() -> None:
     images = built_images()
     seen = set()
     for name, svc in services.items():
-        repo = split_image(svc["image"])[0]
+        repo = split_image(service_image(svc))[0]
         if repo not in images:
             continue
         service, flags = serve_command(compose_argv(svc) or ["serve", "ocr"])
@@ -688,7 +693,7 @@ def test_compose_ocrmesh_services_read_their_settings() -> None:
 def test_compose_entry_points() -> None:
     """The gateway and the BFF publish their own port (loopback by default) and start after the mesh."""
     services = compose()["services"]
-    etcd = {n for n, s in services.items() if split_image(s["image"])[0].endswith("/etcd")}
+    etcd = {n for n, s in services.items() if split_image(service_image(s))[0].endswith("/etcd")}
     configs = {}
     for name in sorted(ENTRY_POINTS):
         svc = services[name]
@@ -1165,7 +1170,7 @@ def container_commands() -> Iterator[tuple[str, list[str]]]:
     """(where, `ocrmesh` arguments) of every container running our image, in compose and k8s."""
     images = built_images()
     for name, svc in compose()["services"].items():
-        if split_image(svc["image"])[0] in images:
+        if split_image(service_image(svc))[0] in images:
             yield f"compose {name}", compose_argv(svc) or []
     for overlay, resources in RENDERED.items():
         for workload, container in ocrmesh_containers(resources):
