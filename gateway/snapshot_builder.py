@@ -285,6 +285,60 @@ def _access_log() -> list[dict[str, Any]]:
     ]
 
 
+# Envoy's own refusals of gRPC-Web calls (jwt_authn's "Jwt is missing", the local rate limit, no
+# healthy instance...) answer HTTP 200, trailers-only, with the gRPC status in grpc-status and the
+# reason in grpc-message (Envoy's response code details, e.g. jwt_authn_access_denied{Jwt_is_missing}),
+# as native gRPC gets from Envoy already. They used to keep the HTTP status (401), which Google's
+# grpc-web client reports as "Http response at 400 or 500 level", losing the status and message.
+# gRPC-Web is told apart by the x-grpc-web header its clients send (grpc-web, @improbable-eng,
+# connect-web): the grpc_web filter has made every other mark look like native gRPC by then. The
+# gRPC status per HTTP status is grpc's own mapping (doc/http-grpc-status-mapping.md), except 413
+# and 429: RESOURCE_EXHAUSTED, as native gRPC gets for the local rate limit.
+GRPC_STATUS_OF_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 413: 8, 429: 8, 502: 14, 503: 14, 504: 14}
+
+
+def _grpc_local_reply(http: int | None, grpc_status: int) -> dict[str, Any]:
+    """A local reply mapper: a gRPC-Web request's local reply with HTTP status `http` (None: any
+    other error) becomes a trailers-only HTTP 200 with grpc-status `grpc_status`."""
+    op, value = ("EQ", http) if http is not None else ("GE", 400)
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": op,
+                                "value": {"default_value": value, "runtime_key": f"grpc_local_reply_{value}"},
+                            }
+                        }
+                    },
+                    {"header_filter": {"header": {"name": "x-grpc-web", "present_match": True}}},
+                ]
+            }
+        },
+        "status_code": 200,
+        "headers_to_add": [
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in (
+                ("content-type", "application/grpc"),
+                ("grpc-status", str(grpc_status)),
+                ("grpc-message", "%RESPONSE_CODE_DETAILS%"),
+            )
+        ],
+        # The reason is in grpc-message; an empty body makes the answer trailers-only.
+        "body_format_override": {"text_format": ""},
+    }
+
+
+GRPC_WEB_LOCAL_REPLIES: dict[str, Any] = {
+    "mappers": [
+        *(_grpc_local_reply(http, grpc_status) for http, grpc_status in GRPC_STATUS_OF_HTTP.items()),
+        _grpc_local_reply(None, 2),  # UNKNOWN
+    ]
+}
+
+
 def gateway_listener(profile: Profile, state: MeshState) -> dict[str, Any]:
     """The one HTTP listener: gRPC over h2 (or gRPC-Web over HTTP/1.1), optionally TLS."""
     percent = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "ratelimit_on"}
@@ -297,6 +351,7 @@ def gateway_listener(profile: Profile, state: MeshState) -> dict[str, Any]:
         "rds": {"route_config_name": ROUTES_NAME, "config_source": _ADS},
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "stream_idle_timeout": "300s",
+        "local_reply_config": GRPC_WEB_LOCAL_REPLIES,
         "http_filters": [
             {
                 "name": "envoy.filters.http.cors",
