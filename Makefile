@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-cpu-dev
 export BUF_CACHE_DIR ?= $(CURDIR)/.buf-cache
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test test-slow test-all test-deploy deploy-tools protos lint bench clean browser
+.PHONY: help install up test test-slow test-all test-deploy deploy-tools protos lint bench clean browser node
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,7 +37,20 @@ browser: ## make sure chromium (and a CJK font) is there for the browser tests; 
 		echo "!!! Install it with: sudo apt-get install -y chromium fonts-wqy-microhei"; \
 	fi
 
-test: $(STAMP) browser ## lint the contracts (buf lint and breaking), code, layering and types, then run the test suite (slow chaos tests excluded)
+# The interop test (tests/interop) runs a Node.js client: Debian's nodejs and npm, packages from npm.
+node: ## make sure node and npm are there for the Node.js interop test; apt-get as root
+	@if command -v node >/dev/null && command -v npm >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing nodejs and npm for the Node.js interop test (apt-get)"; \
+		apt-get install -y -q nodejs npm >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q nodejs npm >/dev/null; } || \
+		echo "!!! apt-get could not install nodejs and npm: the Node.js interop test will be SKIPPED !!!"; \
+	else \
+		echo "!!! node or npm is missing and this is not root: the Node.js interop test will be SKIPPED."; \
+		echo "!!! Install them with: sudo apt-get install -y nodejs npm"; \
+	fi
+
+test: $(STAMP) browser node ## lint the contracts (buf lint and breaking), code, layering and types, then run the test suite (slow chaos tests excluded)
 	$(VENV)/bin/buf lint
 	$(PY) protos/breaking.py
 	$(VENV)/bin/ruff check .
