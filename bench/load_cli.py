@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench import mix
+from bench import ghz_flags, mix
 from bench.durations import parse_duration
 from bench.ghz import run_ghz
 from bench.loadgen import (
@@ -55,6 +55,10 @@ that got it waits that long (at most --retry-cap, never past the end of the run)
 next call, as a well-behaved client does. --no-honor-retry calls again at once, which is what
 ghz does (hammering an overloaded server).
 Not supported (yet): TLS, call-data templates, streaming methods, load/concurrency schedules.
+ghz's other common flags parse: --proto, --protoset, -i, --skipTLS, --cpus and --reflect-metadata
+have no effect here (see below why); --async, -x, -e, --lb-strategy (but pick_first),
+--stream-call-count and the --load-*/--concurrency-* schedules (but --load-schedule const) are
+refused with the reason, and nothing runs.
 """
 
 
@@ -142,6 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mixed workload, e.g. login=1,ocr=9: logins of the --login account among the --image calls "
         "(per-kind figures on stderr)",
     )
+    ghz_flags.add_arguments(parser)
 
 
 def _target(ns: argparse.Namespace) -> str:
@@ -272,6 +277,8 @@ def unreachable_hint(report: Mapping[str, Any], target: str, concurrency: int) -
 
 def run(ns: argparse.Namespace) -> int:
     try:
+        for note in ghz_flags.check(ns):
+            print(f"{PROG}: note: {note}", file=sys.stderr)
         target = _target(ns)
         call = ns.call or (RECOGNIZE if ns.image else None)
         if not call:
