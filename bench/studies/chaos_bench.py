@@ -131,10 +131,10 @@ async def measure(ns: argparse.Namespace, workdir: Path, console: Console) -> di
         gw_argv = ["serve", "gateway", "--etcd", etcd.endpoint, "--port", "0", "--admin-port", "0"]
         gw_argv += ["--xds-port", "0", "--log-level", "warning"]
         async with service(workdir, "auth", auth_argv), service(workdir, "gateway", gw_argv) as gateway:
-            token = await login(gateway["address"])
             for path in ns.paths:
                 for c in ns.concurrency:
                     for i in range(1, ns.runs + 1):
+                        token = await login(gateway["address"])  # fresh: a token lives 15 min
                         result = await one_run(ns, workdir, etcd.endpoint, gateway, token, path, c, i)
                         runs.append(result)
                         verdict = f"[red]LOST {result['lost']}" if result["lost"] else "[green]no call lost"
