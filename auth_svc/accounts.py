@@ -69,8 +69,12 @@ class Accounts:
         self._metrics = metrics
         self._clock = clock
 
-    async def register(self, username: str, password: str) -> UserRecord:
-        """A new account; INVALID_ARGUMENT (BadRequest) or ALREADY_EXISTS when it cannot be."""
+    async def register(self, username: str, password: str, address: str = "") -> UserRecord:
+        """A new account; INVALID_ARGUMENT (BadRequest), ALREADY_EXISTS, or RESOURCE_EXHAUSTED
+        (REGISTER_THROTTLED) when `address` has registered too often.
+
+        A taken name costs a bcrypt hash like a free one: the answer's timing does not tell
+        which names exist, and the per-address throttle bounds how many can be probed."""
         violations: list[errors.FieldViolation] = []
         name = ""
         secret = b""
@@ -87,8 +91,11 @@ class Accounts:
             summary = "; ".join(v.description for v in violations)
             raise errors.bad_request(f"cannot register: {summary}", violations)
         async with _store_errors():
-            if await self._store.user_by_name(name) is not None:
-                raise self._taken(name)
+            try:
+                await self._throttle.register_attempt(address)
+            except Throttled as exc:
+                self._metrics.outcome("register", "throttled")
+                raise errors.retry_later(str(exc), exc.retry_after_s, reason="REGISTER_THROTTLED") from None
             try:
                 hashed = await self._timed_hash(secret)
             except HasherBusy as exc:
@@ -126,7 +133,8 @@ class Accounts:
             # No account can have this name: answer exactly as for an unknown user.
             name, key = None, "?" + username.strip().casefold()[:_MAX_RAW_KEY]
         try:
-            ticket = self._throttle.begin(key, address)
+            async with _store_errors():
+                ticket = await self._throttle.begin(key, address)
         except Throttled as exc:
             self._metrics.outcome("login", "throttled")
             raise errors.retry_later(
@@ -152,7 +160,8 @@ class Accounts:
                 await self._upgrade_hash(user, secret)
                 pair = await self._sessions.start(user)
         finally:
-            self._throttle.finish(ticket, succeeded)
+            async with _store_errors():
+                await self._throttle.finish(ticket, succeeded)
         self._metrics.outcome("login", "ok")
         return user, pair
 

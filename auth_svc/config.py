@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import uuid
@@ -59,8 +60,13 @@ class AuthConfig:
     )
     throttle_base_s: float = setting(1.0, help="first lockout in seconds (doubles each failure)")
     throttle_max_s: float = setting(900.0, help="longest lockout in seconds")
-    trust_forwarded_for: bool = setting(
-        False, help="take the client address from x-forwarded-for (only behind a trusted proxy)"
+    throttle_register_per_address: int = setting(
+        20, help="registrations per client address per hour before exponential lockout (60 s, doubling)"
+    )
+    trusted_proxies: str = setting(
+        "",
+        help="comma-separated IPs/CIDRs of the BFF and the gateway: the client address they pass in "
+        "x-forwarded-for is believed from them only (empty: from nobody; throttles then key on the peer)",
     )
     grace_s: float = setting(10.0, help="on SIGTERM, time given to in-flight requests")
     etcd: str = setting(
@@ -81,6 +87,15 @@ class AuthConfig:
     ready_file: Path | None = setting(None, help="write {address, metrics} JSON here once serving")
     log_level: str = setting("info", help="log level", env="OCRMESH_LOG_LEVEL")
 
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """--trusted-proxies parsed (ValueError on a bad entry)."""
+        return tuple(
+            ipaddress.ip_network(item.strip(), strict=False)
+            for item in self.trusted_proxies.split(",")
+            if item.strip()
+        )
+
     def validate(self) -> None:
         if not 4 <= self.bcrypt_cost <= 31:
             raise ConfigError("--bcrypt-cost must be between 4 and 31")
@@ -88,6 +103,10 @@ class AuthConfig:
             raise ConfigError("--bcrypt-concurrency and --bcrypt-queue must be 0 or more")
         if self.access_ttl_s <= 0 or self.refresh_ttl_s <= 0:
             raise ConfigError("--access-ttl-s and --refresh-ttl-s must be positive")
+        try:
+            _ = self.proxy_networks
+        except ValueError as exc:
+            raise ConfigError(f"--trusted-proxies: {exc}") from None
         if self.key_rotation_s < 0 or self.key_publish_s < 0 or self.key_check_s <= 0:
             raise ConfigError("key timings must be positive (--key-rotation-s 0 means never)")
         if self.key_rotation_s and self.key_rotation_s <= self.key_publish_s + self.access_ttl_s:

@@ -89,14 +89,22 @@ class AuthInstance:
         if on_keys_changed is not None:
             self.keyring.add_listener(on_keys_changed)
         self.throttle = LoginThrottle(
+            self.store,
             _policy(config.throttle_user_failures, config, limit_parallel=True),
             _policy(config.throttle_address_failures, config, limit_parallel=False),
+            ThrottlePolicy(
+                free_failures=config.throttle_register_per_address,
+                base_lockout_s=60.0,
+                max_lockout_s=3600.0,
+                limit_parallel=False,
+            ),
             clock=clock,
         )
+        self.throttled_keys = 0  # rows in the shared throttle table, counted by housekeeping
         self.metrics = AuthMetrics(
             lambda: (
                 self.hasher.pending,
-                self.throttle.tracked_keys,
+                self.throttled_keys,
                 len(self.keyring.jwks()["keys"]),
             )
         )
@@ -126,7 +134,7 @@ class AuthInstance:
             ]
         )
         self.health = lifecycle.Health(self.server, [SERVICE_NAME])
-        self.servicer = AuthServicer(self.accounts, self.keyring.jwks, config.trust_forwarded_for)
+        self.servicer = AuthServicer(self.accounts, self.keyring.jwks, config.proxy_networks)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self.servicer, self.server)
         lifecycle.enable_reflection(self.server, [SERVICE_NAME])
         self._maintenance: asyncio.Task[None] | None = None
@@ -221,7 +229,8 @@ class AuthInstance:
                 delay = min(delay * 2, 5.0)
 
     async def _maintain(self) -> None:
-        """Reload/rotate keys every `key_check_s`; drop long-expired refresh tokens hourly."""
+        """Reload/rotate keys every `key_check_s`; drop long-expired refresh tokens and forgotten
+        throttle keys hourly."""
         last_cleanup = 0.0
         while True:
             await asyncio.sleep(self.config.key_check_s)
@@ -230,7 +239,10 @@ class AuthInstance:
                 now = self.clock()
                 if now - last_cleanup >= _HOUSEKEEPING_S:
                     await self.store.delete_refresh_tokens_expired_before(now - 86400.0)
+                    # Throttle keys forget their failures after an hour (ThrottlePolicy.forget_after_s).
+                    await self.store.delete_throttle_entries_before(now - 3600.0)
                     last_cleanup = now
+                self.throttled_keys = await self.store.count_throttle_entries()
             except (StoreError, KeyLoadError) as exc:
                 log.error("key maintenance failed; will retry", extra={"why": str(exc)})
 

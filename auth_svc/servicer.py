@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -59,12 +60,8 @@ def jwks_message(jwks: Jwks) -> auth_pb2.GetJwksResponse:
     return auth_pb2.GetJwksResponse(keys=keys, jwks_json=json.dumps(jwks, sort_keys=True))
 
 
-def client_address(peer: str, metadata: Iterable[tuple[str, Any]] | None, trust_forwarded_for: bool) -> str:
-    """The caller's IP: the first x-forwarded-for hop when trusted, else the peer without port."""
-    if trust_forwarded_for:
-        for key, value in metadata or ():
-            if key == FORWARDED_FOR and isinstance(value, str) and value.strip():
-                return value.split(",")[0].strip()[:64]
+def peer_ip(peer: str) -> str:
+    """The IP of a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5"); other peers whole."""
     if peer.startswith("ipv4:"):
         return peer[5:].rsplit(":", 1)[0]
     if peer.startswith("ipv6:"):
@@ -72,15 +69,44 @@ def client_address(peer: str, metadata: Iterable[tuple[str, Any]] | None, trust_
     return peer  # unix sockets and the like: the whole peer string
 
 
+def client_address(
+    peer: str,
+    metadata: Iterable[tuple[str, Any]] | None,
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
+    """The real client's IP: what a trusted proxy (the BFF, the gateway) says in x-forwarded-for,
+    else the peer's.
+
+    The last x-forwarded-for hop is the one the proxy added (Envoy appends the address it saw;
+    the BFF sends one); anything before it came from the client and proves nothing.
+    """
+    ip = peer_ip(peer)
+    try:
+        from_proxy = any(ipaddress.ip_address(ip) in net for net in trusted)
+    except ValueError:
+        from_proxy = False
+    if from_proxy:
+        for key, value in metadata or ():
+            if key == FORWARDED_FOR and isinstance(value, str) and value.strip():
+                return value.split(",")[-1].strip()[:64]
+    return ip
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     """Converts protobuf to `Accounts` calls and back; refusals go out with rich details."""
 
     def __init__(
-        self, accounts: Accounts, jwks: Callable[[], Jwks], trust_forwarded_for: bool = False
+        self,
+        accounts: Accounts,
+        jwks: Callable[[], Jwks],
+        trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
     ) -> None:
         self._accounts = accounts
         self._jwks = jwks
-        self._trust_forwarded_for = trust_forwarded_for
+        self._trusted_proxies = tuple(trusted_proxies)
+
+    def _address(self, context: Context) -> str:
+        return client_address(context.peer(), context.invocation_metadata(), self._trusted_proxies)
 
     async def _answer(self, context: Context, call: Awaitable[T]) -> T:
         try:
@@ -92,13 +118,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def Register(
         self, request: auth_pb2.RegisterRequest, context: Context
     ) -> auth_pb2.RegisterResponse:
-        user = await self._answer(context, self._accounts.register(request.username, request.password))
+        user = await self._answer(
+            context, self._accounts.register(request.username, request.password, self._address(context))
+        )
         return auth_pb2.RegisterResponse(user=user_message(user))
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
-        address = client_address(context.peer(), context.invocation_metadata(), self._trust_forwarded_for)
         user, pair = await self._answer(
-            context, self._accounts.login(request.username, request.password, address)
+            context, self._accounts.login(request.username, request.password, self._address(context))
         )
         return auth_pb2.LoginResponse(user=user_message(user), tokens=pair_message(pair))
 

@@ -19,12 +19,16 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from auth_svc.throttle import Attempts
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _WRITE = "ocrmesh_write"
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Any constant works: pg_advisory_xact_lock serialises concurrent migrations across instances.
@@ -93,8 +97,28 @@ def _migrate_to_2(conn: Connection) -> None:
     revoked_at_index.create(conn, checkfirst=True)
 
 
+throttle_entries = sa.Table(
+    "throttle_entries",
+    metadata,
+    # "user:<name>", "addr:<address>" or "reg:<address>" (throttle.py): one row per key with recent failures.
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("locked_until", sa.Double, nullable=False),
+    sa.Column("last_failure", sa.Double, nullable=False, index=True),
+)
+
+
+def _migrate_to_3(conn: Connection) -> None:
+    # Login and registration throttles shared by every auth instance, surviving restarts.
+    throttle_entries.create(conn, checkfirst=True)
+
+
 # (version, step): each step brings the schema from version-1 to version, inside one transaction.
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _migrate_to_1), (2, _migrate_to_2))
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
+    (1, _migrate_to_1),
+    (2, _migrate_to_2),
+    (3, _migrate_to_3),
+)
 
 
 class StoreError(Exception):
@@ -427,6 +451,60 @@ class AuthStore:
         async with self._write() as conn:
             done = await conn.execute(refresh_tokens.delete().where(refresh_tokens.c.expires_at < cutoff))
         return int(done.rowcount or 0)
+
+    # -- throttle -------------------------------------------------------------------------
+
+    async def throttle_entries(self, keys: Sequence[str]) -> dict[str, Attempts]:
+        """The recorded failures of those `keys` that have any."""
+        t = throttle_entries.c
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(throttle_entries).where(t.key.in_(list(keys))))
+            return {row.key: Attempts(row.failures, row.locked_until, row.last_failure) for row in rows}
+
+    async def change_throttle_entry(self, key: str, change: Callable[[Attempts], Attempts]) -> Attempts:
+        """Apply `change` to `key`'s failures in one transaction (instances race for one key: the
+        row is locked, FOR UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite), and store the result."""
+        t = throttle_entries.c
+        insert = sqlite_insert if self.backend == "sqlite" else pg_insert
+        async with self._write() as conn:
+            await conn.execute(
+                insert(throttle_entries)
+                .values(key=key, failures=0, locked_until=0.0, last_failure=0.0)
+                .on_conflict_do_nothing()
+            )
+            query = sa.select(throttle_entries).where(t.key == key)
+            if self.backend == "postgresql":
+                query = query.with_for_update()
+            row = (await conn.execute(query)).one()
+            changed = change(Attempts(row.failures, row.locked_until, row.last_failure))
+            await conn.execute(
+                throttle_entries.update()
+                .where(t.key == key)
+                .values(
+                    failures=changed.failures,
+                    locked_until=changed.locked_until,
+                    last_failure=changed.last_failure,
+                )
+            )
+        return changed
+
+    async def forget_throttle_entry(self, key: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(throttle_entries.delete().where(throttle_entries.c.key == key))
+
+    async def delete_throttle_entries_before(self, cutoff: float) -> int:
+        """Housekeeping: drop keys whose last failure is older than `cutoff` (they start afresh anyway)."""
+        async with self._write() as conn:
+            done = await conn.execute(
+                throttle_entries.delete().where(throttle_entries.c.last_failure < cutoff)
+            )
+        return int(done.rowcount or 0)
+
+    async def count_throttle_entries(self) -> int:
+        async with self._read() as conn:
+            return int(
+                (await conn.execute(sa.select(sa.func.count()).select_from(throttle_entries))).scalar_one()
+            )
 
     # -- signing keys ---------------------------------------------------------------------
 

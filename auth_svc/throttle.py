@@ -1,17 +1,24 @@
-"""Login throttling per user name and per client address: exponential lockout after failures.
+"""Login and registration throttling per user name and per client address: exponential lockout.
 
-The decision (`decide`, `after_failure`) is pure, with the clock passed in. `LoginThrottle`
-keeps the state in memory, bounded in size: each auth instance keeps its own, so with N
-instances behind a balancer an attacker gets up to N times the free attempts (a shared store
-would fix that; the per-instance limit still bounds the rate).
+The decision (`decide`, `after_failure`) is pure, with the clock passed in. The failure counts
+live in a `ThrottleStore`: the accounts database in a running service (`AuthStore`), so every
+auth instance on one database sees the same counts and a restart resets nothing; in memory for
+tests. Only the count of attempts in flight (the parallel-guess limit) is per instance.
+
+Keys: `user:<name>` (failed logins of a user name), `addr:<address>` (failed logins from a
+client address) and `reg:<address>` (registrations from a client address, each one counted).
+The address is the real client's: the BFF and the gateway pass it, and auth believes them only
+when they connect from `--trusted-proxies` (servicer.client_address).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -93,11 +100,11 @@ class Throttled(Exception):
     """Login refused for now: `retry_after_s` says when to come back, `key_kind` ("user" or
     "address") and `why` (LOCKED or BUSY) say why."""
 
-    def __init__(self, retry_after_s: float, key_kind: str, why: str = LOCKED) -> None:
-        if why == BUSY:
-            text = "too many login attempts for this user at once"
-        else:
-            text = "too many failed logins"
+    def __init__(self, retry_after_s: float, key_kind: str, why: str = LOCKED, text: str = "") -> None:
+        if not text:
+            text = (
+                "too many login attempts for this user at once" if why == BUSY else "too many failed logins"
+            )
         super().__init__(f"{text}; retry in {retry_after_s:.1f}s")
         self.retry_after_s = retry_after_s
         self.key_kind = key_kind
@@ -112,40 +119,51 @@ class Ticket:
     address_key: str
 
 
-class _Table:
-    """Attempts and in-flight counts for one kind of key, at most `capacity` keys (LRU)."""
+class ThrottleStore(Protocol):
+    """Where failure counts are kept (shared by every auth instance on one database)."""
 
-    def __init__(self, policy: ThrottlePolicy, capacity: int) -> None:
-        self.policy = policy
+    async def throttle_entries(self, keys: Sequence[str]) -> dict[str, Attempts]: ...
+
+    async def change_throttle_entry(self, key: str, change: Callable[[Attempts], Attempts]) -> Attempts: ...
+
+    async def forget_throttle_entry(self, key: str) -> None: ...
+
+
+class MemoryThrottleStore:
+    """A ThrottleStore in one process's memory, at most `capacity` keys (LRU): for tests."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self.attempts: OrderedDict[str, Attempts] = OrderedDict()
-        self.in_flight: dict[str, int] = {}
+        self.entries: OrderedDict[str, Attempts] = OrderedDict()
 
-    def decide(self, key: str, now: float) -> tuple[float, str]:
-        return decide(self.attempts.get(key, FRESH), self.in_flight.get(key, 0), now, self.policy)
+    async def throttle_entries(self, keys: Sequence[str]) -> dict[str, Attempts]:
+        return {k: self.entries[k] for k in keys if k in self.entries}
 
-    def begin(self, key: str) -> None:
-        self.in_flight[key] = self.in_flight.get(key, 0) + 1
+    async def change_throttle_entry(self, key: str, change: Callable[[Attempts], Attempts]) -> Attempts:
+        self.entries[key] = changed = change(self.entries.get(key, FRESH))
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+        return changed
 
-    def end(self, key: str) -> None:
-        left = self.in_flight.get(key, 0) - 1
-        if left > 0:
-            self.in_flight[key] = left
-        else:
-            self.in_flight.pop(key, None)
+    async def forget_throttle_entry(self, key: str) -> None:
+        self.entries.pop(key, None)
 
-    def fail(self, key: str, now: float) -> None:
-        self.attempts[key] = after_failure(self.attempts.get(key, FRESH), now, self.policy)
-        self.attempts.move_to_end(key)
-        while len(self.attempts) > self.capacity:
-            self.attempts.popitem(last=False)
 
-    def forget(self, key: str) -> None:
-        self.attempts.pop(key, None)
+def user_key(username: str) -> str:
+    return "user:" + username
+
+
+def address_key(address: str) -> str:
+    return "addr:" + address
+
+
+def register_key(address: str) -> str:
+    return "reg:" + address
 
 
 class LoginThrottle:
-    """In-memory login throttle for one instance: per user name and per client address.
+    """Throttles logins per user name and client address, and registrations per address.
 
     A success clears the user name's failures but not the address's (else an attacker could
     clear its address by logging in to its own account between guesses).
@@ -153,44 +171,82 @@ class LoginThrottle:
 
     def __init__(
         self,
+        store: ThrottleStore,
         user_policy: ThrottlePolicy,
         address_policy: ThrottlePolicy,
-        clock: Callable[[], float] = time.monotonic,
-        capacity: int = 100_000,
+        register_policy: ThrottlePolicy | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._users = _Table(user_policy, capacity)
-        self._addresses = _Table(address_policy, capacity)
+        self._store = store
+        self._policies = {"user": user_policy, "addr": address_policy}
+        self._register_policy = register_policy or ThrottlePolicy(
+            free_failures=10, base_lockout_s=60.0, max_lockout_s=3600.0, limit_parallel=False
+        )
+        self._in_flight: dict[str, int] = {}
         self._clock = clock
 
-    def begin(self, username: str, address: str) -> Ticket:
-        """Admit one attempt or raise Throttled with the longer of the two waits."""
-        now = self._clock()
-        user_wait, user_why = self._users.decide(username, now)
-        address_wait, address_why = self._addresses.decide(address, now) if address else (0.0, "")
-        if user_wait or address_wait:
-            if user_wait >= address_wait:
-                raise Throttled(user_wait, "user", user_why)
-            raise Throttled(address_wait, "address", address_why)
-        self._users.begin(username)
-        if address:
-            self._addresses.begin(address)
-        return Ticket(username, address)
+    def _policy(self, key: str) -> ThrottlePolicy:
+        return self._policies[key.split(":", 1)[0]]
 
-    def finish(self, ticket: Ticket, succeeded: bool | None) -> None:
+    async def begin(self, username: str, address: str) -> Ticket:
+        """Admit one login attempt or raise Throttled with the longer of the two waits.
+
+        The attempt takes its place among those in flight before the shared counts are read
+        (an await): parallel guesses then see each other, as they would without the read.
+        """
+        keys = [user_key(username)] + ([address_key(address)] if address else [])
+        ahead = {key: self._in_flight.get(key, 0) for key in keys}
+        for key in keys:
+            self._in_flight[key] = ahead[key] + 1
+        try:
+            known = await self._store.throttle_entries(keys)
+            now = self._clock()
+            waits = [
+                (*decide(known.get(key, FRESH), ahead[key], now, self._policy(key)), key) for key in keys
+            ]
+            wait, why, key = max(waits)
+            if wait:
+                raise Throttled(wait, "user" if key.startswith("user:") else "address", why)
+        except BaseException:
+            self._release(keys)
+            raise
+        return Ticket(keys[0], keys[1] if len(keys) > 1 else "")
+
+    def _release(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            left = self._in_flight.get(key, 0) - 1
+            if left > 0:
+                self._in_flight[key] = left
+            else:
+                self._in_flight.pop(key, None)
+
+    async def finish(self, ticket: Ticket, succeeded: bool | None) -> None:
         """Record the outcome: True, False, or None when it is unknown (cancelled, errored)."""
-        now = self._clock()
-        self._users.end(ticket.user_key)
-        if ticket.address_key:
-            self._addresses.end(ticket.address_key)
+        keys = [k for k in (ticket.user_key, ticket.address_key) if k]
+        self._release(keys)
         if succeeded is None:
             return
         if succeeded:
-            self._users.forget(ticket.user_key)
+            await self._store.forget_throttle_entry(ticket.user_key)
             return
-        self._users.fail(ticket.user_key, now)
-        if ticket.address_key:
-            self._addresses.fail(ticket.address_key, now)
+        now = self._clock()
+        for key in keys:
+            failed = functools.partial(after_failure, now=now, policy=self._policy(key))
+            await self._store.change_throttle_entry(key, failed)
+
+    async def register_attempt(self, address: str) -> None:
+        """Count one registration from `address`, or raise Throttled when it has had its share."""
+        if not address:
+            return
+        key, policy = register_key(address), self._register_policy
+        now = self._clock()
+        known = await self._store.throttle_entries([key])
+        wait, why = decide(known.get(key, FRESH), 0, now, policy)
+        if wait:
+            raise Throttled(wait, "address", why, "too many registrations from this address")
+        await self._store.change_throttle_entry(key, functools.partial(after_failure, now=now, policy=policy))
 
     @property
-    def tracked_keys(self) -> int:
-        return len(self._users.attempts) + len(self._addresses.attempts)
+    def in_flight(self) -> int:
+        """Login attempts admitted here and not finished."""
+        return sum(self._in_flight.values())

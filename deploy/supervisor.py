@@ -101,8 +101,19 @@ def auth_child(index: int, etcd: str, host: str, port: int, data_dir: Path) -> C
         "--etcd", etcd,
         "--db", db,
         "--key-passphrase-file", str(key_passphrase_file(data_dir).resolve()),
+        # The BFF and the gateway run on this host: believe the client address they pass, so that
+        # throttles key on browsers and outside clients, not on the BFF or Envoy.
+        "--trusted-proxies", _loopback_networks(host),
     )  # fmt: skip
     return Child(name, argv, ready, data_dir / "logs" / f"{name}.log")
+
+
+def _loopback_networks(host: str) -> str:
+    """The addresses the BFF and the gateway reach auth from: loopback, and `host` if it is not."""
+    networks = ["127.0.0.0/8", "::1/128"]
+    if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+        networks.append(host)
+    return ",".join(networks)
 
 
 def gateway_child(etcd: str, host: str, port: int, admin_port: int, xds_port: int, data_dir: Path) -> Child:

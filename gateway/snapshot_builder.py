@@ -348,6 +348,11 @@ def gateway_listener(profile: Profile, state: MeshState) -> dict[str, Any]:
         ),
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
+        # The gateway is the edge: it appends the address its client connected from to
+        # x-forwarded-for, and auth (believing only its trusted proxies) reads the last entry, so
+        # login throttles key on the real client, not on Envoy. Whatever a client put there itself
+        # stays before it and counts for nothing.
+        "use_remote_address": True,
         "rds": {"route_config_name": ROUTES_NAME, "config_source": _ADS},
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "stream_idle_timeout": "300s",

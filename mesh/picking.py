@@ -95,6 +95,11 @@ POISON_REASONS = frozenset({"WORKER_CRASHED"})
 it): retrying elsewhere would only crash more workers, and the endpoint is not ejected."""
 
 
+CALLER_LIMIT_REASONS = frozenset({"LOGIN_THROTTLED", "LOGIN_BUSY", "REGISTER_THROTTLED"})
+"""RESOURCE_EXHAUSTED reasons about the caller, not the endpoint (a throttle every instance shares):
+retrying elsewhere or later within the call cannot help, and the endpoint is not busy."""
+
+
 def outcome_of(code: grpc.StatusCode, reason: str = "") -> Outcome:
     """How a call's final status code (and ErrorInfo reason) counts for the endpoint that answered."""
     if code is grpc.StatusCode.OK:
@@ -102,7 +107,7 @@ def outcome_of(code: grpc.StatusCode, reason: str = "") -> Outcome:
     if code is grpc.StatusCode.UNAVAILABLE:
         return Outcome.ERROR if reason in POISON_REASONS else Outcome.UNREACHABLE
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return Outcome.BUSY
+        return Outcome.ERROR if reason in CALLER_LIMIT_REASONS else Outcome.BUSY
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return Outcome.TIMEOUT
     if code is grpc.StatusCode.CANCELLED:

@@ -59,9 +59,10 @@ async def get_config(state: State) -> dict[str, Any]:
     response_model=None,
     responses={**ok(UserReply, 201, "created"), **errors(400, 403, 409, 413, 429, 502, 503, 504)},
 )
-async def register(body: Credentials, state: State) -> dict[str, Any]:
+async def register(body: Credentials, request: Request, state: State) -> dict[str, Any]:
+    client = request.client.host if request.client else ""
     try:
-        user = await state.backends.register(body.username, body.password)
+        user = await state.backends.register(body.username, body.password, client)
     except grpc.aio.AioRpcError as exc:
         err = from_rpc(exc, "auth")
         if err.status == 409:

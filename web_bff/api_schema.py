@@ -22,7 +22,7 @@ class ErrorBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     error: str = Field(
         description="stable code: invalid, bad_image, no_file, unsupported_type, too_large, csrf, "
-        "login_required, bad_credentials, taken, busy, unavailable, timeout, upstream_error, "
+        "login_required, bad_credentials, taken, busy, throttled, unavailable, timeout, upstream_error, "
         "not_found, method_not_allowed, http_<status>",
         examples=["bad_image"],
     )
@@ -140,7 +140,8 @@ _WHY = {
     409: "the user name is taken",
     413: "the body is over the limit (16 KiB of JSON; the upload limit on /api/ocr)",
     415: "not multipart/form-data, or no image of an accepted type",
-    429: "the service is busy: retry after Retry-After seconds",
+    429: "the service is busy (`busy`), or this client made too many failed logins or registrations "
+    "(`throttled`): retry after Retry-After seconds",
     502: "a service failed unexpectedly",
     503: "no instance can take the call now: retry after Retry-After seconds",
     504: "the service did not answer in time",

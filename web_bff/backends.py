@@ -62,20 +62,24 @@ class Backends:
             await client.wait_for_endpoints(1, max(0.0, deadline - time.monotonic()))
         return self.missing()
 
-    async def register(self, username: str, password: str) -> auth_pb2.User:
+    async def register(self, username: str, password: str, client_address: str = "") -> auth_pb2.User:
+        # The browser's address, for the per-address registration throttle (see login).
+        meta = [("x-forwarded-for", client_address)] if client_address else []
         reply = await self.auth.unary(
             AUTH + "Register",
             auth_pb2.RegisterRequest(username=username, password=password),
             auth_pb2.RegisterResponse,
             timeout=self.auth_timeout_s,
+            metadata=meta,
         )
         return reply.user
 
     async def login(
         self, username: str, password: str, client_address: str = ""
     ) -> tuple[auth_pb2.User, Tokens]:
-        # The browser's address goes along for per-client login throttling (used by auth
-        # instances started with --trust-forwarded-for; otherwise every login comes from the BFF).
+        # The browser's address goes along for per-client login throttling (believed by auth
+        # instances whose --trusted-proxies holds the BFF's address; otherwise every login would
+        # come from the BFF, and one abuser could lock out every browser user).
         meta = [("x-forwarded-for", client_address)] if client_address else []
         reply = await self.auth.unary(
             AUTH + "Login",

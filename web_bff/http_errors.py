@@ -10,6 +10,7 @@ import grpc
 from starlette.responses import JSONResponse
 
 from mesh import errors
+from mesh.picking import CALLER_LIMIT_REASONS
 
 
 @dataclass
@@ -78,6 +79,10 @@ def from_rpc(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
         http, name = 415, "unsupported_type"
     elif http == 400 and service == "ocr":
         name = "bad_image"
+    elif http == 429 and reason in CALLER_LIMIT_REASONS:
+        # The caller's own throttle (too many failed logins, registrations): not a busy service.
+        headers["Retry-After"] = retry_after(errors.retry_delay_s(status))
+        name = "throttled"
     elif http == 429:
         headers["Retry-After"] = retry_after(errors.retry_delay_s(status))
         message = f"the {service} service is busy: {message}"

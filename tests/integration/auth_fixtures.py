@@ -31,8 +31,12 @@ class AuthProcess:
 
 
 def start_auth(tmp: Path, *args: str, timeout_s: float = 60.0) -> AuthProcess:
-    """Start `ocrmesh serve auth --port 0 --bcrypt-cost 4 ARGS` and wait until it is serving."""
+    """Start `ocrmesh serve auth --port 0 --bcrypt-cost 4 ARGS` and wait until it is serving.
+
+    Tests register many accounts from one address (127.0.0.1), so the per-address registration
+    throttle is raised out of their way; test_throttles.py checks it at its default."""
     argv = ["serve", "auth", "--port", "0", "--metrics-port", "-1", "--bcrypt-cost", "4", "--grace-s", "2"]
+    argv += ["--throttle-register-per-address", "10000"]
     proc, info, log_path = start_command(tmp, "auth service", argv, args, timeout_s=timeout_s)
     return AuthProcess(proc, info["address"], info["instance_id"], log_path)
 
@@ -44,7 +48,8 @@ def running_auth(tmp: Path, *args: str) -> contextlib.AbstractContextManager[Aut
 
 def fast_config(db_url: str, **over: Any) -> AuthConfig:
     """An AuthConfig for an in-process AuthInstance that starts and stops fast: a free port, bcrypt
-    cost 4 on 2 threads, no metrics, new keys sign at once, 1 s grace and no drain linger."""
+    cost 4 on 2 threads, no metrics, new keys sign at once, 1 s grace and no drain linger, and no
+    practical limit on registrations from one address (tests register many from 127.0.0.1)."""
     base = AuthConfig(
         port=0,
         db_url=db_url,
@@ -54,5 +59,6 @@ def fast_config(db_url: str, **over: Any) -> AuthConfig:
         key_publish_s=0.0,
         grace_s=1.0,
         drain_linger_s=0.0,
+        throttle_register_per_address=10_000,
     )
     return dataclasses.replace(base, **over)

@@ -78,9 +78,9 @@ class Mesh:
 
 
 @contextlib.contextmanager
-def running_mesh(tmp: Path, *ocr_args: tuple[str, ...]) -> Iterator[Mesh]:
+def running_mesh(tmp: Path, *ocr_args: tuple[str, ...], auth_args: tuple[str, ...] = ()) -> Iterator[Mesh]:
     """Start the mesh (OCR instances started in parallel, each with `--workers 1 --require-auth`
-    plus its own args), yield it, and stop everything whatever happens."""
+    plus its own args; auth with `auth_args`), yield it, and stop everything whatever happens."""
     loop = LoopThread()
     etcd = make_etcd(tmp, "etcd")
     procs: list[subprocess.Popen[bytes]] = []
@@ -88,7 +88,7 @@ def running_mesh(tmp: Path, *ocr_args: tuple[str, ...]) -> Iterator[Mesh]:
         loop.run(etcd.start())
         endpoint = etcd.endpoint
         db = f"sqlite+aiosqlite:///{tmp / 'auth.db'}"
-        auth = start_auth(tmp / "auth", "--etcd", endpoint, "--db", db)
+        auth = start_auth(tmp / "auth", "--etcd", endpoint, "--db", db, *auth_args)
         procs.append(auth.proc)
         base = ("--workers", "1", "--etcd", endpoint, "--require-auth")
         with ThreadPoolExecutor(max(1, len(ocr_args))) as pool:

@@ -192,6 +192,22 @@ async def test_concurrent_duplicate_registration(
     assert code(status) == grpc.StatusCode.ALREADY_EXISTS
 
 
+async def test_a_taken_name_costs_a_password_hash_like_a_free_one(
+    stub: auth_pb2_grpc.AuthServiceStub, instance: AuthInstance
+) -> None:
+    """Enumeration by Register costs what a login costs: the answer for a taken name comes after
+    the same bcrypt hash as a new account's (counted by the password-time histogram)."""
+
+    def hashes() -> float:
+        return instance.metrics.registry.get_sample_value("ocrmesh_auth_password_seconds_count") or 0.0
+
+    await register(stub, "enumerated")
+    before = hashes()
+    status = await refused(register(stub, "enumerated"))
+    assert code(status) == grpc.StatusCode.ALREADY_EXISTS
+    assert hashes() == before + 1
+
+
 async def test_brute_force_is_throttled(stub: auth_pb2_grpc.AuthServiceStub, clock: Clock) -> None:
     await register(stub, "target")
     for _ in range(3):

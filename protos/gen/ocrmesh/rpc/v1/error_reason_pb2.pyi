@@ -35,6 +35,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_PASSWORD_HASHING_BUSY: _ClassVar[ErrorReason]
     ERROR_REASON_LOGIN_BUSY: _ClassVar[ErrorReason]
     ERROR_REASON_LOGIN_THROTTLED: _ClassVar[ErrorReason]
+    ERROR_REASON_REGISTER_THROTTLED: _ClassVar[ErrorReason]
     ERROR_REASON_DEADLINE: _ClassVar[ErrorReason]
     ERROR_REASON_UPLOAD_STALLED: _ClassVar[ErrorReason]
     ERROR_REASON_UNAVAILABLE: _ClassVar[ErrorReason]
@@ -84,6 +85,7 @@ ERROR_REASON_QUEUE_FULL: ErrorReason
 ERROR_REASON_PASSWORD_HASHING_BUSY: ErrorReason
 ERROR_REASON_LOGIN_BUSY: ErrorReason
 ERROR_REASON_LOGIN_THROTTLED: ErrorReason
+ERROR_REASON_REGISTER_THROTTLED: ErrorReason
 ERROR_REASON_DEADLINE: ErrorReason
 ERROR_REASON_UPLOAD_STALLED: ErrorReason
 ERROR_REASON_UNAVAILABLE: ErrorReason
