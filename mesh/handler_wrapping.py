@@ -108,3 +108,26 @@ def wrap_handler(handler: grpc.RpcMethodHandler, scope: CallScope) -> grpc.RpcMe
         request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def refusing_unread(handler: grpc.RpcMethodHandler, refusal: errors.RichError) -> grpc.RpcMethodHandler:
+    """A handler that answers `refusal` without reading the request.
+
+    A unary method's request is read whole before its handler runs, so a refusal decided from the
+    metadata alone (no token) would still let any caller make the server buffer a message up to
+    the size limit first. Served as a stream that is never read, the refusal goes out at once and
+    the unread body is dropped with the stream (at most a flow-control window of it arrives).
+    """
+
+    async def refuse(requests: Any, context: Any) -> None:
+        await errors.abort(context, refusal)
+
+    async def refuse_streaming(requests: Any, context: Any) -> AsyncIterator[Any]:
+        await errors.abort(context, refusal)
+        yield  # pragma: no cover - abort raises
+
+    if handler.unary_unary or handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(
+        refuse_streaming, response_serializer=handler.response_serializer
+    )

@@ -36,6 +36,9 @@ def new_server(
             # Mesh clients ping every 2 s while calls run, to find frozen peers (mesh/balancer.py);
             # pings closer than this, with no data sent in between, are strikes (GOAWAY after 2).
             ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+            # Streams one connection may hold open at once: each may hold a flow-control window
+            # of unread body. Above what a balancing client sends over its one channel.
+            ("grpc.max_concurrent_streams", 512),
         ],
     )
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from mesh import errors
-from mesh.handler_wrapping import wrap_handler
+from mesh.handler_wrapping import refusing_unread, wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -331,5 +331,8 @@ class _ClaimsScope:
 def guard_handler(
     handler: grpc.RpcMethodHandler, claims: Claims | None, refusal: errors.RichError | None
 ) -> grpc.RpcMethodHandler:
-    """The same handler, run with `claims` in the contextvar, or refused with `refusal`."""
+    """The same handler, run with `claims` in the contextvar, or refused with `refusal` before
+    the request is read (a caller without a valid token cannot make the server buffer a body)."""
+    if refusal is not None:
+        return refusing_unread(handler, refusal)
     return wrap_handler(handler, lambda context, unary: _ClaimsScope(claims, refusal, context))

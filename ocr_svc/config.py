@@ -76,6 +76,9 @@ class OcrConfig:
     stream_idle_s: float = setting(
         30.0, help="RecognizeStream: end an upload that sends nothing for this long (DEADLINE_EXCEEDED)"
     )
+    max_uploads_per_caller: int = setting(
+        4, help="RecognizeStream uploads one caller (token subject, or address) may run at once"
+    )
     stream_upload_s: float = setting(
         300.0, help="RecognizeStream: end an upload not finished in this long, whatever its deadline"
     )
@@ -104,6 +107,8 @@ class OcrConfig:
     debug_delay_ms: int = setting(0, help="TEST ONLY: sleep this long in the worker per job")
 
     def validate(self) -> None:
+        if self.max_uploads_per_caller < 1:
+            raise ConfigError("--max-uploads-per-caller must be at least 1")
         if self.stream_idle_s <= 0 or self.stream_upload_s <= 0:
             raise ConfigError("--stream-idle-s and --stream-upload-s must be positive")
         if self.workers < 0:

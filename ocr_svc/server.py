@@ -102,6 +102,7 @@ class OcrInstance:
             ),
             stream_idle_s=config.stream_idle_s,
             stream_upload_s=config.stream_upload_s,
+            max_uploads_per_caller=config.max_uploads_per_caller,
         )
         ocr_pb2_grpc.add_OcrServiceServicer_to_server(self.servicer, self.server)
         lifecycle.enable_reflection(self.server, [SERVICE_NAME])

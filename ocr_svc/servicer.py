@@ -15,6 +15,7 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 from mesh import __version__, errors
 from mesh.picking import PREDICTED_WAIT_TRAILER
 from mesh.tasks import cancel_and_wait
+from mesh.token_verify import current_claims
 from ocr_svc import contract_enums
 from ocr_svc.handoff import HANDOFF_HEADER, Handoff
 from ocr_svc.job import JobOptions, Recognition
@@ -86,6 +87,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
         facts: InstanceFacts,
         stream_idle_s: float = 30.0,
         stream_upload_s: float = 300.0,
+        max_uploads_per_caller: int = 4,
     ) -> None:
         self.recognizer = recognizer
         self.facts = facts
@@ -93,6 +95,10 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
         self.stream_idle_s = stream_idle_s
         self.stream_upload_s = stream_upload_s
         self.handoff: Handoff | None = None  # set once registered, with --etcd
+        # Each unfinished upload holds up to the image limit: one caller (token subject, or
+        # address without auth) may run only so many at once.
+        self.max_uploads_per_caller = max_uploads_per_caller
+        self._uploads: dict[str, int] = {}
 
     async def Recognize(
         self, request: ocr_pb2.RecognizeRequest, context: Context
@@ -132,6 +138,22 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
         context.set_trailing_metadata(((PREDICTED_WAIT_TRAILER, str(wait_ms)),))
 
     async def RecognizeStream(
+        self, request_iterator: AsyncIterator[ocr_pb2.RecognizeStreamRequest], context: Context
+    ) -> ocr_pb2.RecognizeStreamResponse:
+        caller = _caller(context)
+        if self._uploads.get(caller, 0) >= self.max_uploads_per_caller:
+            await errors.abort(context, _too_many_uploads(self.max_uploads_per_caller))
+        self._uploads[caller] = self._uploads.get(caller, 0) + 1
+        try:
+            return await self._recognize_stream(request_iterator, context)
+        finally:
+            left = self._uploads[caller] - 1
+            if left:
+                self._uploads[caller] = left
+            else:
+                del self._uploads[caller]
+
+    async def _recognize_stream(
         self, request_iterator: AsyncIterator[ocr_pb2.RecognizeStreamRequest], context: Context
     ) -> ocr_pb2.RecognizeStreamResponse:
         limit = self.recognizer.limits.max_bytes
@@ -294,6 +316,23 @@ async def bounded_upload(messages: AsyncIterator[M], idle_s: float, total_s: flo
                 reason="UPLOAD_STALLED",
             ) from None
         yield message
+
+
+def _caller(context: Context) -> str:
+    """Who is calling: the access token's subject when tokens are checked, else the peer's address."""
+    claims = current_claims.get()
+    if claims is not None:
+        return "sub:" + str(claims["sub"])
+    peer = str(context.peer() or "")
+    return "peer:" + peer.rsplit(":", 1)[0]
+
+
+def _too_many_uploads(limit: int) -> errors.RichError:
+    return errors.retry_later(
+        f"you have {limit} RecognizeStream uploads running here already: finish one first",
+        1.0,
+        reason="UPLOADS_PER_CALLER",
+    )
 
 
 def _stream_error(message: str) -> errors.RichError:
