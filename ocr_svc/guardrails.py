@@ -14,6 +14,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageFile, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
+from ocr_svc.transparency import flatten
+
 log = logging.getLogger(__name__)
 
 
@@ -170,7 +172,7 @@ def decode(
     """Check with `inspect` (unless `header` is what `inspect` said of these bytes already), then
     decode the first frame to BGR; raises `ImageRejected`.
 
-    Applies EXIF orientation, composites transparency onto white and maps every mode (1-bit,
+    Applies EXIF orientation, flattens transparency (`transparency.flatten`) and maps every mode (1-bit,
     grayscale, 16-bit, palette, CMYK, alpha) to 8-bit BGR. When `max_side` is given and the long
     side exceeds it, the image is scaled down to that long side (JPEGs decode straight at a
     reduced size where they can).
@@ -297,15 +299,13 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    """Any Pillow mode to 8-bit RGB; transparency is flattened onto the background its ink reads
+    best against (`transparency.background_for`: white under dark ink, black under light ink)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return Image.fromarray(_gray_to_uint8(np.asarray(image))).convert("RGB")
     if image.has_transparency_data:
-        # Transparent pixels often hold black; dropping alpha would give black-on-black text.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
+        # Transparent pixels often hold black (or white); dropping alpha would hide the text.
+        return flatten(image)
     if image.mode == "RGB":
         return image
     return image.convert("RGB")
