@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.report_files import table
+from bench.studies import accuracy_guard
 from bench.studies.cer import Score, score
 from mesh.console import output_console
 
@@ -520,6 +521,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per image over gRPC")
     parser.add_argument("--regression", type=float, default=0.05, help="flag images this much worse than raw")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    guard = parser.add_argument_group("regression guard (make test runs tests/accuracy/ this way)")
+    guard.add_argument(
+        "--expect",
+        type=Path,
+        metavar="FILE",
+        help="fail (exit 3) when an image reads worse than this expected result allows",
+    )
+    guard.add_argument(
+        "--tolerance",
+        type=float,
+        default=accuracy_guard.IMAGE_TOLERANCE,
+        help=f"how much worse one image's CER may be with --expect (default "
+        f"{accuracy_guard.IMAGE_TOLERANCE}; the mean may be {accuracy_guard.MEAN_TOLERANCE} worse)",
+    )
+    guard.add_argument(
+        "--write-expected",
+        type=Path,
+        metavar="FILE",
+        help="write this run's CER per image as the expected result",
+    )
     credentials.add_arguments(parser, etcd_flag=True)
 
 
@@ -560,6 +581,13 @@ def run(ns: argparse.Namespace) -> int:
     if missing:
         print(f"ocrmesh eval: manifest names missing files: {', '.join(missing[:5])}", file=sys.stderr)
         return 2
+    expected: accuracy_guard.Expected | None = None
+    if ns.expect:
+        try:
+            expected = accuracy_guard.load(ns.expect)
+        except accuracy_guard.ExpectedError as exc:
+            print(f"ocrmesh eval: {exc}", file=sys.stderr)
+            return 2
     started = datetime.now(UTC)
     try:
         engines = _engines(ns)
@@ -609,4 +637,27 @@ def run(ns: argparse.Namespace) -> int:
     if ns.report:
         ns.report.parent.mkdir(parents=True, exist_ok=True)
         ns.report.write_text(markdown_report(report, results), encoding="utf-8")
+    if ns.write_expected:
+        ns.write_expected.parent.mkdir(parents=True, exist_ok=True)
+        written = accuracy_guard.dumps(accuracy_guard.expected_from(results[OURS]), str(ns.manifest))
+        ns.write_expected.write_text(written, encoding="utf-8")
+    if expected is not None:
+        return _guard(expected, results[OURS], ns.tolerance)
     return 1 if all(r.error for r in results[OURS]) else 0
+
+
+def _guard(expected: accuracy_guard.Expected, results: Sequence[ImageResult], tolerance: float) -> int:
+    """Exit status of `--expect`: 0 when nothing read worse than allowed, else 3 with the list."""
+    problems = accuracy_guard.check(expected, results, image_tolerance=tolerance)
+    mean = statistics.fmean(r.cer for r in results)
+    if problems:
+        print(f"ocrmesh eval: accuracy regressed ({len(problems)}):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 3
+    print(
+        f"ocrmesh eval: accuracy as expected on {len(results)} images "
+        f"(mean CER {mean:.4f}, expected {expected.mean_cer:.4f})",
+        file=sys.stderr,
+    )
+    return 0
