@@ -15,7 +15,7 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import balancer, errors
 from mesh.ocr_client import UNARY_LIMIT_BYTES, OcrClient
-from tests.corpus import CORPUS
+from tests.corpus import CORPUS, ROOT
 from tests.integration import prometheus_text
 from tests.integration.ocr_fixtures import OcrProcess, running_ocr
 from tests.integration.rpc_status import code, refused
@@ -142,6 +142,21 @@ async def test_valid_edge_images_are_read(service: OcrProcess, name: str, expect
     assert expected in result.text
     if not expected:
         assert result.lines == [] and (result.width, result.height) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("light_text_on_transparent.png", ["Open 24 hours, free Wi-Fi"]),
+        ("light_zh_en_on_transparent.png", ["透明背景文字", "Transparent background"]),
+    ],
+)
+async def test_light_text_on_transparent_is_read(service: OcrProcess, name: str, expected: list[str]) -> None:
+    # White ink on fully transparent pixels (tests/accuracy/): composited onto white it read nothing.
+    data = (ROOT / "tests" / "accuracy" / name).read_bytes()
+    async with balancer.direct_channel(service.address) as channel:
+        result = await OcrClient(channel).recognize(data, name, timeout=60)
+    assert [line.text for line in result.lines] == expected
 
 
 async def test_large_image_streams_in_chunks(service: OcrProcess) -> None:
