@@ -30,6 +30,8 @@ class Reason(StrEnum):
     TRUNCATED = "TRUNCATED"  # the data ends before the image does
     CORRUPT = "CORRUPT"  # recognised, but the header or pixel data cannot be decoded
     TOO_SMALL = "TOO_SMALL"  # a side shorter than Limits.min_side
+    ENCRYPTED = "ENCRYPTED"  # a PDF that needs a password (ocr_svc/pdf_input.py)
+    TOO_MANY_PAGES = "TOO_MANY_PAGES"  # a PDF with more pages than PdfLimits.max_pages
 
 
 @dataclass(frozen=True)

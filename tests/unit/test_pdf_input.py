@@ -1,0 +1,157 @@
+"""PDF input: checks from the header (pages, page and embedded-image pixels, encrypted, truncated,
+broken), the DPI chosen from the page size, rendering and the text layer, on PDFs made here."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from ocr_svc.engine import Engine, EngineSettings
+from ocr_svc.guardrails import ImageRejected, Reason
+from ocr_svc.job import JobOptions
+from ocr_svc.pdf_input import PdfLimits, choose_dpi, inspect_pdf, is_pdf, page_text, render_page
+from tests.corpus import CORPUS
+
+LIMITS = PdfLimits()
+
+
+def _pdf(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
+    """A PDF whose object i+1 is objects[i], with a correct cross-reference table; 1 is the catalog."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        trailer_extra,
+        xref,
+    )
+    return bytes(out)
+
+
+def _text_pdf(lines: list[str], pages: int = 1, media_box: bytes = b"0 0 612 792") -> bytes:
+    """`pages` pages sharing one content stream that writes `lines` in Helvetica 24 pt."""
+    shown = b"".join(b"1 0 0 1 72 %d Tm (%s) Tj\n" % (700 - 40 * i, t.encode()) for i, t in enumerate(lines))
+    content = b"BT /F1 24 Tf\n" + shown + b"ET"
+    kids = b" ".join(b"%d 0 R" % (5 + i) for i in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+    ]
+    objects += [
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [%s] /Resources << /Font << /F1 3 0 R >> >> "
+        b"/Contents 4 0 R >>" % media_box
+    ] * pages
+    return _pdf(objects)
+
+
+def _scan_pdf(*names: str) -> bytes:
+    """Corpus images as a scanned PDF, one page each, at 200 DPI."""
+    images = [Image.open(CORPUS / "real" / name).convert("RGB") for name in names]
+    out = io.BytesIO()
+    images[0].save(out, "PDF", save_all=True, append_images=images[1:], resolution=200.0)
+    return out.getvalue()
+
+
+def _rejected(data: bytes, limits: PdfLimits = LIMITS) -> ImageRejected:
+    with pytest.raises(ImageRejected) as caught:
+        inspect_pdf(data, limits)
+    assert caught.value.field == "image" and caught.value.description
+    return caught.value
+
+
+def test_dpi_follows_the_page_size_within_its_range() -> None:
+    assert choose_dpi(595, 842, LIMITS) == pytest.approx(2400 * 72 / 842)  # A4: about 205 DPI
+    assert choose_dpi(252, 144, LIMITS) == 300  # a business card: capped
+    assert choose_dpi(2384, 3370, LIMITS) == 72  # A0: floored
+    a4 = inspect_pdf(_text_pdf(["x"], media_box=b"0 0 595 842"), LIMITS).pages[0]
+    assert a4.size_px == (1696, 2400)
+
+
+def test_is_pdf_reads_the_magic() -> None:
+    assert is_pdf(_text_pdf(["x"])) and is_pdf(b"\r\n" + _text_pdf(["x"]))
+    assert not is_pdf(b"\x89PNG\r\n\x1a\n") and not is_pdf(b"")
+
+
+def test_a_scanned_pdf_is_inspected_rendered_and_read_page_by_page() -> None:
+    data = _scan_pdf("rapidocr_en_rec.jpg", "rapidocr_text_rec.jpg")
+    header = inspect_pdf(data, LIMITS)
+    assert [page.number for page in header.pages] == [1, 2]
+    assert header.rendered_pixels == sum(page.pixels for page in header.pages)
+    engine = Engine(EngineSettings(device="cpu", threads=1))
+    read = []
+    for page in header.pages:
+        array = render_page(data, page)
+        assert array.shape == (page.size_px[1], page.size_px[0], 3) and array.flags.c_contiguous
+        assert page_text(data, page) == []  # a scan has no text layer
+        read.append(engine.run(array, JobOptions()).texts)
+    assert read == [
+        ["To facilitate the shot type analysis in videos, we collect MovieShots, a large-scale"],
+        ["韩国小馆"],
+    ]
+
+
+def test_the_text_layer_is_read_without_ocr() -> None:
+    data = _text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
+    header = inspect_pdf(data, LIMITS)
+    assert len(header.pages) == 2
+    assert page_text(data, header.pages[1]) == ["Invoice 2026-117", "Total due: 42.00"]
+
+
+def test_too_many_pages_are_refused_from_the_page_count() -> None:
+    rejected = _rejected(_text_pdf(["x"], pages=2000))
+    assert rejected.reason == Reason.TOO_MANY_PAGES and "2000 pages" in rejected.description
+    assert len(inspect_pdf(_text_pdf(["x"], pages=3), PdfLimits(max_pages=3)).pages) == 3
+
+
+def test_a_page_too_large_to_render_is_refused() -> None:
+    # 200 x 200 inches: 207 Mpx even at the 72 DPI floor.
+    rejected = _rejected(_text_pdf(["x"], media_box=b"0 0 14400 14400"))
+    assert rejected.reason == Reason.TOO_MANY_PIXELS and "page 1" in rejected.description
+
+
+def test_a_huge_embedded_image_is_refused_before_it_is_decoded() -> None:
+    # A 10000x6000 (60 Mpx) scan drawn on a small page: PDFium would decode it whole.
+    pixels = b"\x00" * 16
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [5 0 R] /Count 1 >>",
+        b"<< /Type /XObject /Subtype /Image /Width 10000 /Height 6000 /ColorSpace /DeviceGray "
+        b"/BitsPerComponent 8 /Length %d >>\nstream\n%s\nendstream" % (len(pixels), pixels),
+        b"<< /Length 31 >>\nstream\nq 612 0 0 792 0 0 cm /Im1 Do Q\nendstream",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /XObject << /Im1 3 0 R >> >> "
+        b"/Contents 4 0 R >>",
+    ]
+    rejected = _rejected(_pdf(objects))
+    assert rejected.reason == Reason.TOO_MANY_PIXELS and "10000x6000" in rejected.description
+
+
+def test_encrypted_truncated_and_malformed_pdfs_are_refused_clearly() -> None:
+    whole = _text_pdf(["Secret"])
+    encrypt = b"<< /Filter /Standard /V 1 /R 2 /P -4 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> >>"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+        encrypt,
+    ]
+    trailer = b"/Encrypt 4 0 R /ID [<" + b"33" * 16 + b"> <" + b"33" * 16 + b">] "
+    assert _rejected(_pdf(objects, trailer)).reason == Reason.ENCRYPTED
+    assert _rejected(whole[: len(whole) // 2]).reason == Reason.TRUNCATED
+    assert _rejected(b"%PDF-1.7\nthis is no PDF body at all\n%%EOF\n").reason == Reason.CORRUPT
+    assert _rejected(b"%PDF-1.4\n%%EOF\n").reason == Reason.CORRUPT
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_pages"):
+        PdfLimits(max_pages=0)
+    with pytest.raises(ValueError, match="dpi"):
+        PdfLimits(min_dpi=300, max_dpi=72)
