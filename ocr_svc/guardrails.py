@@ -47,6 +47,7 @@ class Limits:
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
     min_side: int = 1
+    max_pdf_pages: int = 100  # when "PDF" is among the formats (ocr_svc/pdf_input.py)
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1:
@@ -55,6 +56,8 @@ class Limits:
             raise ValueError(f"Limits.max_pixels must be at least 1, got {self.max_pixels}")
         if self.min_side < 1:
             raise ValueError(f"Limits.min_side must be at least 1, got {self.min_side}")
+        if self.max_pdf_pages < 1:
+            raise ValueError(f"Limits.max_pdf_pages must be at least 1, got {self.max_pdf_pages}")
         if not self.formats:
             raise ValueError("Limits.formats must name at least one format, e.g. ('PNG',)")
         # Accept any iterable of names in any case; store Pillow's upper-case names as a tuple.
@@ -133,6 +136,8 @@ def inspect(data: bytes, limits: Limits) -> ImageHeader:
             f"image is {_size(len(data))} ({len(data)} bytes); the limit is "
             f"{_size(limits.max_bytes)}: compress it or scale it down before sending",
         )
+    if "PDF" in limits.formats and data.startswith(b"%PDF-"):
+        return _inspect_pdf(data, limits)
     with _open(data, limits) as image:
         image_format = _canonical_format(image.format)
         if image_format not in limits.formats:
@@ -213,13 +218,32 @@ def decode(
     return DecodedImage(array=_bgr_array(rgb), width=width, height=height, scale=scale, format=header.format)
 
 
+def _inspect_pdf(data: bytes, limits: Limits) -> ImageHeader:
+    """A PDF's header: `frames` is its page count, the size its largest rendered page's."""
+    from ocr_svc import pdf_input  # it builds on this module's ImageRejected
+
+    pdf = pdf_input.inspect_pdf(data, pdf_input.limits_for(limits))
+    width, height = max((page.size_px for page in pdf.pages), key=lambda size: size[0] * size[1])
+    return ImageHeader(
+        format="PDF",
+        width=width,
+        height=height,
+        mode="PDF",
+        orientation=1,
+        frames=len(pdf.pages),
+        bytes=len(data),
+    )
+
+
 def describe(header: ImageHeader) -> str:
     """One line for logs, e.g. 'JPEG 4000x3000 RGB, 1.9 MiB'."""
     parts = [f"{header.format} {header.width}x{header.height} {header.mode}", _size(header.bytes)]
     if header.orientation != 1:
         shown_w, shown_h = header.oriented_size
         parts.append(f"EXIF orientation {header.orientation} (shown as {shown_w}x{shown_h})")
-    if header.frames > 1:
+    if header.format == "PDF":
+        parts.append(f"{header.frames} page{'s' if header.frames != 1 else ''}")
+    elif header.frames > 1:
         parts.append(f"{header.frames} frames (the first is used)")
     return ", ".join(parts)
 

@@ -40,6 +40,7 @@ class JobOptions:
     use_rec: bool = True
     return_boxes: bool = True
     min_score: float | None = None
+    use_text_layer: bool = False  # PDFs: a page's embedded text instead of OCR when it has some
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,20 @@ class Reading:
 
 
 @dataclass(frozen=True)
+class PageSpan:
+    """One PDF page of a result: its lines are `lines[first_line:first_line + line_count]` of the
+    whole reading, with boxes in the pixels of the page rendered at `dpi`."""
+
+    number: int  # 1-based
+    width: int
+    height: int
+    dpi: float
+    first_line: int
+    line_count: int
+    text_layer: bool = False  # read from the PDF's embedded text, not by OCR
+
+
+@dataclass(frozen=True)
 class Job:
     """One OCR job as the worker receives it; `header` was checked against the limits in force
     when the job was queued."""
@@ -93,6 +108,7 @@ class JobResult:
     height: int
     decode_ms: float
     worker_pid: int
+    pages: tuple[PageSpan, ...] = ()  # a PDF's pages, in order; empty for an image
 
 
 @dataclass(frozen=True)
@@ -141,3 +157,4 @@ class Recognition:
     height: int
     timing: Timing
     worker_pid: int
+    pages: tuple[PageSpan, ...] = ()  # a PDF's pages, in order; empty for an image

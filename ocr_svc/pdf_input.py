@@ -15,7 +15,7 @@ import numpy.typing as npt
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
-from ocr_svc.guardrails import ImageRejected, Reason
+from ocr_svc.guardrails import ImageRejected, Limits, Reason
 
 PDF_MAGIC = b"%PDF-"
 PDF_EOF = b"%%EOF"
@@ -41,6 +41,17 @@ class PdfLimits:
             raise ValueError(f"PdfLimits.max_page_pixels must be at least 1, got {self.max_page_pixels}")
         if not 0 < self.min_dpi <= self.max_dpi:
             raise ValueError(f"PdfLimits needs 0 < min_dpi <= max_dpi, got {self.min_dpi}, {self.max_dpi}")
+
+
+def limits_for(limits: Limits, max_side: int | None = None) -> PdfLimits:
+    """The PDF limits an instance's image limits imply: its page cap, its pixel limit per page, and
+    pages rendered no larger than the engine's `max_side`."""
+    target = (
+        PdfLimits.target_long_side_px if max_side is None else min(max_side, PdfLimits.target_long_side_px)
+    )
+    return PdfLimits(
+        max_pages=limits.max_pdf_pages, max_page_pixels=limits.max_pixels, target_long_side_px=target
+    )
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,9 @@ class Recognizer:
             total_ms=(time.monotonic() - received) * 1000,
         )
         self.metrics.observe(timing)
-        return Recognition(reading.lines, result.width, result.height, timing, result.worker_pid)
+        return Recognition(
+            reading.lines, result.width, result.height, timing, result.worker_pid, result.pages
+        )
 
     def _failure(self, exc: JobFailed) -> errors.RichError:
         if exc.kind == "rejected" and exc.rejected is not None:

@@ -10,9 +10,10 @@ import time
 from multiprocessing.connection import Connection
 
 from mesh import logs
+from ocr_svc import pdf_input
 from ocr_svc.engine import Engine, EngineInfo, EngineSettings, EngineStartError
 from ocr_svc.guardrails import ImageRejected, Limits, decode
-from ocr_svc.job import Job, JobAnswer, JobError, JobRejected, JobResult
+from ocr_svc.job import Job, JobAnswer, JobError, JobRejected, JobResult, Line, PageSpan, Reading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,8 @@ def handle(engine: Engine, limits: Limits, job: Job) -> JobAnswer:
     """Run one job; the answer to send back. The job's header was checked when it was queued, so
     the image is decoded without being inspected again; `limits` only words decoding errors."""
     started = time.perf_counter()
+    if job.header.format == "PDF":
+        return _handle_pdf(engine, limits, job, started)
     try:
         image = decode(job.data, limits, max_side=engine.settings.max_side, header=job.header)
     except ImageRejected as exc:
@@ -56,6 +59,37 @@ def handle(engine: Engine, limits: Limits, job: Job) -> JobAnswer:
             reading, lines=tuple(line.scaled(image.scale) for line in reading.lines)
         )
     return JobResult(job.job_id, reading, image.width, image.height, decode_ms, os.getpid())
+
+
+def _handle_pdf(engine: Engine, limits: Limits, job: Job, started: float) -> JobAnswer:
+    """A PDF job: each page rendered at the DPI its size asks for and read in turn (or its text
+    layer taken, when asked and present); lines of all pages in page order, with their spans."""
+    try:
+        pdf = pdf_input.inspect_pdf(job.data, pdf_input.limits_for(limits, engine.settings.max_side))
+    except ImageRejected as exc:
+        return JobRejected(job.job_id, exc.reason, exc.field, exc.description)
+    lines: list[Line] = []
+    spans: list[PageSpan] = []
+    det_ms = cls_ms = rec_ms = decode_ms = 0.0
+    for page in pdf.pages:
+        width, height = page.size_px
+        text = pdf_input.page_text(job.data, page) if job.options.use_text_layer else []
+        if text:
+            spans.append(
+                PageSpan(page.number, width, height, page.dpi, len(lines), len(text), text_layer=True)
+            )
+            lines.extend(Line(line, 1.0) for line in text)
+            continue
+        rendering = time.perf_counter()
+        array = pdf_input.render_page(job.data, page)
+        decode_ms += (time.perf_counter() - rendering) * 1000
+        reading = engine.run(array, job.options)
+        det_ms, cls_ms, rec_ms = det_ms + reading.det_ms, cls_ms + reading.cls_ms, rec_ms + reading.rec_ms
+        spans.append(PageSpan(page.number, width, height, page.dpi, len(lines), len(reading.lines)))
+        lines.extend(reading.lines)
+    first = spans[0]
+    whole = Reading(tuple(lines), det_ms, cls_ms, rec_ms, {"pages": len(spans)})
+    return JobResult(job.job_id, whole, first.width, first.height, decode_ms, os.getpid(), tuple(spans))
 
 
 def worker_main(conn: Connection, settings: EngineSettings, limits: Limits, log_level: str = "info") -> None:

@@ -312,20 +312,19 @@ class WorkerPool:
     async def _exchange(self, slot: Slot, ticket: Ticket) -> JobAnswer:
         conn, proc = slot.conn, slot.process
         assert conn is not None and proc is not None
+        # A PDF's pages run one after another in one job: the stuck-job limit applies per page.
+        pages = ticket.header.frames if ticket.header.format == "PDF" else 1
+        limit_s = self.settings.job_timeout_s * max(1, pages)
         try:
             await self._call(conn.send, ticket.job())
             receiving = asyncio.ensure_future(self._call(conn.recv))
             try:
-                reply: JobAnswer = await asyncio.wait_for(
-                    asyncio.shield(receiving), timeout=self.settings.job_timeout_s
-                )
+                reply: JobAnswer = await asyncio.wait_for(asyncio.shield(receiving), timeout=limit_s)
             except TimeoutError:
                 proc.kill()
                 with contextlib.suppress(EOFError, OSError):
                     await receiving
-                raise WorkerDied(
-                    f"worker {slot.index} was stuck for {self.settings.job_timeout_s:.0f}s"
-                ) from None
+                raise WorkerDied(f"worker {slot.index} was stuck for {limit_s:.0f}s") from None
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
             raise WorkerDied(f"worker {slot.index} (pid {proc.pid}) died: {exc!r}") from None
         return reply

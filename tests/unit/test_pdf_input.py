@@ -4,17 +4,25 @@ broken), the DPI chosen from the page size, rendering and the text layer, on PDF
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import pytest
 from PIL import Image
 
 from ocr_svc.engine import Engine, EngineSettings
-from ocr_svc.guardrails import ImageRejected, Reason
-from ocr_svc.job import JobOptions
+from ocr_svc.guardrails import ImageRejected, Limits, Reason, describe, inspect
+from ocr_svc.job import Job, JobOptions, JobRejected, JobResult
 from ocr_svc.pdf_input import PdfLimits, choose_dpi, inspect_pdf, is_pdf, page_text, render_page
+from ocr_svc.worker_process import handle
 from tests.corpus import CORPUS
 
 LIMITS = PdfLimits()
+WITH_PDF = Limits(formats=("JPEG", "PNG", "PDF"), max_pdf_pages=5)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    yield Engine(EngineSettings(device="cpu", threads=1))
 
 
 def _pdf(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
@@ -81,12 +89,11 @@ def test_is_pdf_reads_the_magic() -> None:
     assert not is_pdf(b"\x89PNG\r\n\x1a\n") and not is_pdf(b"")
 
 
-def test_a_scanned_pdf_is_inspected_rendered_and_read_page_by_page() -> None:
+def test_a_scanned_pdf_is_inspected_rendered_and_read_page_by_page(engine: Engine) -> None:
     data = _scan_pdf("rapidocr_en_rec.jpg", "rapidocr_text_rec.jpg")
     header = inspect_pdf(data, LIMITS)
     assert [page.number for page in header.pages] == [1, 2]
     assert header.rendered_pixels == sum(page.pixels for page in header.pages)
-    engine = Engine(EngineSettings(device="cpu", threads=1))
     read = []
     for page in header.pages:
         array = render_page(data, page)
@@ -155,3 +162,57 @@ def test_limits_are_validated() -> None:
         PdfLimits(max_pages=0)
     with pytest.raises(ValueError, match="dpi"):
         PdfLimits(min_dpi=300, max_dpi=72)
+
+
+# Through the service's own entry points: the header check and the worker's job handler.
+
+
+def test_pdfs_pass_the_header_check_only_where_pdf_is_a_format() -> None:
+    data = _text_pdf(["x"], pages=3, media_box=b"0 0 595 842")
+    header = inspect(data, WITH_PDF)
+    assert (header.format, header.frames, header.width, header.height) == ("PDF", 3, 1696, 2400)
+    assert describe(header).startswith("PDF 1696x2400 PDF") and "3 pages" in describe(header)
+    with pytest.raises(ImageRejected) as caught:
+        inspect(data, Limits())  # the default formats take no PDF: Pillow knows no such image
+    assert caught.value.reason == Reason.NOT_AN_IMAGE
+    with pytest.raises(ImageRejected) as caught:
+        inspect(_text_pdf(["x"], pages=6), WITH_PDF)
+    assert caught.value.reason == Reason.TOO_MANY_PAGES
+
+
+def test_the_worker_reads_every_page_in_order(engine: Engine) -> None:
+    data = _scan_pdf("rapidocr_text_rec.jpg", "rapidocr_en_rec.jpg", "rapidocr_short.png")
+    job = Job(1, data, JobOptions(), inspect(data, WITH_PDF))
+    answer = handle(engine, WITH_PDF, job)
+    assert isinstance(answer, JobResult), answer
+    spans = answer.pages
+    assert [span.number for span in spans] == [1, 2, 3]
+    per_page = [
+        [line.text for line in answer.reading.lines[span.first_line : span.first_line + span.line_count]]
+        for span in spans
+    ]
+    assert per_page == [
+        ["韩国小馆"],
+        ["To facilitate the shot type analysis in videos, we collect MovieShots, a large-scale"],
+        ["中国网络空间安全"],
+    ]
+    assert (answer.width, answer.height) == (spans[0].width, spans[0].height)
+    assert not any(span.text_layer for span in spans)
+
+
+def test_the_text_layer_is_returned_when_asked(engine: Engine) -> None:
+    data = _text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
+    asked = handle(engine, WITH_PDF, Job(2, data, JobOptions(use_text_layer=True), inspect(data, WITH_PDF)))
+    assert isinstance(asked, JobResult)
+    assert [line.text for line in asked.reading.lines] == ["Invoice 2026-117", "Total due: 42.00"] * 2
+    assert all(span.text_layer for span in asked.pages) and asked.reading.det_ms == 0.0
+    ocr = handle(engine, WITH_PDF, Job(3, data, JobOptions(), inspect(data, WITH_PDF)))
+    assert isinstance(ocr, JobResult) and not any(span.text_layer for span in ocr.pages)
+    assert [line.text for line in ocr.reading.lines][:2] == ["Invoice 2026-117", "Total due: 42.00"]
+
+
+def test_a_pdf_that_breaks_past_the_header_check_is_rejected_by_the_worker(engine: Engine) -> None:
+    good = _text_pdf(["x"])
+    header = inspect(good, WITH_PDF)
+    answer = handle(engine, WITH_PDF, Job(4, good[: len(good) // 2], JobOptions(), header))
+    assert isinstance(answer, JobRejected) and answer.reason == Reason.TRUNCATED
