@@ -59,6 +59,8 @@ def _options(ns: argparse.Namespace) -> ocr_pb2.RecognizeOptions:
         options.use_cls = False
     if ns.min_score is not None:
         options.min_score = ns.min_score
+    if ns.text_layer:
+        options.use_text_layer = True
     return options
 
 
@@ -224,6 +226,11 @@ def add_ocr_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-det", action="store_true", help="skip detection (one line image)")
     parser.add_argument("--no-cls", action="store_true", help="skip the direction classifier")
     parser.add_argument("--min-score", type=float, default=None, help="drop lines below this score")
+    parser.add_argument(
+        "--text-layer",
+        action="store_true",
+        help="PDFs: take a page's embedded text, when it has some, without OCR",
+    )
     credentials.add_arguments(parser, etcd_flag=True)
 
 

@@ -45,7 +45,7 @@ class Limits:
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
-    formats: tuple[str, ...] = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+    formats: tuple[str, ...] = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PDF")
     min_side: int = 1
     max_pdf_pages: int = 100  # when "PDF" is among the formats (ocr_svc/pdf_input.py)
 

@@ -44,17 +44,35 @@ def job_options(options: ocr_pb2.RecognizeOptions) -> JobOptions:
         use_rec=options.use_rec if options.HasField("use_rec") else True,
         return_boxes=options.return_boxes if options.HasField("return_boxes") else True,
         min_score=options.min_score if options.HasField("min_score") else None,
+        use_text_layer=options.use_text_layer if options.HasField("use_text_layer") else False,
     )
 
 
 def to_result(rec: Recognition, facts: InstanceFacts) -> ocr_pb2.OcrResult:
+    page_of = [0] * len(rec.lines)
+    for span in rec.pages:
+        page_of[span.first_line : span.first_line + span.line_count] = [span.number] * span.line_count
     lines = [
-        ocr_pb2.TextLine(text=line.text, score=line.score, box=[ocr_pb2.Point(x=x, y=y) for x, y in line.box])
-        for line in rec.lines
+        ocr_pb2.TextLine(
+            text=line.text, score=line.score, box=[ocr_pb2.Point(x=x, y=y) for x, y in line.box], page=page
+        )
+        for line, page in zip(rec.lines, page_of, strict=True)
     ]
     t = rec.timing
     return ocr_pb2.OcrResult(
-        text="\n".join(line.text for line in lines),
+        text=_text(rec),
+        pages=[
+            ocr_pb2.Page(
+                number=span.number,
+                width=span.width,
+                height=span.height,
+                dpi=span.dpi,
+                first_line=span.first_line,
+                line_count=span.line_count,
+                source=ocr_pb2.PAGE_SOURCE_TEXT_LAYER if span.text_layer else ocr_pb2.PAGE_SOURCE_OCR,
+            )
+            for span in rec.pages
+        ],
         lines=lines,
         width=rec.width,
         height=rec.height,
@@ -260,6 +278,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
                 formats=list(limits.formats),
                 image_formats=contract_enums.image_formats(limits.formats),
                 max_side=r.pool.engine.max_side,
+                max_pdf_pages=limits.max_pdf_pages if "PDF" in limits.formats else 0,
             ),
             counters=ocr_pb2.Counters(
                 accepted=c.accepted,
@@ -347,4 +366,14 @@ def _too_big(size: int, limit: int) -> errors.RichError:
         f"invalid image: {description}",
         [errors.FieldViolation("image", description, "IMAGE_TOO_MANY_BYTES")],
         reason="IMAGE_TOO_MANY_BYTES",
+    )
+
+
+def _text(rec: Recognition) -> str:
+    """Lines joined with newlines; a PDF's pages joined with a form feed on its own line."""
+    if not rec.pages:
+        return "\n".join(line.text for line in rec.lines)
+    return "\n\f\n".join(
+        "\n".join(line.text for line in rec.lines[span.first_line : span.first_line + span.line_count])
+        for span in rec.pages
     )

@@ -65,7 +65,10 @@ def test_ready_file_names_the_url_once_auth_and_ocr_are_found(mesh: Mesh) -> Non
     assert page.headers["x-frame-options"] == "DENY"
     # From the OCR instance's registry record (it takes 20 MiB; the BFF itself allows 10).
     limits = httpx.get(mesh.url + "api/config").json()
-    assert limits == {"max_upload_bytes": 10 * 1024 * 1024, "formats": ["JPEG", "PNG", "BMP", "TIFF", "WEBP"]}
+    assert limits == {
+        "max_upload_bytes": 10 * 1024 * 1024,
+        "formats": ["JPEG", "PNG", "BMP", "TIFF", "WEBP", "PDF"],
+    }
 
 
 def test_an_idle_keep_alive_connection_outlives_the_clients_5_s_expiry(mesh: Mesh) -> None:

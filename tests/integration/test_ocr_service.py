@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from tests.corpus import CORPUS, ROOT
 from tests.integration import prometheus_text
 from tests.integration.ocr_fixtures import OcrProcess, running_ocr
 from tests.integration.rpc_status import code, refused
+from tests.pdf_samples import encrypted_pdf, scan_pdf, text_pdf
 
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
 BAD = CORPUS / "bad"
@@ -80,6 +83,7 @@ async def test_get_info_and_health(service: OcrProcess) -> None:
         ocr_pb2.IMAGE_FORMAT_BMP,
         ocr_pb2.IMAGE_FORMAT_TIFF,
         ocr_pb2.IMAGE_FORMAT_WEBP,
+        ocr_pb2.IMAGE_FORMAT_PDF,
     ]
     states = {ocr_pb2.WORKER_STATE_IDLE, ocr_pb2.WORKER_STATE_BUSY}
     assert all(w.worker_state in states and w.worker_state != 0 for w in info.worker_infos)
@@ -157,6 +161,81 @@ async def test_light_text_on_transparent_is_read(service: OcrProcess, name: str,
     async with balancer.direct_channel(service.address) as channel:
         result = await OcrClient(channel).recognize(data, name, timeout=60)
     assert [line.text for line in result.lines] == expected
+
+
+PDF_PAGES = [
+    ["韩国小馆"],
+    ["To facilitate the shot type analysis in videos, we collect MovieShots, a large-scale"],
+    ["中国网络空间安全"],
+]
+
+
+async def test_a_pdf_comes_back_page_by_page_unary_and_streamed(service: OcrProcess) -> None:
+    data = scan_pdf("rapidocr_text_rec.jpg", "rapidocr_en_rec.jpg", "rapidocr_short.png")
+
+    async def parts() -> AsyncIterator[ocr_pb2.RecognizeStreamRequest]:
+        yield ocr_pb2.RecognizeStreamRequest(
+            header=ocr_pb2.RecognizeStreamHeader(filename="scan.pdf", total_bytes=len(data))
+        )
+        for i in range(0, len(data), 64 * 1024):
+            yield ocr_pb2.RecognizeStreamRequest(chunk=data[i : i + 64 * 1024])
+
+    async with balancer.direct_channel(service.address) as channel:
+        stub = ocr_pb2_grpc.OcrServiceStub(channel)
+        request = ocr_pb2.RecognizeRequest(image=data, filename="scan.pdf")
+        unary = (await stub.Recognize(request, timeout=120)).result
+        streamed = (await stub.RecognizeStream(parts(), timeout=120)).result
+        layer = text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
+        options = ocr_pb2.RecognizeOptions(use_text_layer=True)
+        embedded = (
+            await stub.Recognize(ocr_pb2.RecognizeRequest(image=layer, options=options), timeout=60)
+        ).result
+        info = await stub.GetInfo(ocr_pb2.GetInfoRequest(), timeout=10)
+    for result in (unary, streamed):
+        assert [page.number for page in result.pages] == [1, 2, 3]
+        assert [
+            [line.text for line in result.lines[page.first_line : page.first_line + page.line_count]]
+            for page in result.pages
+        ] == PDF_PAGES
+        assert [line.page for line in result.lines] == [1, 2, 3]
+        assert result.text.split("\n\f\n") == ["\n".join(lines) for lines in PDF_PAGES]
+        assert all(page.source == ocr_pb2.PAGE_SOURCE_OCR and page.dpi > 0 for page in result.pages)
+        assert (result.width, result.height) == (result.pages[0].width, result.pages[0].height)
+    assert [page.source for page in embedded.pages] == [ocr_pb2.PAGE_SOURCE_TEXT_LAYER] * 2
+    assert embedded.text == "Invoice 2026-117\nTotal due: 42.00\n\f\nInvoice 2026-117\nTotal due: 42.00"
+    assert ocr_pb2.IMAGE_FORMAT_PDF in info.limits.image_formats and info.limits.max_pdf_pages == 100
+
+
+def test_the_cli_prints_a_pdfs_pages_in_order(service: OcrProcess, tmp_path: Path) -> None:
+    pdf = tmp_path / "scan.pdf"
+    pdf.write_bytes(scan_pdf("rapidocr_text_rec.jpg", "rapidocr_en_rec.jpg", "rapidocr_short.png"))
+    argv = [sys.executable, "-m", "cli", "ocr", str(pdf), "--target", service.address, "--timeout", "120"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.removesuffix("\n").split("\n\f\n") == ["\n".join(lines) for lines in PDF_PAGES]
+
+
+async def test_broken_and_oversized_pdfs_get_invalid_argument_and_the_service_stays_healthy(
+    service: OcrProcess,
+) -> None:
+    whole = text_pdf(["x"])
+    cases = {
+        "truncated": (whole[: len(whole) // 2], "IMAGE_TRUNCATED"),
+        "encrypted": (encrypted_pdf(), "IMAGE_ENCRYPTED"),
+        "malformed": (b"%PDF-1.7\nthis is no PDF body at all\n%%EOF\n", "IMAGE_CORRUPT"),
+        "2000 pages": (text_pdf(["x"], pages=2000), "IMAGE_TOO_MANY_PAGES"),
+        "200-inch page": (text_pdf(["x"], media_box=b"0 0 14400 14400"), "IMAGE_TOO_MANY_PIXELS"),
+    }
+    async with balancer.direct_channel(service.address) as channel:
+        client = OcrClient(channel)
+        for name, (data, reason) in cases.items():
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.recognize(data, f"{name}.pdf", timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            status = errors.from_call_error(caught.value)
+            assert errors.error_reason(status) == reason, name
+            assert errors.field_violations(status)[0].description, name
+    assert await _health(service.address) == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_large_image_streams_in_chunks(service: OcrProcess) -> None:

@@ -3,18 +3,16 @@ broken), the DPI chosen from the page size, rendering and the text layer, on PDF
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 
 import pytest
-from PIL import Image
 
 from ocr_svc.engine import Engine, EngineSettings
 from ocr_svc.guardrails import ImageRejected, Limits, Reason, describe, inspect
 from ocr_svc.job import Job, JobOptions, JobRejected, JobResult
 from ocr_svc.pdf_input import PdfLimits, choose_dpi, inspect_pdf, is_pdf, page_text, render_page
 from ocr_svc.worker_process import handle
-from tests.corpus import CORPUS
+from tests.pdf_samples import encrypted_pdf, raw_pdf, scan_pdf, text_pdf
 
 LIMITS = PdfLimits()
 WITH_PDF = Limits(formats=("JPEG", "PNG", "PDF"), max_pdf_pages=5)
@@ -23,50 +21,6 @@ WITH_PDF = Limits(formats=("JPEG", "PNG", "PDF"), max_pdf_pages=5)
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
     yield Engine(EngineSettings(device="cpu", threads=1))
-
-
-def _pdf(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
-    """A PDF whose object i+1 is objects[i], with a correct cross-reference table; 1 is the catalog."""
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        trailer_extra,
-        xref,
-    )
-    return bytes(out)
-
-
-def _text_pdf(lines: list[str], pages: int = 1, media_box: bytes = b"0 0 612 792") -> bytes:
-    """`pages` pages sharing one content stream that writes `lines` in Helvetica 24 pt."""
-    shown = b"".join(b"1 0 0 1 72 %d Tm (%s) Tj\n" % (700 - 40 * i, t.encode()) for i, t in enumerate(lines))
-    content = b"BT /F1 24 Tf\n" + shown + b"ET"
-    kids = b" ".join(b"%d 0 R" % (5 + i) for i in range(pages))
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
-    ]
-    objects += [
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [%s] /Resources << /Font << /F1 3 0 R >> >> "
-        b"/Contents 4 0 R >>" % media_box
-    ] * pages
-    return _pdf(objects)
-
-
-def _scan_pdf(*names: str) -> bytes:
-    """Corpus images as a scanned PDF, one page each, at 200 DPI."""
-    images = [Image.open(CORPUS / "real" / name).convert("RGB") for name in names]
-    out = io.BytesIO()
-    images[0].save(out, "PDF", save_all=True, append_images=images[1:], resolution=200.0)
-    return out.getvalue()
 
 
 def _rejected(data: bytes, limits: PdfLimits = LIMITS) -> ImageRejected:
@@ -80,17 +34,17 @@ def test_dpi_follows_the_page_size_within_its_range() -> None:
     assert choose_dpi(595, 842, LIMITS) == pytest.approx(2400 * 72 / 842)  # A4: about 205 DPI
     assert choose_dpi(252, 144, LIMITS) == 300  # a business card: capped
     assert choose_dpi(2384, 3370, LIMITS) == 72  # A0: floored
-    a4 = inspect_pdf(_text_pdf(["x"], media_box=b"0 0 595 842"), LIMITS).pages[0]
+    a4 = inspect_pdf(text_pdf(["x"], media_box=b"0 0 595 842"), LIMITS).pages[0]
     assert a4.size_px == (1696, 2400)
 
 
 def test_is_pdf_reads_the_magic() -> None:
-    assert is_pdf(_text_pdf(["x"])) and is_pdf(b"\r\n" + _text_pdf(["x"]))
+    assert is_pdf(text_pdf(["x"])) and is_pdf(b"\r\n" + text_pdf(["x"]))
     assert not is_pdf(b"\x89PNG\r\n\x1a\n") and not is_pdf(b"")
 
 
 def test_a_scanned_pdf_is_inspected_rendered_and_read_page_by_page(engine: Engine) -> None:
-    data = _scan_pdf("rapidocr_en_rec.jpg", "rapidocr_text_rec.jpg")
+    data = scan_pdf("rapidocr_en_rec.jpg", "rapidocr_text_rec.jpg")
     header = inspect_pdf(data, LIMITS)
     assert [page.number for page in header.pages] == [1, 2]
     assert header.rendered_pixels == sum(page.pixels for page in header.pages)
@@ -107,21 +61,21 @@ def test_a_scanned_pdf_is_inspected_rendered_and_read_page_by_page(engine: Engin
 
 
 def test_the_text_layer_is_read_without_ocr() -> None:
-    data = _text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
+    data = text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
     header = inspect_pdf(data, LIMITS)
     assert len(header.pages) == 2
     assert page_text(data, header.pages[1]) == ["Invoice 2026-117", "Total due: 42.00"]
 
 
 def test_too_many_pages_are_refused_from_the_page_count() -> None:
-    rejected = _rejected(_text_pdf(["x"], pages=2000))
+    rejected = _rejected(text_pdf(["x"], pages=2000))
     assert rejected.reason == Reason.TOO_MANY_PAGES and "2000 pages" in rejected.description
-    assert len(inspect_pdf(_text_pdf(["x"], pages=3), PdfLimits(max_pages=3)).pages) == 3
+    assert len(inspect_pdf(text_pdf(["x"], pages=3), PdfLimits(max_pages=3)).pages) == 3
 
 
 def test_a_page_too_large_to_render_is_refused() -> None:
     # 200 x 200 inches: 207 Mpx even at the 72 DPI floor.
-    rejected = _rejected(_text_pdf(["x"], media_box=b"0 0 14400 14400"))
+    rejected = _rejected(text_pdf(["x"], media_box=b"0 0 14400 14400"))
     assert rejected.reason == Reason.TOO_MANY_PIXELS and "page 1" in rejected.description
 
 
@@ -137,21 +91,13 @@ def test_a_huge_embedded_image_is_refused_before_it_is_decoded() -> None:
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /XObject << /Im1 3 0 R >> >> "
         b"/Contents 4 0 R >>",
     ]
-    rejected = _rejected(_pdf(objects))
+    rejected = _rejected(raw_pdf(objects))
     assert rejected.reason == Reason.TOO_MANY_PIXELS and "10000x6000" in rejected.description
 
 
 def test_encrypted_truncated_and_malformed_pdfs_are_refused_clearly() -> None:
-    whole = _text_pdf(["Secret"])
-    encrypt = b"<< /Filter /Standard /V 1 /R 2 /P -4 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> >>"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
-        encrypt,
-    ]
-    trailer = b"/Encrypt 4 0 R /ID [<" + b"33" * 16 + b"> <" + b"33" * 16 + b">] "
-    assert _rejected(_pdf(objects, trailer)).reason == Reason.ENCRYPTED
+    whole = text_pdf(["Secret"])
+    assert _rejected(encrypted_pdf()).reason == Reason.ENCRYPTED
     assert _rejected(whole[: len(whole) // 2]).reason == Reason.TRUNCATED
     assert _rejected(b"%PDF-1.7\nthis is no PDF body at all\n%%EOF\n").reason == Reason.CORRUPT
     assert _rejected(b"%PDF-1.4\n%%EOF\n").reason == Reason.CORRUPT
@@ -168,20 +114,20 @@ def test_limits_are_validated() -> None:
 
 
 def test_pdfs_pass_the_header_check_only_where_pdf_is_a_format() -> None:
-    data = _text_pdf(["x"], pages=3, media_box=b"0 0 595 842")
+    data = text_pdf(["x"], pages=3, media_box=b"0 0 595 842")
     header = inspect(data, WITH_PDF)
     assert (header.format, header.frames, header.width, header.height) == ("PDF", 3, 1696, 2400)
     assert describe(header).startswith("PDF 1696x2400 PDF") and "3 pages" in describe(header)
     with pytest.raises(ImageRejected) as caught:
-        inspect(data, Limits())  # the default formats take no PDF: Pillow knows no such image
+        inspect(data, Limits(formats=("JPEG", "PNG")))  # without PDF: Pillow knows no such image
     assert caught.value.reason == Reason.NOT_AN_IMAGE
     with pytest.raises(ImageRejected) as caught:
-        inspect(_text_pdf(["x"], pages=6), WITH_PDF)
+        inspect(text_pdf(["x"], pages=6), WITH_PDF)
     assert caught.value.reason == Reason.TOO_MANY_PAGES
 
 
 def test_the_worker_reads_every_page_in_order(engine: Engine) -> None:
-    data = _scan_pdf("rapidocr_text_rec.jpg", "rapidocr_en_rec.jpg", "rapidocr_short.png")
+    data = scan_pdf("rapidocr_text_rec.jpg", "rapidocr_en_rec.jpg", "rapidocr_short.png")
     job = Job(1, data, JobOptions(), inspect(data, WITH_PDF))
     answer = handle(engine, WITH_PDF, job)
     assert isinstance(answer, JobResult), answer
@@ -201,7 +147,7 @@ def test_the_worker_reads_every_page_in_order(engine: Engine) -> None:
 
 
 def test_the_text_layer_is_returned_when_asked(engine: Engine) -> None:
-    data = _text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
+    data = text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
     asked = handle(engine, WITH_PDF, Job(2, data, JobOptions(use_text_layer=True), inspect(data, WITH_PDF)))
     assert isinstance(asked, JobResult)
     assert [line.text for line in asked.reading.lines] == ["Invoice 2026-117", "Total due: 42.00"] * 2
@@ -212,7 +158,7 @@ def test_the_text_layer_is_returned_when_asked(engine: Engine) -> None:
 
 
 def test_a_pdf_that_breaks_past_the_header_check_is_rejected_by_the_worker(engine: Engine) -> None:
-    good = _text_pdf(["x"])
+    good = text_pdf(["x"])
     header = inspect(good, WITH_PDF)
     answer = handle(engine, WITH_PDF, Job(4, good[: len(good) // 2], JobOptions(), header))
     assert isinstance(answer, JobRejected) and answer.reason == Reason.TRUNCATED

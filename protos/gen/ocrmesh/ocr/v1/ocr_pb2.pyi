@@ -8,6 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PageSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PAGE_SOURCE_UNSPECIFIED: _ClassVar[PageSource]
+    PAGE_SOURCE_OCR: _ClassVar[PageSource]
+    PAGE_SOURCE_TEXT_LAYER: _ClassVar[PageSource]
+
 class Device(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DEVICE_UNSPECIFIED: _ClassVar[Device]
@@ -22,6 +28,7 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_BMP: _ClassVar[ImageFormat]
     IMAGE_FORMAT_TIFF: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_PDF: _ClassVar[ImageFormat]
 
 class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +38,9 @@ class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_STATE_BUSY: _ClassVar[WorkerState]
     WORKER_STATE_RETIRING: _ClassVar[WorkerState]
     WORKER_STATE_STOPPED: _ClassVar[WorkerState]
+PAGE_SOURCE_UNSPECIFIED: PageSource
+PAGE_SOURCE_OCR: PageSource
+PAGE_SOURCE_TEXT_LAYER: PageSource
 DEVICE_UNSPECIFIED: Device
 DEVICE_CPU: Device
 DEVICE_CUDA: Device
@@ -40,6 +50,7 @@ IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_BMP: ImageFormat
 IMAGE_FORMAT_TIFF: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
+IMAGE_FORMAT_PDF: ImageFormat
 WORKER_STATE_UNSPECIFIED: WorkerState
 WORKER_STATE_STARTING: WorkerState
 WORKER_STATE_IDLE: WorkerState
@@ -48,20 +59,22 @@ WORKER_STATE_RETIRING: WorkerState
 WORKER_STATE_STOPPED: WorkerState
 
 class RecognizeOptions(_message.Message):
-    __slots__ = ("use_det", "use_cls", "use_rec", "return_boxes", "language_hint", "min_score")
+    __slots__ = ("use_det", "use_cls", "use_rec", "return_boxes", "language_hint", "min_score", "use_text_layer")
     USE_DET_FIELD_NUMBER: _ClassVar[int]
     USE_CLS_FIELD_NUMBER: _ClassVar[int]
     USE_REC_FIELD_NUMBER: _ClassVar[int]
     RETURN_BOXES_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_HINT_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    USE_TEXT_LAYER_FIELD_NUMBER: _ClassVar[int]
     use_det: bool
     use_cls: bool
     use_rec: bool
     return_boxes: bool
     language_hint: str
     min_score: float
-    def __init__(self, use_det: _Optional[bool] = ..., use_cls: _Optional[bool] = ..., use_rec: _Optional[bool] = ..., return_boxes: _Optional[bool] = ..., language_hint: _Optional[str] = ..., min_score: _Optional[float] = ...) -> None: ...
+    use_text_layer: bool
+    def __init__(self, use_det: _Optional[bool] = ..., use_cls: _Optional[bool] = ..., use_rec: _Optional[bool] = ..., return_boxes: _Optional[bool] = ..., language_hint: _Optional[str] = ..., min_score: _Optional[float] = ..., use_text_layer: _Optional[bool] = ...) -> None: ...
 
 class RecognizeRequest(_message.Message):
     __slots__ = ("image", "filename", "options")
@@ -126,30 +139,52 @@ class RecognizeBatchResponse(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., result: _Optional[_Union[OcrResult, _Mapping]] = ...) -> None: ...
 
 class OcrResult(_message.Message):
-    __slots__ = ("text", "lines", "width", "height", "timing", "served_by")
+    __slots__ = ("text", "lines", "width", "height", "timing", "served_by", "pages")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
     text: str
     lines: _containers.RepeatedCompositeFieldContainer[TextLine]
     width: int
     height: int
     timing: Timing
     served_by: ServedBy
-    def __init__(self, text: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[TextLine, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ...) -> None: ...
+    pages: _containers.RepeatedCompositeFieldContainer[Page]
+    def __init__(self, text: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[TextLine, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., pages: _Optional[_Iterable[_Union[Page, _Mapping]]] = ...) -> None: ...
+
+class Page(_message.Message):
+    __slots__ = ("number", "width", "height", "dpi", "first_line", "line_count", "source")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DPI_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LINE_FIELD_NUMBER: _ClassVar[int]
+    LINE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    width: int
+    height: int
+    dpi: float
+    first_line: int
+    line_count: int
+    source: PageSource
+    def __init__(self, number: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., dpi: _Optional[float] = ..., first_line: _Optional[int] = ..., line_count: _Optional[int] = ..., source: _Optional[_Union[PageSource, str]] = ...) -> None: ...
 
 class TextLine(_message.Message):
-    __slots__ = ("text", "score", "box")
+    __slots__ = ("text", "score", "box", "page")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
     text: str
     score: float
     box: _containers.RepeatedCompositeFieldContainer[Point]
-    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
+    page: int
+    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., page: _Optional[int] = ...) -> None: ...
 
 class Point(_message.Message):
     __slots__ = ("x", "y")
@@ -246,18 +281,20 @@ class GetInfoResponse(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., worker_infos: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., serving: _Optional[bool] = ..., predicted_wait_ms: _Optional[float] = ..., max_queue_wait_ms: _Optional[float] = ..., queued_bytes: _Optional[int] = ..., max_queued_bytes: _Optional[int] = ..., service_ms: _Optional[float] = ..., queued_requests: _Optional[int] = ..., device_kind: _Optional[_Union[Device, str]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_image_bytes", "max_image_pixels", "formats", "max_side", "image_formats")
+    __slots__ = ("max_image_bytes", "max_image_pixels", "formats", "max_side", "image_formats", "max_pdf_pages")
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PDF_PAGES_FIELD_NUMBER: _ClassVar[int]
     max_image_bytes: int
     max_image_pixels: int
     formats: _containers.RepeatedScalarFieldContainer[str]
     max_side: int
     image_formats: _containers.RepeatedScalarFieldContainer[ImageFormat]
-    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., max_side: _Optional[int] = ..., image_formats: _Optional[_Iterable[_Union[ImageFormat, str]]] = ...) -> None: ...
+    max_pdf_pages: int
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., max_side: _Optional[int] = ..., image_formats: _Optional[_Iterable[_Union[ImageFormat, str]]] = ..., max_pdf_pages: _Optional[int] = ...) -> None: ...
 
 class Counters(_message.Message):
     __slots__ = ("accepted", "completed", "rejected_busy", "rejected_invalid", "dropped_expired", "dropped_cancelled", "worker_restarts", "retried", "failed", "rejected_deadline_unreachable", "rejected_queue_wait", "rejected_queue_memory", "rejected_queue_full", "refusals_held", "admitted_after_hold")
