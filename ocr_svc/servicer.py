@@ -147,7 +147,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
         sibling = handoff.pick(r.predicted_wait_s(), r.pool.ewma_service_s, r.pool.settings.size)
         if sibling is None:
             return None
-        r.check_image(request.image)  # a bad image is refused here, not shipped
+        await r.check_upload(request.image)  # a bad image is refused here, not shipped
         return await handoff.forward(sibling, request, metadata, context.time_remaining())
 
     def _tell_wait(self, context: Context) -> None:

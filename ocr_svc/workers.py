@@ -344,7 +344,10 @@ class WorkerPool:
 
     def _deliver(self, ticket: Ticket, reply: JobAnswer) -> None:
         if isinstance(reply, JobResult):
-            service_s = time.monotonic() - (ticket.started_at or time.monotonic())
+            # Per image: a PDF's pages are that many images' work, and must not inflate the estimate.
+            service_s = (time.monotonic() - (ticket.started_at or time.monotonic())) / max(
+                1, len(reply.pages)
+            )
             self.ewma_service_s = service_ewma(self.ewma_service_s, service_s, self.service_samples)
             self.service_samples += 1
             self.counters.completed += 1
