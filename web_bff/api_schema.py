@@ -77,6 +77,16 @@ class Line(BaseModel):
     text: str
     score: float = Field(description="recognition confidence in [0, 1]")
     box: list[list[float]] = Field(description="four [x, y] corners clockwise from top-left, image pixels")
+    page: int = Field(0, description="the PDF page the line is on (1-based); 0 for an image")
+
+
+class Page(BaseModel):
+    number: int = Field(description="1-based page number")
+    width: int = Field(description="the page as rendered, pixels (its lines' boxes are in these)")
+    height: int
+    first_line: int = Field(description="its lines are lines[first_line:first_line + line_count]")
+    line_count: int
+    text_layer: bool = Field(description="read from the PDF's embedded text, not by OCR")
 
 
 class Timing(BaseModel):
@@ -100,6 +110,7 @@ class ServedBy(BaseModel):
 class OcrReply(BaseModel):
     text: str = Field(description="all lines joined with newlines, in reading order")
     lines: list[Line]
+    pages: list[Page] = Field([], description="a PDF's pages in order; empty for an image")
     width: int
     height: int
     timing: Timing
@@ -209,7 +220,7 @@ UPLOAD_BODY = {
                     "file": {
                         "type": "string",
                         "format": "binary",
-                        "description": "the image (JPEG, PNG, BMP, TIFF or WebP by default; GET "
+                        "description": "the image (JPEG, PNG, BMP, TIFF, WebP or PDF by default; GET "
                         "/api/config says what the OCR instances take and how large)",
                     }
                 },

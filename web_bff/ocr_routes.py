@@ -19,7 +19,8 @@ router = APIRouter()
 
 
 def result_json(result: ocr_pb2.OcrResult) -> dict[str, Any]:
-    """An OcrResult as the page uses it: lines with 4-point boxes, timing and who served it."""
+    """An OcrResult as the page uses it: lines with 4-point boxes, a PDF's pages, timing and who
+    served it."""
     t, s = result.timing, result.served_by
     return {
         "text": result.text,
@@ -28,8 +29,20 @@ def result_json(result: ocr_pb2.OcrResult) -> dict[str, Any]:
                 "text": line.text,
                 "score": round(line.score, 4),
                 "box": [[round(p.x, 1), round(p.y, 1)] for p in line.box],
+                "page": line.page,
             }
             for line in result.lines
+        ],
+        "pages": [
+            {
+                "number": page.number,
+                "width": page.width,
+                "height": page.height,
+                "first_line": page.first_line,
+                "line_count": page.line_count,
+                "text_layer": page.source == ocr_pb2.PAGE_SOURCE_TEXT_LAYER,
+            }
+            for page in result.pages
         ],
         "width": result.width,
         "height": result.height,

@@ -17,6 +17,7 @@ import pytest
 from tests.browser import chromium
 from tests.corpus import CORPUS
 from tests.integration.bff_fixtures import Mesh, running_mesh
+from tests.pdf_samples import scan_pdf
 
 if not chromium.available():
     pytest.skip(chromium.MISSING, allow_module_level=True)
@@ -221,6 +222,26 @@ def test_a_bad_file_shows_a_clear_error(browser: Browser, mesh: Mesh, shots: Pat
     page.set_input_files("[data-testid=file-input]", str(PHOTO))  # and it recovers
     expect_result(page)
     expect(error).to_be_hidden()
+
+
+def test_a_pdf_is_shown_page_by_page(browser: Browser, mesh: Mesh, tmp_path: Path) -> None:
+    page = signed_in(browser, mesh)
+    scan = tmp_path / "scan.pdf"
+    scan.write_bytes(scan_pdf("rapidocr_text_rec.jpg", "rapidocr_short.png"))
+    page.set_input_files("[data-testid=file-input]", str(scan))
+    expect(page.get_by_test_id("result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#lines li")).to_have_count(4)
+    shown = page.locator("#lines li").evaluate_all(
+        "items => items.map((li) => (li.querySelector('.line-text') || li).textContent)"
+    )
+    assert shown == ["Page 1", "韩国小馆", "Page 2", "中国网络空间安全"]
+    expect(page.locator(".preview-card")).to_be_hidden()  # no picture to draw boxes on
+    assert page.locator("#boxes polygon").count() == 0
+    page.get_by_test_id("again").click()
+    page.set_input_files("[data-testid=file-input]", str(PHOTO))  # an image brings the preview back
+    expect_result(page)
+    expect(page.locator(".preview-card")).to_be_visible()
+    assert page.errors == []  # type: ignore[attr-defined]
 
 
 def test_upload_while_logged_out_goes_to_login_then_recognises(browser: Browser, mesh: Mesh) -> None:

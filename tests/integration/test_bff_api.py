@@ -24,6 +24,7 @@ from mesh.processes import free_port
 from tests.corpus import CORPUS
 from tests.integration.bff_fixtures import Mesh, api_client, register_and_login, running_mesh, start_bff
 from tests.integration.ocr_fixtures import stop
+from tests.pdf_samples import scan_pdf
 
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
 TRUNCATED = CORPUS / "bad" / "truncated.jpg"
@@ -152,6 +153,21 @@ def test_recognition_returns_text_boxes_timing_and_instance(client: httpx.Client
     assert body["served_by"]["instance_id"] == "ocr-busy" and body["served_by"]["device"]
     assert body["timing"]["total_ms"] > 0 and body["bff_ms"] >= body["timing"]["total_ms"]
     assert body["bytes"] == PHOTO.stat().st_size
+
+
+def test_a_pdf_comes_back_page_by_page(client: httpx.Client) -> None:
+    got = upload(client, scan_pdf("rapidocr_text_rec.jpg", "rapidocr_short.png"), "scan.pdf")
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert [(page["number"], page["first_line"], page["line_count"]) for page in body["pages"]] == [
+        (1, 0, 1),
+        (2, 1, 1),
+    ]
+    assert [(line["text"], line["page"]) for line in body["lines"]] == [
+        ("韩国小馆", 1),
+        ("中国网络空间安全", 2),
+    ]
+    assert body["text"] == "韩国小馆\n\f\n中国网络空间安全" and not body["pages"][0]["text_layer"]
 
 
 def test_state_changing_requests_without_csrf_token_are_403(mesh: Mesh) -> None:

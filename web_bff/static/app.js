@@ -296,6 +296,7 @@ function clearWork() {
   $("lines").textContent = "";
   $("boxes").textContent = "";
   $("preview-img").removeAttribute("src");
+  document.querySelector(".preview-card").hidden = false;
   $("dropzone").classList.remove("compact");
   $("file").value = "";
   hideError();
@@ -310,7 +311,10 @@ async function startUpload(file) {
   clearWork();
   state.file = file;
   state.objectUrl = URL.createObjectURL(file);
-  $("preview-img").src = state.objectUrl;
+  // A PDF has no picture to draw boxes on: its pages are listed with their lines instead.
+  const isPdf = file.type === "application/pdf" || /\.pdf$/i.test(file.name || "");
+  if (!isPdf) $("preview-img").src = state.objectUrl;
+  document.querySelector(".preview-card").hidden = isPdf;
   $("file-name").textContent = file.name || "";
   $("work").hidden = false;
   $("dropzone").classList.add("compact");
@@ -370,8 +374,9 @@ function renderResult(result, roundTripMs) {
   svg.textContent = "";
   const list = $("lines");
   list.textContent = "";
-  result.lines.forEach((line, i) => {
-    if (line.box.length === 4) {
+  const pages = result.pages || [];
+  const addLine = (line, i) => {
+    if (line.box.length === 4 && pages.length === 0) {
       const poly = document.createElementNS("http://www.w3.org/2000/svg", "polygon");
       poly.setAttribute("points", line.box.map((p) => p.join(",")).join(" "));
       poly.dataset.i = String(i);
@@ -387,7 +392,15 @@ function renderResult(result, roundTripMs) {
     score.textContent = `${Math.round(line.score * 100)}%`;
     li.append(text, score);
     list.append(li);
-  });
+  };
+  if (pages.length === 0) result.lines.forEach(addLine);
+  for (const page of pages) { // a PDF: each page's heading, then its lines
+    const head = document.createElement("li");
+    head.className = "page-head";
+    head.textContent = t("ocr.page", { n: page.number });
+    list.append(head);
+    for (let i = page.first_line; i < page.first_line + page.line_count; i++) addLine(result.lines[i], i);
+  }
   $("no-text").hidden = result.lines.length > 0;
   // The recognition itself, and apart from it the time the call waited in an instance's queue.
   const queued = result.timing.queue_ms || 0;
