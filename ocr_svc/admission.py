@@ -1,11 +1,12 @@
-"""Admission in front of the workers: admit by predicted wait within the deadline and memory, FIFO."""
+"""Admission in front of the workers: admit by predicted wait within the deadline and memory; the
+queue takes requests in turn (one PDF's pages are one flow, so they cannot starve other callers)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,15 @@ class Ticket:
     started_at: float | None = None
     attempts: int = 0
     heavy: bool = False  # a large image: ONNX Runtime needs several hundred MiB for it
+    page: int = 0  # a PDF's page this job reads (1-based); 0: the whole upload
+    flow: int = 0  # tickets of one flow are taken in turn with other flows; 0: its own flow
+    held_bytes: int = -1  # upload bytes this ticket counts in the queue's memory; -1: all of them
+
+    def __post_init__(self) -> None:
+        if self.flow == 0:
+            self.flow = self.job_id
+        if self.held_bytes < 0:
+            self.held_bytes = len(self.data)
 
     @property
     def pixels(self) -> int:
@@ -47,7 +57,7 @@ class Ticket:
 
     def job(self) -> Job:
         """What the worker is sent."""
-        return Job(self.job_id, self.data, self.options, self.header)
+        return Job(self.job_id, self.data, self.options, self.header, self.page)
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -174,17 +184,25 @@ def heavy_may_start(running_heavy: int, limit: int) -> bool:
 
 
 class AdmissionQueue:
-    """A FIFO of admitted tickets that counts the bytes and pixels it holds; `take` waits."""
+    """Admitted tickets, taken flow by flow in turn (FIFO within a flow, and FIFO overall while every
+    flow holds one ticket, as every image is its own flow); counts the bytes and pixels it holds;
+    `take` waits."""
 
     def __init__(self, policy: AdmissionPolicy | None = None) -> None:
         self.policy = policy or AdmissionPolicy()
-        self._items: deque[Ticket] = deque()
+        self._flows: OrderedDict[int, deque[Ticket]] = OrderedDict()  # in turn order
+        self._count = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.held_bytes = 0
         self.held_pixels = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
+
+    @property
+    def flows(self) -> int:
+        """Flows with a ticket waiting: how many turns a new request waits for."""
+        return len(self._flows)
 
     def fits(self, size: int, pixels: int) -> bool:
         """Whether an image of `size` bytes and `pixels` pixels may join now (memory bound)."""
@@ -193,34 +211,46 @@ class AdmissionQueue:
             held_pixels=self.held_pixels,
             size=size,
             pixels=pixels,
-            queued=len(self._items),
+            queued=self._count,
             policy=self.policy,
         )
 
     def push(self, ticket: Ticket) -> None:
-        """Queue an admitted ticket at the back (admission was decided by the caller)."""
+        """Queue an admitted ticket at the back of its flow, a new flow last in turn (admission was
+        decided by the caller)."""
         self._hold(ticket)
-        self._items.append(ticket)
+        self._flows.setdefault(ticket.flow, deque()).append(ticket)
+        self._count += 1
         self._wake_one()
 
     def requeue(self, ticket: Ticket) -> None:
-        """Put a ticket back at the front (a retry after a worker died); ignores every bound."""
+        """Put a ticket back at the front, its flow first in turn (a retry after a worker died);
+        ignores every bound."""
         self._hold(ticket)
-        self._items.appendleft(ticket)
+        self._flows.setdefault(ticket.flow, deque()).appendleft(ticket)
+        self._flows.move_to_end(ticket.flow, last=False)
+        self._count += 1
         self._wake_one()
 
     def discard(self, ticket: Ticket) -> bool:
         """Remove a ticket whose caller gave up; True if it was still waiting."""
+        flow = self._flows.get(ticket.flow)
+        if flow is None:
+            return False
         try:
-            self._items.remove(ticket)
+            flow.remove(ticket)
         except ValueError:
             return False
+        if not flow:
+            del self._flows[ticket.flow]
+        self._count -= 1
         self._release(ticket)
         return True
 
     async def take(self) -> Ticket:
-        """The oldest waiting ticket, waiting until there is one."""
-        while not self._items:
+        """The first ticket of the flow whose turn it is (that flow then goes last), waiting until
+        there is one."""
+        while not self._count:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -229,16 +259,22 @@ class AdmissionQueue:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # pass the wake-up on to another taker
                 raise
-        ticket = self._items.popleft()
+        key, flow = next(iter(self._flows.items()))
+        ticket = flow.popleft()
+        if flow:
+            self._flows.move_to_end(key)
+        else:
+            del self._flows[key]
+        self._count -= 1
         self._release(ticket)
         return ticket
 
     def _hold(self, ticket: Ticket) -> None:
-        self.held_bytes += len(ticket.data)
+        self.held_bytes += ticket.held_bytes
         self.held_pixels += ticket.pixels
 
     def _release(self, ticket: Ticket) -> None:
-        self.held_bytes -= len(ticket.data)
+        self.held_bytes -= ticket.held_bytes
         self.held_pixels -= ticket.pixels
 
     def _wake_one(self) -> None:

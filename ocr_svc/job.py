@@ -96,6 +96,7 @@ class Job:
     data: bytes
     options: JobOptions
     header: ImageHeader
+    page: int = 0  # a PDF's page to read (1-based); 0: every page (or the image)
 
 
 @dataclass(frozen=True)

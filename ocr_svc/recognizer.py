@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from ocr_svc.admission import (
     retry_hint_s,
 )
 from ocr_svc.guardrails import ImageHeader, ImageRejected, Limits, inspect
-from ocr_svc.job import JobOptions, JobRejected, JobResult, Recognition, Timing
+from ocr_svc.job import JobOptions, JobRejected, JobResult, Line, PageSpan, Recognition, Timing
 from ocr_svc.metrics import OcrMetrics
 from ocr_svc.refusal_pacing import RefusalPacer
 from ocr_svc.workers import JobFailed, WorkerPool
@@ -70,7 +71,7 @@ class Recognizer:
         """How long a request arriving now would wait for a worker."""
         now = time.monotonic() if now is None else now
         return predicted_wait_s(
-            self.pool.busy_elapsed(now), len(self.queue), self.pool.settings.size, self.pool.ewma_service_s
+            self.pool.busy_elapsed(now), self.queue.flows, self.pool.settings.size, self.pool.ewma_service_s
         )
 
     def waiting(self) -> int:
@@ -207,20 +208,76 @@ class Recognizer:
             )
         deadline = None if time_remaining is None else received + time_remaining
         header = await self._admit(data, deadline, wait_for_room)
-        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(
-            data=data,
-            header=header,
-            options=options,
-            deadline=deadline,
-            future=future,
-            heavy=is_heavy(header.width, header.height, self.pool.settings.heavy_pixels),
-        )
-        self.queue.push(ticket)
+        tickets = self._tickets(data, header, options, deadline)
+        for ticket in tickets:
+            self.queue.push(ticket)
         self.counters.accepted += 1
+        try:
+            results = [await self._answer(ticket, deadline) for ticket in tickets]
+        finally:
+            for ticket in tickets:  # a page failed or the caller left: the other pages are dropped
+                if self.queue.discard(ticket) or not ticket.future.done():
+                    ticket.future.cancel()
+        first = tickets[0]
+        started = first.started_at or received
+        timing = Timing(
+            queue_ms=(started - first.enqueued_at) * 1000,
+            decode_ms=sum(result.decode_ms for result in results),
+            det_ms=sum(result.reading.det_ms for result in results),
+            cls_ms=sum(result.reading.cls_ms for result in results),
+            rec_ms=sum(result.reading.rec_ms for result in results),
+            total_ms=(time.monotonic() - received) * 1000,
+        )
+        self.metrics.observe(timing)
+        if len(results) == 1:
+            result = results[0]
+            return Recognition(
+                result.reading.lines, result.width, result.height, timing, result.worker_pid, result.pages
+            )
+        lines: list[Line] = []
+        spans: list[PageSpan] = []
+        for result in results:  # one page each, in page order
+            spans.extend(dataclasses.replace(span, first_line=len(lines)) for span in result.pages)
+            lines.extend(result.reading.lines)
+        return Recognition(
+            tuple(lines), results[0].width, results[0].height, timing, results[0].worker_pid, tuple(spans)
+        )
+
+    def _tickets(
+        self, data: bytes, header: ImageHeader, options: JobOptions, deadline: float | None
+    ) -> list[Ticket]:
+        """One ticket for an image; one per page for a PDF, all in one flow (taken in turn with other
+        callers, spread over the workers), sharing the upload's bytes in the queue's memory count."""
+        pages = header.frames if header.format == "PDF" else 1
+        loop = asyncio.get_running_loop()
+        heavy = is_heavy(header.width, header.height, self.pool.settings.heavy_pixels)
+        first = Ticket(data, header, options, deadline, loop.create_future(), heavy=heavy)
+        if pages == 1:
+            return [first]
+        share = len(data) // pages
+        first.page, first.held_bytes = 1, len(data) - share * (pages - 1)
+        rest = [
+            Ticket(
+                data,
+                header,
+                options,
+                deadline,
+                loop.create_future(),
+                heavy=heavy,
+                page=number,
+                flow=first.flow,
+            )
+            for number in range(2, pages + 1)
+        ]
+        for ticket in rest:
+            ticket.held_bytes = share
+        return [first, *rest]
+
+    async def _answer(self, ticket: Ticket, deadline: float | None) -> JobResult:
+        """The worker's answer to one queued ticket, or the RichError its failure maps to."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            result = await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(asyncio.shield(ticket.future), timeout)
         except TimeoutError:
             if self.queue.discard(ticket):
                 self.counters.dropped_expired += 1
@@ -240,20 +297,6 @@ class Recognizer:
             raise
         except JobFailed as exc:
             raise self._failure(exc) from None
-        started = ticket.started_at or received
-        reading = result.reading
-        timing = Timing(
-            queue_ms=(started - ticket.enqueued_at) * 1000,
-            decode_ms=result.decode_ms,
-            det_ms=reading.det_ms,
-            cls_ms=reading.cls_ms,
-            rec_ms=reading.rec_ms,
-            total_ms=(time.monotonic() - received) * 1000,
-        )
-        self.metrics.observe(timing)
-        return Recognition(
-            reading.lines, result.width, result.height, timing, result.worker_pid, result.pages
-        )
 
     def _failure(self, exc: JobFailed) -> errors.RichError:
         if exc.kind == "rejected" and exc.rejected is not None:

@@ -12,7 +12,7 @@ from multiprocessing.connection import Connection
 from mesh import logs
 from ocr_svc import pdf_input
 from ocr_svc.engine import Engine, EngineInfo, EngineSettings, EngineStartError
-from ocr_svc.guardrails import ImageRejected, Limits, decode
+from ocr_svc.guardrails import ImageRejected, Limits, Reason, decode
 from ocr_svc.job import Job, JobAnswer, JobError, JobRejected, JobResult, Line, PageSpan, Reading
 
 
@@ -68,10 +68,15 @@ def _handle_pdf(engine: Engine, limits: Limits, job: Job, started: float) -> Job
         pdf = pdf_input.inspect_pdf(job.data, pdf_input.limits_for(limits, engine.settings.max_side))
     except ImageRejected as exc:
         return JobRejected(job.job_id, exc.reason, exc.field, exc.description)
+    pages = pdf.pages
+    if job.page:
+        if not 1 <= job.page <= len(pages):
+            return JobRejected(job.job_id, Reason.CORRUPT, "image", f"the PDF has no page {job.page}")
+        pages = (pages[job.page - 1],)
     lines: list[Line] = []
     spans: list[PageSpan] = []
     det_ms = cls_ms = rec_ms = decode_ms = 0.0
-    for page in pdf.pages:
+    for page in pages:
         width, height = page.size_px
         text = pdf_input.page_text(job.data, page) if job.options.use_text_layer else []
         if text:

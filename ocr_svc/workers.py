@@ -313,7 +313,7 @@ class WorkerPool:
         conn, proc = slot.conn, slot.process
         assert conn is not None and proc is not None
         # A PDF's pages run one after another in one job: the stuck-job limit applies per page.
-        pages = ticket.header.frames if ticket.header.format == "PDF" else 1
+        pages = ticket.header.frames if ticket.header.format == "PDF" and not ticket.page else 1
         limit_s = self.settings.job_timeout_s * max(1, pages)
         try:
             await self._call(conn.send, ticket.job())

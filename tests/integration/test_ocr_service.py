@@ -183,7 +183,9 @@ async def test_a_pdf_comes_back_page_by_page_unary_and_streamed(service: OcrProc
     async with balancer.direct_channel(service.address) as channel:
         stub = ocr_pb2_grpc.OcrServiceStub(channel)
         request = ocr_pb2.RecognizeRequest(image=data, filename="scan.pdf")
+        before = await stub.GetInfo(ocr_pb2.GetInfoRequest(), timeout=10)
         unary = (await stub.Recognize(request, timeout=120)).result
+        after = await stub.GetInfo(ocr_pb2.GetInfoRequest(), timeout=10)
         streamed = (await stub.RecognizeStream(parts(), timeout=120)).result
         layer = text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
         options = ocr_pb2.RecognizeOptions(use_text_layer=True)
@@ -201,6 +203,10 @@ async def test_a_pdf_comes_back_page_by_page_unary_and_streamed(service: OcrProc
         assert result.text.split("\n\f\n") == ["\n".join(lines) for lines in PDF_PAGES]
         assert all(page.source == ocr_pb2.PAGE_SOURCE_OCR and page.dpi > 0 for page in result.pages)
         assert (result.width, result.height) == (result.pages[0].width, result.pages[0].height)
+    # The pages were spread over both workers (one job per page).
+    done = {w.pid: w.jobs_done for w in before.worker_infos}
+    assert sum(w.jobs_done - done.get(w.pid, 0) for w in after.worker_infos) == 3
+    assert all(w.jobs_done > done.get(w.pid, 0) for w in after.worker_infos)
     assert [page.source for page in embedded.pages] == [ocr_pb2.PAGE_SOURCE_TEXT_LAYER] * 2
     assert embedded.text == "Invoice 2026-117\nTotal due: 42.00\n\f\nInvoice 2026-117\nTotal due: 42.00"
     assert ocr_pb2.IMAGE_FORMAT_PDF in info.limits.image_formats and info.limits.max_pdf_pages == 100

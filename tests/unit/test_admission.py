@@ -1,4 +1,4 @@
-"""Admission: predicted wait, deadline and memory decide; FIFO; retries to the front; discard."""
+"""Admission: predicted wait, deadline and memory decide; flows in turn; retries to the front; discard."""
 
 from __future__ import annotations
 
@@ -125,6 +125,31 @@ async def test_discard_frees_what_a_caller_who_left_held() -> None:
     q.push(gone)
     assert q.discard(gone) and not q.discard(gone)
     assert (q.held_bytes, q.held_pixels, len(q)) == (0, 0, 0)
+
+
+async def test_a_pdfs_pages_are_one_flow_taken_in_turn_with_other_callers() -> None:
+    q = AdmissionQueue()
+    pages = [_ticket(size=4) for _ in range(4)]
+    for number, page in enumerate(pages[1:], start=2):
+        page.flow, page.page, page.held_bytes = pages[0].flow, number, 1
+    pages[0].page = 1
+    for page in pages:
+        q.push(page)
+    assert (len(q), q.flows, q.held_bytes) == (4, 1, 7)
+    image, other = _ticket(), _ticket()
+    q.push(image)
+    q.push(other)
+    assert q.flows == 3
+    # Page 1, then each waiting caller once, then the rest of the PDF: a 4-page PDF queued first
+    # delays a single image by one page, not four.
+    taken = [await q.take() for _ in range(6)]
+    assert taken == [pages[0], image, other, pages[1], pages[2], pages[3]]
+    assert (len(q), q.flows, q.held_bytes) == (0, 0, 0)
+    # A page whose worker died goes back first, its flow first in turn.
+    q.push(image)
+    q.requeue(pages[2])
+    assert await q.take() is pages[2]
+    assert q.discard(image) and q.flows == 0
 
 
 async def test_take_waits_and_a_cancelled_taker_does_not_lose_a_wakeup() -> None:

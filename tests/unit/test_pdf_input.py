@@ -146,6 +146,17 @@ def test_the_worker_reads_every_page_in_order(engine: Engine) -> None:
     assert not any(span.text_layer for span in spans)
 
 
+def test_a_page_job_reads_only_its_page(engine: Engine) -> None:
+    data = scan_pdf("rapidocr_text_rec.jpg", "rapidocr_short.png")
+    header = inspect(data, WITH_PDF)
+    answer = handle(engine, WITH_PDF, Job(5, data, JobOptions(), header, page=2))
+    assert isinstance(answer, JobResult)
+    assert [line.text for line in answer.reading.lines] == ["中国网络空间安全"]
+    assert [(span.number, span.first_line, span.line_count) for span in answer.pages] == [(2, 0, 1)]
+    missing = handle(engine, WITH_PDF, Job(6, data, JobOptions(), header, page=3))
+    assert isinstance(missing, JobRejected) and missing.reason == Reason.CORRUPT
+
+
 def test_the_text_layer_is_returned_when_asked(engine: Engine) -> None:
     data = text_pdf(["Invoice 2026-117", "Total due: 42.00"], pages=2)
     asked = handle(engine, WITH_PDF, Job(2, data, JobOptions(use_text_layer=True), inspect(data, WITH_PDF)))
