@@ -99,12 +99,13 @@ def choose_dpi(width_pt: float, height_pt: float, limits: PdfLimits) -> float:
     return min(limits.max_dpi, max(limits.min_dpi, wanted))
 
 
-def inspect_pdf(data: bytes, limits: PdfLimits) -> PdfHeader:
+def inspect_pdf(data: bytes, limits: PdfLimits, only_page: int = 0) -> PdfHeader:
     """Open a PDF and check it without rendering anything; raises `ImageRejected`.
 
     Refuses encrypted PDFs (ENCRYPTED), broken or truncated ones (CORRUPT, TRUNCATED), more than
     `max_pages` pages (TOO_MANY_PAGES, from the page count alone) and a page whose rendering or
-    embedded images would exceed `max_page_pixels` (TOO_MANY_PIXELS).
+    embedded images would exceed `max_page_pixels` (TOO_MANY_PIXELS). With `only_page` (1-based),
+    only that page is looked at and returned (a worker reading one page of a checked PDF).
     """
     if PDF_EOF not in data[-1024:]:
         # PDFium rebuilds a cut-off file's cross-reference table and shows what is left; say so.
@@ -121,8 +122,10 @@ def inspect_pdf(data: bytes, limits: PdfLimits) -> PdfHeader:
                 Reason.TOO_MANY_PAGES,
                 f"the PDF has {count} pages; the limit is {limits.max_pages}: split it and send the parts",
             )
+        if only_page and not 1 <= only_page <= count:
+            raise ImageRejected(Reason.CORRUPT, f"the PDF has no page {only_page}")
         pages = []
-        for index in range(count):
+        for index in [only_page - 1] if only_page else range(count):
             width_pt, height_pt = document.get_page_size(index)
             if not (math.isfinite(width_pt) and math.isfinite(height_pt)) or min(width_pt, height_pt) <= 0:
                 raise ImageRejected(Reason.CORRUPT, f"page {index + 1} of the PDF has no valid size")

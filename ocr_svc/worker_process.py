@@ -12,7 +12,7 @@ from multiprocessing.connection import Connection
 from mesh import logs
 from ocr_svc import pdf_input
 from ocr_svc.engine import Engine, EngineInfo, EngineSettings, EngineStartError
-from ocr_svc.guardrails import ImageRejected, Limits, Reason, decode
+from ocr_svc.guardrails import ImageRejected, Limits, decode
 from ocr_svc.job import Job, JobAnswer, JobError, JobRejected, JobResult, Line, PageSpan, Reading
 
 
@@ -65,14 +65,10 @@ def _handle_pdf(engine: Engine, limits: Limits, job: Job, started: float) -> Job
     """A PDF job: each page rendered at the DPI its size asks for and read in turn (or its text
     layer taken, when asked and present); lines of all pages in page order, with their spans."""
     try:
-        pdf = pdf_input.inspect_pdf(job.data, pdf_input.limits_for(limits, engine.settings.max_side))
+        pdf_limits = pdf_input.limits_for(limits, engine.settings.max_side)
+        pages = pdf_input.inspect_pdf(job.data, pdf_limits, only_page=job.page).pages
     except ImageRejected as exc:
         return JobRejected(job.job_id, exc.reason, exc.field, exc.description)
-    pages = pdf.pages
-    if job.page:
-        if not 1 <= job.page <= len(pages):
-            return JobRejected(job.job_id, Reason.CORRUPT, "image", f"the PDF has no page {job.page}")
-        pages = (pages[job.page - 1],)
     lines: list[Line] = []
     spans: list[PageSpan] = []
     det_ms = cls_ms = rec_ms = decode_ms = 0.0
