@@ -23,6 +23,7 @@ from tests.integration.auth_fixtures import running_auth
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
 from tests.integration.gateway_fixtures import admin_json, cluster_hosts, login_through, running_gateway
 from tests.integration.ocr_fixtures import running_ocr
+from tests.pdf_samples import scan_pdf
 
 __all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
 
@@ -53,6 +54,15 @@ async def test_ocr_through_the_gateway_needs_a_token_and_follows_the_registry(
                 request, metadata=[("authorization", f"Bearer {token}")], timeout=120
             )
             assert answer.result.text.strip() and answer.result.served_by.instance_id == "ocr-gw-1"
+            # A PDF through the gateway comes back page by page, in order.
+            pdf = scan_pdf("rapidocr_text_rec.jpg", "rapidocr_short.png")
+            paged = await stub.Recognize(
+                ocr_pb2.RecognizeRequest(image=pdf, filename="scan.pdf"),
+                metadata=[("authorization", f"Bearer {token}")],
+                timeout=120,
+            )
+            assert [page.number for page in paged.result.pages] == [1, 2]
+            assert paged.result.text == "韩国小馆\n\f\n中国网络空间安全"
 
             # Without a token Envoy itself refuses (jwt_authn's message, not the OCR service's).
             try:
