@@ -212,6 +212,42 @@ async def test_a_pdf_comes_back_page_by_page_unary_and_streamed(service: OcrProc
     assert ocr_pb2.IMAGE_FORMAT_PDF in info.limits.image_formats and info.limits.max_pdf_pages == 100
 
 
+async def test_an_image_sent_behind_a_pdf_is_not_kept_waiting_for_all_its_pages(service: OcrProcess) -> None:
+    pdf = scan_pdf(*["rapidocr_en.jpg"] * 8)
+    small = (CORPUS / "real" / "rapidocr_text_rec.jpg").read_bytes()
+    finished: list[str] = []
+    async with balancer.direct_channel(service.address) as channel:
+        stub = ocr_pb2_grpc.OcrServiceStub(channel)
+
+        async def send(name: str, data: bytes) -> ocr_pb2.OcrResult:
+            answer = await stub.Recognize(ocr_pb2.RecognizeRequest(image=data, filename=name), timeout=240)
+            finished.append(name)
+            return answer.result
+
+        before = await stub.GetInfo(ocr_pb2.GetInfoRequest(), timeout=10)
+        document = asyncio.create_task(send("pdf", pdf))
+        # Once the PDF's pages wait in the queue (both workers busy with its first two), the image
+        # joins: taken in turn, it waits for one page, not the six still queued.
+        for _ in range(600):
+            info = await stub.GetInfo(ocr_pb2.GetInfoRequest(), timeout=10)
+            if info.queued_requests >= 4:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the PDF's pages never waited in the queue")
+        image = await send("image", small)
+        after = await stub.GetInfo(ocr_pb2.GetInfoRequest(), timeout=10)
+        assert image.text == "韩国小馆"
+        result = await document
+    assert finished == ["image", "pdf"] and len(result.pages) == 8
+    # Pages read by the time the image was answered: the two running, about one more each; first
+    # come, first served would have read at least 7 (the image started after the 8th page did).
+    pages_done = (
+        sum(w.jobs_done for w in after.worker_infos) - sum(w.jobs_done for w in before.worker_infos) - 1
+    )
+    assert pages_done <= 5, pages_done
+
+
 def test_the_cli_prints_a_pdfs_pages_in_order(service: OcrProcess, tmp_path: Path) -> None:
     pdf = tmp_path / "scan.pdf"
     pdf.write_bytes(scan_pdf("rapidocr_text_rec.jpg", "rapidocr_en_rec.jpg", "rapidocr_short.png"))
