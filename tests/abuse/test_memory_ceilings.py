@@ -20,6 +20,7 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 from mesh import balancer, errors
 from tests.abuse.slow_body import SlowBodies
 from tests.integration.bff_fixtures import Mesh, running_mesh
+from tests.integration.gateway_fixtures import healthy_in_envoy, running_gateway
 from tests.integration.load_fixtures import LINE, LINE_ONLY
 from tests.integration.rpc_status import bearer
 
@@ -29,6 +30,7 @@ REQUEST = ocr_pb2.RecognizeRequest(image=LINE, options=LINE_ONLY)
 # The documented ceilings: what an attack may add to the attacked process (README).
 OCR_SERVER_ATTACK_CEILING = 64 * MIB
 BFF_ATTACK_CEILING = 64 * MIB
+ENVOY_ATTACK_CEILING = 64 * MIB
 
 
 class PeakRss:
@@ -192,3 +194,30 @@ def test_anonymous_huge_posts_to_the_bff_are_refused_without_being_read(mesh: Me
         print(f"BFF: +{rss.added / MIB:.1f} MiB under the attack; answers {[a.status_code for a in answers]}")
     assert answers and all(a.status_code == 413 for a in answers)
     assert rss.added < BFF_ATTACK_CEILING
+
+
+async def test_slow_bodies_through_the_gateway_stay_out_of_envoys_memory(
+    mesh: Mesh, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """32 slow 21 MiB bodies to the public Health/Check through Envoy (they once took it from 68 to
+    469 MiB, never given back): Envoy keeps at most 64 KiB of such a body for retries, and its
+    overload manager bounds the rest; legitimate users through the gateway see no failure."""
+    with running_gateway(tmp_path_factory.mktemp("abuse-gateway"), mesh.etcd) as gateway:
+        ocr = mesh.ocr[0].address
+        for _ in range(300):
+            if await healthy_in_envoy(gateway.admin, ocr):
+                break
+            await asyncio.sleep(0.1)
+        envoy = next(
+            p for p in psutil.Process(gateway.proc.pid).children(recursive=True) if "envoy" in p.name()
+        )
+        legit = LegitUsers(gateway.address, await tokens(mesh, "legit-e", "legit-f"))
+        host, port = gateway.address.rsplit(":", 1)
+        attack = SlowBodies(host, int(port), "/grpc.health.v1.Health/Check", streams=32, declared=21 * MIB)
+        async with legit.running():
+            await asyncio.sleep(1.0)
+            with PeakRss(envoy.pid) as rss:
+                await attack.run(seconds=8.0)
+    print(f"Envoy: +{rss.added / MIB:.1f} MiB under the attack; legitimate calls OK: {legit.ok}")
+    legit.check()
+    assert rss.added < ENVOY_ATTACK_CEILING
