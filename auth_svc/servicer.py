@@ -16,6 +16,7 @@ from auth_svc.keys import Jwks
 from auth_svc.store import UserRecord
 from auth_svc.tokens import TokenPair
 from mesh import errors
+from mesh.peer_address import peer_ip
 from mesh.token_verify import current_claims
 
 T = TypeVar("T")
@@ -58,15 +59,6 @@ def jwks_message(jwks: Jwks) -> auth_pb2.GetJwksResponse:
         for k in jwks["keys"]
     ]
     return auth_pb2.GetJwksResponse(keys=keys, jwks_json=json.dumps(jwks, sort_keys=True))
-
-
-def peer_ip(peer: str) -> str:
-    """The IP of a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5"); other peers whole."""
-    if peer.startswith("ipv4:"):
-        return peer[5:].rsplit(":", 1)[0]
-    if peer.startswith("ipv6:"):
-        return peer[5:].rsplit(":", 1)[0].strip("[]")
-    return peer  # unix sockets and the like: the whole peer string
 
 
 def client_address(

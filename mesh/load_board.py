@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aetcd
 
 from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
-from mesh.registry import RecordError, _check_name
+from mesh.registry import RecordError, check_name
 from mesh.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ LOAD_PREFIX = "/ocrmesh/v1/load/"
 
 def load_prefix(service: str) -> str:
     """Where the load entries of `service`'s instances live."""
-    return f"{LOAD_PREFIX}{_check_name('service', service)}/"
+    return f"{LOAD_PREFIX}{check_name('service', service)}/"
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class LoadBoard:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.prefix = load_prefix(service)
-        self.key = self.prefix + _check_name("instance", instance_id)
+        self.key = self.prefix + check_name("instance", instance_id)
         self.instance_id = instance_id
         self.address = address
         self.own = own

@@ -19,7 +19,8 @@ class RecordError(ValueError):
     """A key or value in the registry does not follow the layout; the message says why."""
 
 
-def _check_name(kind: str, name: str) -> str:
+def check_name(kind: str, name: str) -> str:
+    """`name` if it can be one segment of a key (service, instance), else RecordError saying why."""
     if not name or "/" in name or not name.isprintable() or any(c.isspace() for c in name):
         raise RecordError(f"bad {kind} name {name!r}: non-empty, printable, no '/' or spaces")
     return name
@@ -32,12 +33,12 @@ def services_prefix() -> str:
 
 def service_prefix(service: str) -> str:
     """The prefix that holds one service's instances, with its trailing slash."""
-    return f"{ROOT}{_check_name('service', service)}/"
+    return f"{ROOT}{check_name('service', service)}/"
 
 
 def instance_key(service: str, instance_id: str) -> str:
     """`/ocrmesh/v1/services/<service>/<instance-id>`."""
-    return service_prefix(service) + _check_name("instance", instance_id)
+    return service_prefix(service) + check_name("instance", instance_id)
 
 
 def parse_key(key: str | bytes) -> tuple[str, str]:
@@ -49,7 +50,7 @@ def parse_key(key: str | bytes) -> tuple[str, str]:
     if len(parts) != 2:
         raise RecordError(f"key {text!r} is not {ROOT}<service>/<instance-id>")
     service, instance_id = parts
-    return _check_name("service", service), _check_name("instance", instance_id)
+    return check_name("service", service), check_name("instance", instance_id)
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -102,8 +103,8 @@ class Instance:
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        _check_name("service", self.service)
-        _check_name("instance", self.id)
+        check_name("service", self.service)
+        check_name("instance", self.id)
         if not self.address:
             raise RecordError(f"instance {self.service}/{self.id}: address is empty")
         if self.slots < 0 or self.weight < 0:

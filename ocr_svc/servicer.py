@@ -13,6 +13,7 @@ from google.rpc import status_pb2
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import __version__, errors
+from mesh.peer_address import peer_ip
 from mesh.picking import PREDICTED_WAIT_TRAILER
 from mesh.tasks import cancel_and_wait
 from mesh.token_verify import current_claims
@@ -342,8 +343,7 @@ def _caller(context: Context) -> str:
     claims = current_claims.get()
     if claims is not None:
         return "sub:" + str(claims["sub"])
-    peer = str(context.peer() or "")
-    return "peer:" + peer.rsplit(":", 1)[0]
+    return "peer:" + peer_ip(str(context.peer() or ""))
 
 
 def _too_many_uploads(limit: int) -> errors.RichError:
