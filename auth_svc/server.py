@@ -24,7 +24,7 @@ from auth_svc.store import AuthStore, StoreError, StoreUnavailable
 from auth_svc.throttle import LoginThrottle, ThrottlePolicy
 from auth_svc.tokens import Sessions, TokenSettings
 from mesh import config as mesh_config
-from mesh import lifecycle, logs
+from mesh import lifecycle, logs, mesh_transport
 from mesh.instance_registration import join_registry, leave_registry
 from mesh.interceptors import RequestCountInterceptor
 from mesh.lease import Registration
@@ -32,6 +32,10 @@ from mesh.tasks import cancel_and_wait
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier
 
 log = logging.getLogger(__name__)
+
+AUTH_CALLERS = ("gateway", "bff", "cli", "admin")
+"""Mesh identities that may call AuthService (with mTLS): the gateway and the BFF, which carry
+people's logins, and people's commands (`ocrmesh account`). OCR, etcd and xDS never call it."""
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 REGISTRY_SERVICE = "auth"
@@ -131,7 +135,8 @@ class AuthInstance:
             interceptors=[
                 RequestCountInterceptor(SERVICE_NAME, self.metrics.count_request),
                 AuthInterceptor(self.verifier, PUBLIC_AUTH_METHODS),
-            ]
+            ],
+            callers={SERVICE_NAME: AUTH_CALLERS},
         )
         self.health = lifecycle.Health(self.server, [SERVICE_NAME])
         self.servicer = AuthServicer(self.accounts, self.keyring.jwks, config.proxy_networks)
@@ -311,6 +316,7 @@ async def serve(config: AuthConfig) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     mesh_config.add_arguments(parser, AuthConfig)
+    mesh_transport.add_arguments(parser)
 
 
 def run(ns: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ async def _register(ns: argparse.Namespace) -> int:
     password = credentials.read_password(user, confirm=True)
     targets = await _targets(ns)
     target = targets[0]
-    async with balancer.direct_channel(target) as channel:
+    async with balancer.direct_channel(target, "auth") as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         try:
             reply = await stub.Register(
@@ -87,7 +87,7 @@ async def _whoami(ns: argparse.Namespace) -> int:
     if not token:
         raise CredentialsError(f"no token: pass --token or set {credentials.TOKEN_ENV}")
     target = (await _targets(ns))[0]
-    async with balancer.direct_channel(target) as channel:
+    async with balancer.direct_channel(target, "auth") as channel:
         try:
             reply = await auth_pb2_grpc.AuthServiceStub(channel).WhoAmI(
                 auth_pb2.WhoAmIRequest(), metadata=credentials.bearer(token), timeout=CALL_TIMEOUT_S

@@ -42,6 +42,7 @@ TOP = [
     Command("eval", "measure OCR accuracy (CER) on a labelled manifest", "bench.studies.eval"),
     Command("up", "run the whole mesh locally and print its URLs", "deploy.supervisor"),
     Command("account", "register, log in (print an access token) or check a token", "cli.account_commands"),
+    Command("ca", "the mesh CA: init, issue workload certificates, show one", "cli.ca_command"),
 ]
 BENCH = [
     Command("engine", "measure the raw in-process engine ceiling", "bench.studies.engine_ceiling"),
@@ -68,6 +69,11 @@ BENCH = [
         "chaos",
         "kill -9 one of two OCR instances mid-load, direct and via the gateway",
         "bench.studies.chaos_bench",
+    ),
+    Command(
+        "pdf",
+        "a 20-page PDF: pages/s, peak RSS, an image caller's p95 beside it, refusals",
+        "bench.studies.pdf_bench",
     ),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")

@@ -20,7 +20,7 @@ from gateway.envoy_process import EnvoyNotFound, EnvoyProcess
 from gateway.gateway_config import GatewayConfig
 from gateway.profile import Profile
 from mesh import config as mesh_config
-from mesh import logs
+from mesh import logs, mesh_transport
 from mesh.lifecycle import wait_for_stop_signal, write_ready_file
 from mesh.processes import free_port
 
@@ -181,6 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "by the control plane in this process (or by an external one with --xds HOST:PORT)."
     )
     mesh_config.add_arguments(parser, GatewayConfig)
+    mesh_transport.add_arguments(parser)
 
 
 def run(ns: argparse.Namespace) -> int:

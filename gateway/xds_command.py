@@ -9,7 +9,7 @@ import sys
 from gateway.control_plane import ControlPlane, XdsService
 from gateway.gateway_config import XdsConfig
 from mesh import config as mesh_config
-from mesh import logs
+from mesh import logs, mesh_transport
 from mesh.lifecycle import wait_for_stop_signal, write_ready_file
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "proxyless-gRPC config over ADS (`ocrmesh serve gateway --xds HOST:PORT` uses it)."
     )
     mesh_config.add_arguments(parser, XdsConfig)
+    mesh_transport.add_arguments(parser)
 
 
 def run(ns: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 
+from mesh import mesh_transport
+
 log = logging.getLogger(__name__)
 
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
@@ -17,6 +19,10 @@ RETIRE_GRACE_S = 5.0
 is closed under them. A draining instance finishes most calls within it; a frozen one (SIGSTOP,
 lease expired) would hold them until their deadlines, so MeshClient retries the cut calls
 elsewhere (idempotent methods) instead: lease TTL + this grace bounds how long that takes."""
+
+ROTATION_GRACE_S = 120.0
+"""How long calls on a channel made with the previous certificate may still run after a rotation:
+an established TLS connection stays valid, so only calls longer than any deadline are cut."""
 
 KEEPALIVE_TIME_MS = 2_000
 KEEPALIVE_TIMEOUT_MS = 3_000
@@ -54,9 +60,11 @@ def channel_options() -> list[tuple[str, int | str]]:
     ]
 
 
-def direct_channel(target: str) -> grpc.aio.Channel:
-    """A plaintext channel to one address (host:port), with our options."""
-    return grpc.aio.insecure_channel(target, options=channel_options())
+def direct_channel(target: str, service: str | None = None) -> grpc.aio.Channel:
+    """A channel to one address (host:port) of mesh service `service`, with our options: mTLS
+    requiring the peer to prove it is `service` when this process has a mesh identity (then
+    `service` must be given), else plaintext."""
+    return mesh_transport.channel(target, service, channel_options())
 
 
 def multicallable(
@@ -77,11 +85,14 @@ class EndpointChannels:
 
     def __init__(
         self,
+        service: str | None = None,
         grace_s: float = RETIRE_GRACE_S,
-        factory: Callable[[str], grpc.aio.Channel] = direct_channel,
+        factory: Callable[[str], grpc.aio.Channel] | None = None,
     ) -> None:
+        self.service = service
         self.grace_s = grace_s
-        self._factory = factory
+        self._factory = factory or (lambda address: direct_channel(address, service))
+        self._generation = mesh_transport.generation()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str, str, Serializer, Deserializer], Any] = {}
         self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
@@ -98,6 +109,7 @@ class EndpointChannels:
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """The channel to `address`, made (and told to connect) on first use."""
+        self._renew_after_rotation()
         found = self._channels.get(address)
         if found is not None:
             return found
@@ -120,6 +132,12 @@ class EndpointChannels:
         """A cached client-streaming callable for `method` on `address`'s channel."""
         return self._callable(address, "stream_unary", method, serializer, deserializer)
 
+    def stream_stream(
+        self, address: str, method: str, serializer: Serializer = None, deserializer: Deserializer = None
+    ) -> grpc.aio.StreamStreamMultiCallable[Any, Any]:
+        """A cached bidirectional-streaming callable for `method` on `address`'s channel."""
+        return self._callable(address, "stream_stream", method, serializer, deserializer)
+
     def _callable(
         self, address: str, kind: str, method: str, serializer: Serializer, deserializer: Deserializer
     ) -> Any:
@@ -130,7 +148,17 @@ class EndpointChannels:
             self._callables[key] = found
         return found
 
-    def retire(self, address: str) -> None:
+    def _renew_after_rotation(self) -> None:
+        """When this process's certificate rotated, new calls go over new channels made with it; the
+        old channels finish their calls (their connections stay valid) within ROTATION_GRACE_S."""
+        generation = mesh_transport.generation()
+        if generation == self._generation:
+            return
+        self._generation = generation
+        for address in list(self._channels):
+            self.retire(address, ROTATION_GRACE_S)
+
+    def retire(self, address: str, grace_s: float | None = None) -> None:
         """The endpoint left: no new calls; close its channel once calls in flight end (or grace)."""
         channel = self._channels.pop(address, None)
         for key in [k for k in self._callables if k[0] == address]:
@@ -138,7 +166,7 @@ class EndpointChannels:
         if channel is None:
             return
         task = asyncio.get_running_loop().create_task(
-            channel.close(self.grace_s), name=f"close channel {address}"
+            channel.close(self.grace_s if grace_s is None else grace_s), name=f"close channel {address}"
         )
         self._retiring[task] = channel
         task.add_done_callback(self._retired)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mesh import mesh_transport
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -160,11 +162,14 @@ def run_service(
 ) -> int:
     """A serve command's `run(ns)`: load `cls` from flags and environment, then run `serve(config)`.
 
-    An unusable setting ends the command with status 2 and "<prog>: <why>" on stderr.
+    An unusable setting ends the command with status 2 and "<prog>: <why>" on stderr. A command
+    that took `mesh_transport.add_arguments` first takes on its mesh identity (or runs plaintext).
     """
     try:
         config = load(cls, ns)
-    except ConfigError as exc:
+        if hasattr(ns, "identity_dir"):
+            mesh_transport.configure_from_args(ns, prog)
+    except (ConfigError, mesh_transport.TransportError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(serve(config))

@@ -165,7 +165,7 @@ async def login(
         raise CredentialsError("no auth service to log in at")
     last: tuple[grpc.aio.AioRpcError, str] | None = None
     for target in targets:
-        async with balancer.direct_channel(target) as channel:
+        async with balancer.direct_channel(target, AUTH_SERVICE) as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             try:
                 return await stub.Login(

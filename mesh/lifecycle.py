@@ -7,14 +7,15 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mesh import reflection_v1
+from mesh import mesh_transport, reflection_v1
+from mesh.caller_policy import CallerPolicyInterceptor
 from mesh.interceptors import AccessLogInterceptor
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,17 @@ log = logging.getLogger(__name__)
 def new_server(
     max_receive_bytes: int = 4 * 1024 * 1024,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    callers: Mapping[str, Collection[str]] | None = None,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with our interceptors and sane options."""
+    """A grpc.aio server with our interceptors and sane options.
+
+    With a mesh identity in use, `callers` maps gRPC service names to the mesh services allowed
+    to call them (see mesh/caller_policy.py; services not listed: any mesh workload).
+    """
+    identity = mesh_transport.identity()
+    policy = [] if identity is None else [CallerPolicyInterceptor(identity.trust_domain, callers or {})]
     return grpc.aio.server(
-        interceptors=[AccessLogInterceptor(), *interceptors],
+        interceptors=[AccessLogInterceptor(), *policy, *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_receive_bytes),
             ("grpc.max_send_message_length", -1),
@@ -44,9 +52,10 @@ def new_server(
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> str:
-    """Bind plaintext on host:port (0 picks a free port); returns "host:port" actually bound."""
+    """Bind host:port (0 picks a free port), mTLS when this process has a mesh identity, else
+    plaintext; returns "host:port" actually bound."""
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(target)
+    bound = mesh_transport.bind(server, target)
     if bound == 0:
         raise OSError(f"cannot listen on {target}: the port is in use or the address is not local")
     return f"{host}:{bound}"

@@ -8,7 +8,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import grpc
@@ -110,7 +110,7 @@ class MeshClient:
         self.retry = retry or RetryPolicy()
         self._clock = clock
         self.budget = budget or RetryBudget(now=clock())
-        self._channels = channels or EndpointChannels()
+        self._channels = channels or EndpointChannels(service)
         self._rng = rng or random.Random()
         self._idempotent = idempotent
         self.endpoint_wait_s = endpoint_wait_s
@@ -275,6 +275,28 @@ class MeshClient:
             idempotent,
         )
         return reply
+
+    async def stream_stream(
+        self,
+        method: str,
+        requests: Sequence[Message],
+        response_type: type[M],
+        on_reply: Callable[[M], Awaitable[None]],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+        idempotent: bool | None = None,
+    ) -> None:
+        """A bidirectional call whose requests are all known up front (held for a retry): each reply
+        goes to `on_reply` as it arrives. A retried call (on another endpoint) starts over, so
+        `on_reply` may hear the first replies again; the contract says how a reply shows that."""
+        bodies = [r.SerializeToString() for r in requests]
+
+        def attempt(address: str, left: float | None, meta: Metadata) -> Awaitable[None]:
+            callable_ = self._channels.stream_stream(address, method, None, response_type.FromString)
+            return _Replies(callable_(iter(bodies), timeout=left, metadata=meta), on_reply)
+
+        await self._invoke(method, attempt, timeout, metadata, idempotent)
 
     async def _call(
         self,
@@ -464,6 +486,24 @@ class MeshClient:
             "retiring_channels": self._channels.retiring,
             "discovery": None if self._discovery is None else self._discovery.status(),
         }
+
+
+class _Replies:
+    """Awaiting it hands every reply of a streaming call to `on_reply`; its trailer stays readable."""
+
+    def __init__(self, call: Any, on_reply: Callable[[Any], Awaitable[None]]) -> None:
+        self.call = call
+        self.on_reply = on_reply
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._drain().__await__()
+
+    async def _drain(self) -> None:
+        async for reply in self.call:
+            await self.on_reply(reply)
+
+    def trailing_metadata(self) -> Awaitable[Any]:
+        return self.call.trailing_metadata()  # type: ignore[no-any-return]
 
 
 async def _reported_wait_s(call: object) -> float | None:

@@ -80,7 +80,7 @@ async def probe(
         slots=instance.slots,
         execution_provider=str(instance.extra.get("execution_provider", "")),
     )
-    async with balancer.direct_channel(instance.address) as channel:
+    async with balancer.direct_channel(instance.address, instance.service) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=HEALTH_SERVICE.get(instance.service, "")),

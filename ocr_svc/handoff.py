@@ -74,7 +74,7 @@ class Handoff:
     def __init__(self, board: LoadBoard, margin_jobs: float) -> None:
         self.board = board
         self.margin_jobs = margin_jobs
-        self.channels = EndpointChannels()
+        self.channels = EndpointChannels("ocr")
         self.in_flight: dict[str, int] = {}
         self.handed_off = 0
         self.fell_back = 0

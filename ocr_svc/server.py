@@ -13,7 +13,7 @@ import grpc
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import config as mesh_config
-from mesh import lifecycle, logs, ocr_limits
+from mesh import lifecycle, logs, mesh_transport, ocr_limits
 from mesh.instance_registration import join_registry, leave_registry
 from mesh.interceptors import RequestCountInterceptor
 from mesh.jwks_source import JwksAuthInterceptor, JwksSource
@@ -34,6 +34,10 @@ from ocr_svc.servicer import InstanceFacts, OcrServicer
 from ocr_svc.workers import PoolSettings, WorkerPool
 
 log = logging.getLogger(__name__)
+
+OCR_CALLERS = ("gateway", "bff", "cli", "admin", "ocr")
+"""Mesh identities that may call OcrService (with mTLS): the edges, people's commands, and sibling
+OCR instances handing a call over. Health and reflection stay open to every mesh workload."""
 
 SERVICE_NAME = ocr_pb2.DESCRIPTOR.services_by_name["OcrService"].full_name
 REGISTRY_SERVICE = "ocr"
@@ -87,7 +91,9 @@ class OcrInstance:
             self.jwks = JwksSource(config.etcd, verifier)
             interceptors.append(JwksAuthInterceptor(self.jwks))
         self.server = lifecycle.new_server(
-            max_receive_bytes=config.max_image_bytes + 2**20, interceptors=interceptors
+            max_receive_bytes=config.max_image_bytes + 2**20,
+            interceptors=interceptors,
+            callers={SERVICE_NAME: OCR_CALLERS},
         )
         self.health = lifecycle.Health(self.server, [SERVICE_NAME])
         self.servicer = OcrServicer(
@@ -281,6 +287,7 @@ async def serve(config: OcrConfig) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     mesh_config.add_arguments(parser, OcrConfig)
+    mesh_transport.add_arguments(parser)
 
 
 def run(ns: argparse.Namespace) -> int:

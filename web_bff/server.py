@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from mesh import config as mesh_config
-from mesh import lifecycle, logs
+from mesh import lifecycle, logs, mesh_transport
 from web_bff.app import create_app
 from web_bff.backends import Backends
 from web_bff.config import BffConfig
@@ -102,6 +102,7 @@ async def serve(config: BffConfig) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     mesh_config.add_arguments(parser, BffConfig)
+    mesh_transport.add_arguments(parser)
 
 
 def run(ns: argparse.Namespace) -> int:
