@@ -95,7 +95,7 @@ async def _ocr(ns: argparse.Namespace) -> int:
     mesh, where = _mesh_client(ns)
     async with contextlib.AsyncExitStack() as stack:
         if mesh is None:
-            client = OcrClient(await stack.enter_async_context(balancer.direct_channel(ns.target)))
+            client = OcrClient(await stack.enter_async_context(balancer.direct_channel(ns.target, "ocr")))
         else:
             await stack.enter_async_context(mesh)
             if not await mesh.wait_for_endpoints(1, min(ns.timeout, 5.0)):
@@ -152,7 +152,7 @@ async def _info(ns: argparse.Namespace) -> int:
     except credentials.CredentialsError as exc:
         print(f"ocrmesh info: {exc}", file=sys.stderr)
         return 2
-    async with balancer.direct_channel(ns.target) as channel:
+    async with balancer.direct_channel(ns.target, "ocr") as channel:
         try:
             info = await OcrClient(channel).info(timeout=ns.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:

@@ -29,6 +29,7 @@ from mesh.picking import (
     RetryPolicy,
     attempt_delay,
     executed_hint,
+    failed_identity_check,
     in_panic,
     is_local_limit,
     outcome_of,
@@ -118,6 +119,8 @@ class MeshClient:
         self._unsubscribe: Callable[[], None] | None = None
         self._stats: dict[str, EndpointStats] = {}
         self._instances: dict[str, Instance] = {}
+        self._address_of: dict[str, str] = {}  # instance id -> address, for incremental changes
+        self._shadowed = False  # two instances share an address: changes need the full set
         self._changed = asyncio.Event()  # set (and replaced) whenever the endpoint set changes
         self._closed = False
         self.retries = 0
@@ -165,16 +168,56 @@ class MeshClient:
     # -- endpoints ----------------------------------------------------------------------
 
     def _on_change(self, changes: Changes, endpoints: Mapping[str, Instance]) -> None:
-        self.set_endpoints(endpoints.values())
+        if not self._apply_changes(changes):
+            self.set_endpoints(endpoints.values())
+
+    def _apply_changes(self, changes: Changes) -> bool:
+        """Adopt one discovery change at a cost in proportion to its size (a client watching 2,000
+        endpoints pays for the one that changed, not for all of them). False, with nothing done,
+        when two instances share an address: only `set_endpoints` settles which one is used."""
+        if self._shadowed or self._discovery is None or self._discovery.service is None:
+            return False
+        going = [*changes.removed, *changes.updated]  # names are instance ids for one service
+        leaving: set[str] = set()
+        for name in going:
+            address = self._address_of.get(name)
+            if address is not None:
+                leaving.add(address)
+        arriving: dict[str, Instance] = {}
+        for inst in (*changes.added.values(), *changes.updated.values()):
+            holder = self._instances.get(inst.address)
+            taken = holder is not None and holder.id != inst.id and inst.address not in leaving
+            if taken or inst.address in arriving:
+                return False
+            arriving[inst.address] = inst
+        for address in leaving - arriving.keys():
+            self._instances.pop(address, None)
+            if self._stats.pop(address, None) is not None and not self._closed:
+                with contextlib.suppress(RuntimeError):
+                    self._channels.retire(address)
+        for name in going:
+            self._address_of.pop(name, None)
+        for address, inst in arriving.items():
+            self._instances[address] = inst
+            self._address_of[inst.id] = address
+            stats = self._stats.setdefault(address, EndpointStats(address))
+            stats.instance_id, stats.weight = inst.id, inst.weight
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return True
 
     def set_endpoints(self, instances: Iterable[Instance]) -> None:
         """Adopt this endpoint set: new addresses get stats, departed ones' channels are retired."""
         by_address: dict[str, Instance] = {}
+        count = 0
         for inst in instances:
+            count += 1
             known = by_address.get(inst.address)
             if known is None or inst.started_at >= known.started_at:
                 by_address[inst.address] = inst
         self._instances = by_address
+        self._address_of = {inst.id: address for address, inst in by_address.items()}
+        self._shadowed = count != len(by_address)
         for address in [a for a in self._stats if a not in by_address]:
             del self._stats[address]
             if not self._closed:
@@ -412,6 +455,14 @@ class MeshClient:
                 unsent += 1
                 if outcome is Outcome.UNREACHABLE:
                     target.eject(ended, self.policy, self._rng)  # refused: no second try needed to know
+                if failed_identity_check(details):
+                    log.warning(
+                        "endpoint %s registered as %s did not prove it is %s (TLS handshake: %s); skipped",
+                        target.address,
+                        self.service,
+                        self.service,
+                        details,
+                    )
             now = self._clock()
             following = pick(self._stats.values(), self._rng, now, exclude=tried, policy=self.policy)
             wait = 0.0 if following is None else attempt_delay(following, attempts, self.retry, self._rng)

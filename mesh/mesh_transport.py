@@ -47,6 +47,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --identity-dir for a command that calls mesh services directly (read by `configure_client`)."""
+    parser.add_argument(
+        "--identity-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help=f"mesh identity for calling services directly over mTLS (env {IDENTITY_ENV}; `ocrmesh up` "
+        "issues one in .ocrmesh/identity/cli); not needed through the gateway",
+    )
+
+
+def configure_client(ns: argparse.Namespace) -> WorkloadIdentity | None:
+    """A command's identity: --identity-dir or the environment when given, else plaintext (silently:
+    the gateway, where outside clients go, takes no mesh certificate)."""
+    directory = getattr(ns, "identity_dir", None) or os.environ.get(IDENTITY_ENV) or None
+    if directory is None:
+        return configure(None)
+    try:
+        return configure(WorkloadIdentity(Path(directory)))
+    except IdentityFilesError as exc:
+        raise TransportError(str(exc)) from exc
+
+
 def configure_from_args(ns: argparse.Namespace, what: str) -> WorkloadIdentity | None:
     """Load the identity the flags (or the environment) name and use it for this process.
 

@@ -139,6 +139,16 @@ def executed_hint(code: grpc.StatusCode, details: str, reason: str = "") -> bool
     return not any(marker in text for marker in _NOT_SENT)
 
 
+_IDENTITY_CHECK = ("hostname verification", "certificate verify failed", "handshake failed", "ssl_error")
+
+
+def failed_identity_check(details: str) -> bool:
+    """Whether a connection failed in the TLS handshake: the peer did not prove the identity its
+    registry entry claims (wrong service, another CA, expired), or spoke no TLS."""
+    text = details.lower()
+    return any(marker in text for marker in _IDENTITY_CHECK)
+
+
 def is_local_limit(details: str) -> bool:
     """RESOURCE_EXHAUSTED raised by our own channel (message too large): no endpoint will do better."""
     text = details.lower()

@@ -279,7 +279,7 @@ class ServiceRecognizer:
         self.loop = asyncio.new_event_loop()
 
         async def connect() -> Any:
-            return balancer.direct_channel(target)
+            return balancer.direct_channel(target, "ocr")
 
         self.channel = self.loop.run_until_complete(connect())
         self.client = OcrClient(self.channel)

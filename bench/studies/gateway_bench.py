@@ -29,7 +29,7 @@ from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from ocrmesh.ocr.v1 import ocr_pb2
 from rich.console import Console
 
-from bench.loadgen import LoadOptions, run_load
+from bench.loadgen import CallFactory, LoadOptions, insecure_calls, run_load
 from bench.report_files import write_report
 from deploy.service_process import ServiceProcess, running_async
 from etcd.launcher import EtcdProcess
@@ -72,27 +72,49 @@ def _ok(report: dict[str, Any]) -> int:
     return int((report.get("statusCodeDistribution") or {}).get("OK", 0))
 
 
-async def latency_rounds(targets: dict[str, str], token: str, calls: int, rounds: int) -> dict[str, Any]:
-    """GetInfo at -c 1: per round p50/p95 of each path, the order alternating between rounds."""
-    meta = {"authorization": f"Bearer {token}"}
-    per: dict[str, list[dict[str, float]]] = {p: [] for p in PATHS}
+async def latency_rounds(
+    targets: dict[str, str],
+    token: str,
+    calls: int,
+    rounds: int,
+    factories: dict[str, CallFactory] | None = None,
+) -> dict[str, Any]:
+    """GetInfo at -c 1: per round p50/p95 of each path, the order alternating between rounds.
+
+    `targets` names two paths, the baseline first; `factories` opens a path's connections (default
+    plaintext). `added_*` is what the second path adds to the first.
+    """
+    paths = tuple(targets)
+    base, other = paths
+    factories = factories or {}
+    meta = {"authorization": f"Bearer {token}"} if token else {}
+    per: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
     request = ocr_pb2.GetInfoRequest().SerializeToString()
-    for path in PATHS:  # warm-up: connections, Envoy's and the service's first-call costs
+    for path in paths:  # warm-up: connections, Envoy's and the service's first-call costs
         await run_load(
-            LoadOptions(call=GET_INFO, concurrency=1, total=200, metadata=meta), targets[path], request
+            LoadOptions(call=GET_INFO, concurrency=1, total=200, metadata=meta),
+            targets[path],
+            request,
+            call_factory=factories.get(path, insecure_calls),
         )
     for r in range(rounds):
-        for path in PATHS if r % 2 == 0 else PATHS[::-1]:
+        for path in paths if r % 2 == 0 else paths[::-1]:
             options = LoadOptions(
                 call=GET_INFO, concurrency=1, total=calls, metadata=meta, name=f"{path}-{r}"
             )
-            report = await run_load(options, targets[path], request, progress=sys.stderr.isatty())
+            report = await run_load(
+                options,
+                targets[path],
+                request,
+                progress=sys.stderr.isatty(),
+                call_factory=factories.get(path, insecure_calls),
+            )
             pct = _percentiles(report)
             per[path].append(
                 {"p50_ms": pct[50] * 1e3, "p95_ms": pct[95] * 1e3, "ok": _ok(report), "calls": calls}
             )
-    added_p50 = [g["p50_ms"] - d["p50_ms"] for d, g in zip(per["direct"], per["gateway"], strict=True)]
-    added_p95 = [g["p95_ms"] - d["p95_ms"] for d, g in zip(per["direct"], per["gateway"], strict=True)]
+    added_p50 = [g["p50_ms"] - d["p50_ms"] for d, g in zip(per[base], per[other], strict=True)]
+    added_p95 = [g["p95_ms"] - d["p95_ms"] for d, g in zip(per[base], per[other], strict=True)]
     return {
         "calls_per_round": calls,
         "rounds": rounds,
@@ -108,15 +130,25 @@ async def latency_rounds(targets: dict[str, str], token: str, calls: int, rounds
 
 
 async def throughput_rounds(
-    targets: dict[str, str], token: str, image: Path, concurrency: int, seconds: float, rounds: int
+    targets: dict[str, str],
+    token: str,
+    image: Path,
+    concurrency: int,
+    seconds: float,
+    rounds: int,
+    factories: dict[str, CallFactory] | None = None,
 ) -> dict[str, Any]:
-    """Recognize at -c N for `seconds` per path and round; OK/s and the gateway/direct ratio per round."""
-    meta = {"authorization": f"Bearer {token}"}
+    """Recognize at -c N for `seconds` per path and round; OK/s and the second path's ratio to the
+    first per round (`targets` and `factories` as in `latency_rounds`)."""
+    paths = tuple(targets)
+    base, other = paths
+    factories = factories or {}
+    meta = {"authorization": f"Bearer {token}"} if token else {}
     data = await asyncio.to_thread(image.read_bytes)
     request = ocr_pb2.RecognizeRequest(image=data, filename=image.name).SerializeToString()
-    per: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
+    per: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
     for r in range(rounds):
-        for path in PATHS if r % 2 == 0 else PATHS[::-1]:
+        for path in paths if r % 2 == 0 else paths[::-1]:
             options = LoadOptions(
                 call=RECOGNIZE,
                 concurrency=concurrency,
@@ -126,7 +158,13 @@ async def throughput_rounds(
                 duration_stop="wait",
                 name=f"{path}-{r}",
             )
-            report = await run_load(options, targets[path], request, progress=sys.stderr.isatty())
+            report = await run_load(
+                options,
+                targets[path],
+                request,
+                progress=sys.stderr.isatty(),
+                call_factory=factories.get(path, insecure_calls),
+            )
             elapsed = report["total"] / 1e9
             pct = _percentiles(report)
             per[path].append(
@@ -139,9 +177,7 @@ async def throughput_rounds(
                 }
             )
     ratios = [
-        g["ok_per_s"] / d["ok_per_s"]
-        for d, g in zip(per["direct"], per["gateway"], strict=True)
-        if d["ok_per_s"]
+        g["ok_per_s"] / d["ok_per_s"] for d, g in zip(per[base], per[other], strict=True) if d["ok_per_s"]
     ]
     return {
         "image": image.name,
@@ -150,6 +186,7 @@ async def throughput_rounds(
         "rounds": rounds,
         "per_round": per,
         "median_ok_per_s": {p: statistics.median(x["ok_per_s"] for x in runs) for p, runs in per.items()},
+        "ratio": statistics.median(ratios) if ratios else 0.0,
         "ratio_gateway_to_direct": statistics.median(ratios) if ratios else 0.0,
         "ratios": ratios,
         "failed": sum(x["calls"] - x["ok"] for runs in per.values() for x in runs),
