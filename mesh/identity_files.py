@@ -49,12 +49,16 @@ class Identity:
         return self.not_after - (now or dt.datetime.now(dt.UTC))
 
 
-def write(directory: Path, leaf: Leaf, ca_pem: bytes) -> Path:
+def write(directory: Path, leaf: Leaf, ca_pem: bytes, owner: tuple[int, int] | None = None) -> Path:
     """Write `leaf` and the CA certificate as a new version and swap it in; returns the version folder.
 
-    The directory is 0700 and the key 0600: only the workload's user reads them.
+    The directory is 0700 and the key 0600: only the workload's user reads them. With `owner`
+    (uid, gid) the directory and every file are handed to that user before the swap, for a writer
+    (a container's issuer, as root) filling a folder another user's workload reads.
     """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if owner is not None:
+        _own(directory, owner, mode=0o700)
     version = directory / f".v{time.time_ns()}"
     version.mkdir(mode=0o700)
     (version / CERT_FILE).write_bytes(leaf.cert_pem)
@@ -62,17 +66,34 @@ def write(directory: Path, leaf: Leaf, ca_pem: bytes) -> Path:
     fd = os.open(version / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(leaf.key_pem)
+    if owner is not None:
+        for made in (version / CERT_FILE, version / CA_FILE, version / KEY_FILE, version):
+            os.chown(made, *owner)
     link = directory / f".{CURRENT}.{os.getpid()}.tmp"
     link.unlink(missing_ok=True)
     link.symlink_to(version.name)
+    if owner is not None:
+        os.lchown(link, *owner)
     link.replace(directory / CURRENT)
     for name in (CERT_FILE, KEY_FILE, CA_FILE):
         entry = directory / name
         if not entry.is_symlink():
             entry.unlink(missing_ok=True)
             entry.symlink_to(f"{CURRENT}/{name}")
+            if owner is not None:
+                os.lchown(entry, *owner)
     _prune(directory, keep=version.name)
     return version
+
+
+def _own(directory: Path, owner: tuple[int, int], mode: int) -> None:
+    """Give `directory` to `owner` with `mode`, touching only what differs (a volume's root is
+    made by the container engine, owned by root)."""
+    st = directory.stat()
+    if (st.st_uid, st.st_gid) != owner:
+        os.chown(directory, *owner)
+    if st.st_mode & 0o777 != mode:
+        directory.chmod(mode)
 
 
 def _prune(directory: Path, keep: str) -> None:

@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh import identity_files
-from mesh.certificate_authority import DEFAULT_LEAF_LIFETIME, CertificateAuthority
+from mesh.certificate_authority import DEFAULT_LEAF_LIFETIME, CertificateAuthority, Leaf
 
 log = logging.getLogger(__name__)
+
+Publish = Callable[[Leaf, bytes], None]
+"""Where a leaf goes instead of a folder on this host: (leaf, CA certificate PEM) -> None; e.g. a
+Kubernetes Secret that kubelet then refreshes in the workload's mounted volume."""
 
 RENEW_AT = 0.5
 """Renew when this fraction of a leaf's lifetime is left: a workload that misses one renewal
@@ -33,6 +37,8 @@ class IssuedIdentity:
     hosts: tuple[str, ...] = ()
     not_after: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     issued: int = 0
+    owner: tuple[int, int] | None = None  # (uid, gid) the folder's files are handed to
+    publish: Publish | None = None  # instead of writing `folder`
 
 
 class IdentityIssuer:
@@ -43,16 +49,30 @@ class IdentityIssuer:
         self.lifetime = lifetime
         self.identities: dict[Path, IssuedIdentity] = {}
 
-    def add(self, service: str, instance: str, folder: Path, hosts: Sequence[str] = ()) -> Path:
-        """Issue `service`/`instance` into `folder` now and keep renewing it; returns the folder."""
-        kept = IssuedIdentity(service, instance, folder, tuple(hosts))
+    def add(
+        self,
+        service: str,
+        instance: str,
+        folder: Path,
+        hosts: Sequence[str] = (),
+        owner: tuple[int, int] | None = None,
+        publish: Publish | None = None,
+    ) -> Path:
+        """Issue `service`/`instance` into `folder` now and keep renewing it; returns the folder.
+
+        `owner`: hand the files to that (uid, gid). `publish`: send each leaf there instead of
+        writing `folder` (which then only names the identity)."""
+        kept = IssuedIdentity(service, instance, folder, tuple(hosts), owner=owner, publish=publish)
         self.identities[folder] = kept
         self._issue(kept)
         return folder
 
     def _issue(self, kept: IssuedIdentity) -> None:
         leaf = self.ca.issue(kept.service, kept.instance, self.lifetime, kept.hosts)
-        identity_files.write(kept.folder, leaf, self.ca.cert_pem)
+        if kept.publish is not None:
+            kept.publish(leaf, self.ca.cert_pem)
+        else:
+            identity_files.write(kept.folder, leaf, self.ca.cert_pem, owner=kept.owner)
         kept.not_after = leaf.not_after
         kept.issued += 1
 
