@@ -68,12 +68,14 @@ def envoy_bootstrap(
     delta: bool = False,
     max_heap_bytes: int = 512 * 2**20,
     max_connections: int = 10_000,
+    xds_tls: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Envoy's bootstrap: node (with the listener profile as metadata), loopback admin, ADS (delta
-    or not), and the overload manager that holds Envoy under `max_heap_bytes`."""
+    or not; over `xds_tls`, a transport_socket, when given), and the overload manager that holds
+    Envoy under `max_heap_bytes`."""
     xds_host, xds_port = split_hostport(xds)
     ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
+    bootstrap: dict[str, Any] = {
         "node": {"id": node_id, "cluster": GATEWAY_CLUSTER, "metadata": profile.metadata()},
         # Admin can reconfigure and stop Envoy: it never listens beyond loopback.
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -128,6 +130,9 @@ def envoy_bootstrap(
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
         "overload_manager": overload_manager(max_heap_bytes, max_connections),
     }
+    if xds_tls is not None:
+        bootstrap["static_resources"]["clusters"][0]["transport_socket"] = xds_tls
+    return bootstrap
 
 
 def grpc_bootstrap(xds: str, node_id: str | None = None) -> dict[str, Any]:

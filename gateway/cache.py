@@ -107,13 +107,15 @@ class SnapshotCache:
             )
             return False
         self._current[group] = snapshot
-        # Types whose version some node of the group already ACKed need no new ACK to count as good.
+        # Types whose version some node of the group already ACKed need no new ACK to count as good,
+        # nor do types the snapshot holds nothing of (a node never subscribes to them: secrets in
+        # plaintext, for instance).
         self._acked_types[group] = {
             t
             for t in rs.ORDER
             for node in self.nodes.values()
             if node.group == group and t in node.types and node.types[t].acked == snapshot.versions[t]
-        }
+        } | {t for t in rs.ORDER if not snapshot.of(t)}
         self._promote(group)
         self._bump()
         log.info("snapshot published", extra={"group": group[:40], "version": snapshot.version})

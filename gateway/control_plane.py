@@ -16,13 +16,17 @@ from gateway import profile as profiles
 from gateway.cache import SnapshotCache
 from gateway.client_status import ClientStatusPublisher
 from gateway.host_names import is_ip
+from gateway.mesh_tls import with_mesh_tls, xds_interceptors
 from gateway.snapshot_builder import Endpoint, MeshState, build_snapshot
 from gateway.xds_server import AdsServer
 from mesh.discovery import Discovery
+from mesh.identity_files import Identity
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER, JwksSource
 from mesh.lifecycle import Health, bind
 from mesh.registry import Instance
+from mesh.tasks import cancel_and_wait
 from mesh.token_verify import TokenVerifier
+from mesh.workload_identity import RELOAD_INTERVAL_S, WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +86,13 @@ class ControlPlane:
         issuer: str = DEFAULT_ISSUER,
         audience: str = DEFAULT_AUDIENCE,
         jwks_interval: float = 0.5,
+        identity: WorkloadIdentity | None = None,
     ) -> None:
         self.etcd = etcd
+        # With a mesh identity, gateway clusters get mTLS and Envoy its certificate over SDS
+        # (gateway/mesh_tls.py); rotations of the identity's folder are pushed as they happen.
+        self.identity = identity
+        self._identity_task: asyncio.Task[None] | None = None
         self.issuer = issuer
         self.audience = audience
         self.cache = SnapshotCache()
@@ -119,6 +128,7 @@ class ControlPlane:
     def _publish(self, key: str, state: MeshState) -> None:
         try:
             snapshot = build_snapshot(state, self.profiles[key])
+            snapshot = with_mesh_tls(snapshot, self.profiles[key], self._mesh_identity())
         except ValueError as exc:  # also InconsistentSnapshot: keep serving the last one
             self.build_errors += 1
             self.last_build_error = str(exc)
@@ -165,9 +175,23 @@ class ControlPlane:
             )
         await self.jwks.start()
         await self.jwks.wait_ready(2.0)
+        if self.identity is not None:
+            self._identity_task = asyncio.create_task(self._follow_identity(self.identity))
         self.rebuild()
 
+    def _mesh_identity(self) -> Identity | None:
+        return None if self.identity is None else self.identity.current
+
+    async def _follow_identity(self, identity: WorkloadIdentity) -> None:
+        """Rebuild (new Secrets for Envoy) whenever the identity folder holds a new certificate."""
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL_S)
+            if await asyncio.to_thread(identity.refresh):
+                self.rebuild()
+
     async def close(self) -> None:
+        if self._identity_task is not None:
+            await cancel_and_wait(self._identity_task)
         if self._unsubscribe is not None:
             self._unsubscribe()
         await self.jwks.close()
@@ -179,13 +203,15 @@ class XdsService:
 
     def __init__(self, control_plane: ControlPlane, host: str = "127.0.0.1", port: int = 18000) -> None:
         self.control_plane = control_plane
+        identity = control_plane.identity
         self.server = grpc.aio.server(
+            interceptors=xds_interceptors(identity.trust_domain if identity else None),
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
                 ("grpc.max_send_message_length", -1),
-            ]
+            ],
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(control_plane.ads, self.server)
         self.health = Health(self.server, [ADS_SERVICE])

@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 
 from gateway import resources as rs
 from gateway.cache import SnapshotCache
+from gateway.mesh_tls import may_fetch_secrets
 from gateway.snapshot import Snapshot, type_version
 from gateway.stream_events import requests_and_changes
 
@@ -104,6 +105,10 @@ class DeltaStream:
         type_url = request.type_url
         if type_url not in rs.MESSAGE:
             return
+        if type_url == rs.SECRET and not may_fetch_secrets(self.context):
+            await self.context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "only the gateway may fetch its secrets"
+            )
         sub = self.subs.get(type_url)
         first = sub is None
         if sub is None:

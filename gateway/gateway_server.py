@@ -18,6 +18,7 @@ from gateway.bootstraps import envoy_bootstrap, split_hostport
 from gateway.control_plane import ControlPlane, XdsService
 from gateway.envoy_process import EnvoyNotFound, EnvoyProcess
 from gateway.gateway_config import GatewayConfig
+from gateway.mesh_tls import GATEWAY_SERVICE, xds_client_tls
 from gateway.profile import Profile
 from mesh import config as mesh_config
 from mesh import logs, mesh_transport
@@ -27,7 +28,7 @@ from mesh.processes import free_port
 log = logging.getLogger(__name__)
 
 
-def profile_of(config: GatewayConfig, port: int) -> Profile:
+def profile_of(config: GatewayConfig, port: int, identity_dir: str = "") -> Profile:
     return Profile(
         kind="gateway",
         host=config.host,
@@ -39,6 +40,7 @@ def profile_of(config: GatewayConfig, port: int) -> Profile:
         max_request_bytes=config.max_request_bytes,
         access_log=config.access_log,
         cors_origins=tuple(o.strip() for o in config.cors_origins.split(",") if o.strip()),
+        identity_dir=identity_dir,
     )
 
 
@@ -94,35 +96,58 @@ async def serve(config: GatewayConfig) -> int:
     admin_port = config.admin_port or free_port()
     node_id = config.node_id or f"gateway-{socket.gethostname()}-{os.getpid()}"
     xds_service: XdsService | None = None
+    identity = mesh_transport.identity()
+    if identity is not None and identity.current.spiffe_id.service != GATEWAY_SERVICE:
+        print(
+            f"ocrmesh serve gateway: --identity-dir holds {identity.current.spiffe_id.uri}, not a gateway "
+            "identity (issue one with `ocrmesh ca issue gateway`)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if config.xds:
             split_hostport(config.xds)
             xds_address = config.xds
         else:
-            control_plane = ControlPlane(config.etcd, issuer=config.issuer, audience=config.audience)
+            control_plane = ControlPlane(
+                config.etcd, issuer=config.issuer, audience=config.audience, identity=identity
+            )
             xds_service = XdsService(control_plane, "127.0.0.1", config.xds_port)
             await xds_service.start()
             xds_address = xds_service.address
-        bootstrap = envoy_bootstrap(
-            node_id,
-            xds_address,
-            admin_port,
-            profile_of(config, port),
-            delta=config.xds_delta,
-            max_heap_bytes=config.max_heap_mb * 2**20,
-        )
     except (OSError, ValueError) as exc:
         print(f"ocrmesh serve gateway: {exc}", file=sys.stderr)
         if xds_service is not None:
             await xds_service.stop()
         return 2
     with tempfile.TemporaryDirectory(prefix="ocrmesh-gateway-") as workdir:
+        xds_tls: dict[str, Any] | None = None
+        # An external control plane does not hold this gateway's key: Envoy's upstream Secrets
+        # then name the identity folder's files (node metadata) instead of carrying the PEMs.
+        identity_dir = ""
+        if identity is not None:
+            # The in-process control plane serves with the gateway's own certificate; one alone
+            # (`ocrmesh serve xds`) with an xds certificate.
+            xds_service_name = "xds" if config.xds else GATEWAY_SERVICE
+            xds_tls = xds_client_tls(
+                Path(workdir), identity.directory, identity.trust_domain, xds_service_name
+            )
+            identity_dir = str(identity.directory.resolve()) if config.xds else ""
         try:
+            bootstrap = envoy_bootstrap(
+                node_id,
+                xds_address,
+                admin_port,
+                profile_of(config, port, identity_dir),
+                delta=config.xds_delta,
+                max_heap_bytes=config.max_heap_mb * 2**20,
+                xds_tls=xds_tls,
+            )
             envoy = EnvoyProcess(
                 Path(workdir), bootstrap, binary=config.envoy or None, log_level=config.envoy_log_level
             )
             await envoy.start()
-        except (EnvoyNotFound, RuntimeError, TimeoutError, OSError) as exc:
+        except (EnvoyNotFound, RuntimeError, TimeoutError, OSError, ValueError) as exc:
             print(f"ocrmesh serve gateway: cannot start Envoy: {exc}", file=sys.stderr)
             if xds_service is not None:
                 await xds_service.stop()

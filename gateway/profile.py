@@ -41,6 +41,9 @@ class Profile:
     max_request_bytes: int = OCR_MAX_IMAGE_BYTES + 1024 * 1024
     access_log: bool = True
     cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
+    identity_dir: str = ""
+    """The gateway's mesh identity folder on its host, for a control plane that does not hold the
+    gateway's identity (`ocrmesh serve xds`): Envoy's upstream Secrets then name these files."""
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -19,7 +19,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import (
+    secret_pb2,
+    tls_pb2,  # noqa: F401
+)
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -29,17 +32,20 @@ CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
+SECRET = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
-ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-"""The order updates go out in: clusters and their endpoints before the listeners and routes using them."""
+ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
+"""The order updates go out in: the secrets clusters use, clusters and their endpoints, then the
+listeners and routes using them."""
 
 MESSAGE: dict[str, type[Message]] = {
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
+    SECRET: secret_pb2.Secret,
 }
-SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
+SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
 HCM = hcm_pb2.HttpConnectionManager
 
 

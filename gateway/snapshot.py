@@ -11,6 +11,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import Message
 
 from gateway import resources as rs
@@ -62,7 +64,8 @@ class Snapshot:
         return [items[n] for n in wanted]
 
     def problems(self) -> list[str]:
-        """Broken references (empty when consistent): routes, RDS names, EDS clusters, endpoints."""
+        """Broken references (empty when consistent): routes, RDS names, EDS clusters, endpoints,
+        secrets."""
         found: list[str] = []
         clusters = self.of(rs.CLUSTER)
         loads = self.of(rs.ENDPOINT)
@@ -76,6 +79,9 @@ class Snapshot:
         for name, cluster in clusters.items():
             if cluster.type == cluster.EDS and (cluster.eds_cluster_config.service_name or name) not in loads:
                 found.append(f"EDS cluster {name!r} has no ClusterLoadAssignment")
+            for secret in _ads_secret_names(cluster):
+                if secret not in self.of(rs.SECRET):
+                    found.append(f"cluster {name!r} takes secret {secret!r} over ADS, not held")
         for name in loads:
             if name not in clusters:
                 found.append(f"ClusterLoadAssignment {name!r} belongs to no cluster")
@@ -103,3 +109,19 @@ class Snapshot:
     def with_resources(self, type_url: str, items: Mapping[str, Message]) -> Snapshot:
         """A copy with one type's resources replaced (tests use it to make deliberately bad ones)."""
         return Snapshot({**self.resources, type_url: dict(items)}, notes=self.notes)
+
+
+def _ads_secret_names(cluster: Message) -> list[str]:
+    """Names of the Secrets a cluster's TLS takes over ADS (Envoy would wait for them for ever)."""
+    if not isinstance(cluster, cluster_pb2.Cluster) or not cluster.HasField("transport_socket"):
+        return []
+    context = tls_pb2.UpstreamTlsContext()
+    if not cluster.transport_socket.typed_config.Unpack(context):
+        return []
+    common = context.common_tls_context
+    configs = [*common.tls_certificate_sds_secret_configs]
+    if common.HasField("combined_validation_context"):
+        configs.append(common.combined_validation_context.validation_context_sds_secret_config)
+    if common.HasField("validation_context_sds_secret_config"):
+        configs.append(common.validation_context_sds_secret_config)
+    return [c.name for c in configs if c.sds_config.HasField("ads")]

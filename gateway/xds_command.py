@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 async def serve(config: XdsConfig) -> int:
     logs.setup("xds", config.log_level)
-    control_plane = ControlPlane(config.etcd, issuer=config.issuer, audience=config.audience)
+    control_plane = ControlPlane(
+        config.etcd, issuer=config.issuer, audience=config.audience, identity=mesh_transport.identity()
+    )
     try:
         service = XdsService(control_plane, config.host, config.port)
     except OSError as exc:

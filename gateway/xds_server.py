@@ -26,6 +26,7 @@ from google.protobuf import any_pb2
 from gateway import resources as rs
 from gateway.cache import SnapshotCache
 from gateway.delta_xds import DeltaStream
+from gateway.mesh_tls import may_fetch_secrets
 from gateway.stream_events import requests_and_changes
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 "ignoring a request for an unknown type", extra={"type": type_url, "node": state.node_id}
             )
             return
+        if type_url == rs.SECRET and not may_fetch_secrets(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the gateway may fetch its secrets")
         names = requested_names(request)
         sub = state.subs.get(type_url)
         if sub is None or not request.response_nonce:
