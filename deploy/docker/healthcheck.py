@@ -8,6 +8,10 @@
 # auth and gateway ports and the BFF's /healthz (OCRMESH_{OCR,AUTH,GATEWAY,BFF}_PORT, defaults
 # 50051, 50050, 8080, 8000), so one image-wide HEALTHCHECK fits whichever service the container
 # runs; ports nobody listens on fail at once. Healthy: one target answers.
+# With a mesh identity (OCRMESH_IDENTITY_DIR, as every service container has) a gRPC target is
+# asked over mTLS with that identity, expecting the server to hold the same service's certificate
+# (the container's own server), and over plaintext only when that handshake fails: the gateway's
+# public listener speaks plaintext to outside clients while its control plane requires mTLS.
 
 from __future__ import annotations
 
@@ -16,8 +20,11 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 TIMEOUT_S = 3.0
+IDENTITY_ENV = "OCRMESH_IDENTITY_DIR"
 
 
 def targets(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
@@ -42,31 +49,56 @@ def http_ok(url: str, timeout: float = TIMEOUT_S) -> bool:
         return False
 
 
-def grpc_serving(target: str, timeout: float = TIMEOUT_S) -> bool:
-    """True when `target` answers grpc.health.v1 Check("") with SERVING."""
-    # Imported here so an HTTP probe (run every few seconds) does not pay for loading gRPC.
+def _health_check(channel: Any, timeout: float) -> tuple[bool, bool]:
+    """(serving, unreachable): the answer to Check(""), and whether the call never got through
+    (refused, or a handshake that failed)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+    except grpc.RpcError as exc:
+        return False, exc.code() == grpc.StatusCode.UNAVAILABLE
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING), False
+
+
+def grpc_serving(target: str, timeout: float = TIMEOUT_S, identity_dir: str | None = None) -> bool:
+    """True when `target` answers grpc.health.v1 Check("") with SERVING: over mTLS with the
+    identity in `identity_dir` when given (then plaintext if that handshake fails), else plaintext."""
+    # Imported here so an HTTP probe (run every few seconds) does not pay for loading gRPC.
+    import grpc
+
+    if identity_dir:
+        from mesh import identity_files
+
+        identity = identity_files.load(Path(identity_dir))
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=identity.ca_pem,
+            private_key=identity.key_pem,
+            certificate_chain=identity.cert_pem,
+        )
+        # The server this container runs holds the same service's certificate as the probe.
+        options = [("grpc.ssl_target_name_override", identity.spiffe_id.dns_name)]
+        with grpc.secure_channel(target, credentials, options=options) as channel:
+            ok, unreachable = _health_check(channel, timeout)
+        if ok or not unreachable:
+            return ok
     with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return _health_check(channel, timeout)[0]
 
 
-def serving(target: str, timeout: float = TIMEOUT_S) -> bool:
+def serving(target: str, timeout: float = TIMEOUT_S, identity_dir: str | None = None) -> bool:
     """True when `target` (HOST:PORT for gRPC health, or an http:// URL) says it is healthy."""
     if target.startswith(("http://", "https://")):
         return http_ok(target, timeout)
-    return grpc_serving(target, timeout)
+    return grpc_serving(target, timeout, identity_dir)
 
 
 def main(argv: Sequence[str]) -> int:
+    identity_dir = os.environ.get(IDENTITY_ENV) or None
     for target in targets(argv, os.environ):
-        if serving(target):
+        if serving(target, identity_dir=identity_dir):
             return 0
     print("not serving: " + ", ".join(targets(argv, os.environ)), file=sys.stderr)
     return 1
