@@ -1,4 +1,9 @@
-"""Find, start, supervise and stop a single-node etcd child process on loopback."""
+"""Find, start, supervise and stop a single-node etcd child process on loopback.
+
+Given a workload identity, etcd serves TLS only and requires a client certificate from the mesh
+CA (clients and peers); given the `admin` identity too, it is set up to enforce
+mesh/etcd_access.POLICY (etcd/auth_setup.py) each time it starts.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,25 @@ import logging
 import os
 import shutil
 import signal
+import ssl
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, TextIO
 
+from etcd.auth_setup import apply_policy
 from mesh import config as mesh_config
-from mesh import logs
+from mesh import identity_files, logs
 from mesh.config import setting
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, close_quietly
+from mesh.etcd_tls import ETCD_SERVICE
+from mesh.identity_files import IdentityFilesError
 from mesh.parent_death import die_with_parent
 from mesh.processes import free_port
+from mesh.spiffe_id import service_dns_name
+from mesh.workload_identity import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +86,22 @@ def _bundled_etcd() -> str | None:
     return None
 
 
-async def http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes]:
-    """A bare HTTP/1.0 GET bounded by `timeout`; (status, body). Raises OSError/TimeoutError."""
+async def http_get(
+    host: str,
+    port: int,
+    path: str,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[int, bytes]:
+    """A bare HTTP/1.0 GET bounded by `timeout`, over `tls` when given; (status, body).
+
+    Raises OSError/TimeoutError (ssl.SSLError is an OSError)."""
 
     async def fetch() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, server_hostname=server_hostname if tls is not None else None
+        )
         try:
             writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
             await writer.drain()
@@ -123,6 +147,8 @@ class EtcdProcess:
         start_timeout: float = 20.0,
         stop_grace: float = 10.0,
         extra_args: Sequence[str] = (),
+        identity_dir: str | Path | None = None,
+        admin_identity_dir: str | Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -146,6 +172,16 @@ class EtcdProcess:
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self.extra_args = tuple(extra_args)
+        # etcd reads its certificate files by name on every handshake, so renewing the folder's
+        # files (identity_files.write) rotates etcd's certificate without a restart.
+        self.identity_dir = Path(identity_dir).resolve() if identity_dir is not None else None
+        self.admin_identity_dir = (
+            Path(admin_identity_dir).resolve() if admin_identity_dir is not None else None
+        )
+        if self.admin_identity_dir is not None and self.identity_dir is None:
+            raise EtcdError(
+                "an admin identity needs etcd's own identity too: without TLS etcd cannot tell users apart"
+            )
         self._proc: asyncio.subprocess.Process | None = None
         self._started_once = False
         self._log_handle: TextIO | None = None
@@ -157,12 +193,36 @@ class EtcdProcess:
         return f"{self.host}:{self.client_port}"
 
     @property
+    def tls(self) -> bool:
+        """Whether etcd serves TLS and requires mesh client certificates (an identity was given)."""
+        return self.identity_dir is not None
+
+    @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{self._scheme}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self._scheme}://{self.host}:{self.peer_port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def _tls_args(self) -> list[str]:
+        """Server and peer TLS from the identity folder; clients and peers must present a mesh
+        certificate, peers one of etcd's own (common name `etcd`)."""
+        if self.identity_dir is None:
+            return []
+        cert, key, ca = (
+            str(self.identity_dir / name)
+            for name in (identity_files.CERT_FILE, identity_files.KEY_FILE, identity_files.CA_FILE)
+        )
+        return [
+            "--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+            "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca,
+            "--peer-client-cert-auth", "--peer-cert-allowed-cn", ETCD_SERVICE,
+        ]  # fmt: skip
 
     @property
     def pid(self) -> int | None:
@@ -200,6 +260,7 @@ class EtcdProcess:
             "--log-level", self.log_level,
             "--logger", "zap",
             *timing,
+            *self._tls_args(),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -271,15 +332,59 @@ class EtcdProcess:
         )
         try:
             await self.wait_ready(self.start_timeout)
+            if self.admin_identity_dir is not None:
+                await self.apply_access_policy()
         except (EtcdError, asyncio.CancelledError):
             await self.kill()
             raise
+
+    async def apply_access_policy(self, timeout: float = 5.0) -> list[str]:
+        """Make etcd's users and roles match mesh/etcd_access.POLICY and turn auth on, as `admin`;
+        what changed (nothing on a restart with the same policy). EtcdError when it cannot."""
+        if self.admin_identity_dir is None:
+            raise EtcdError("no admin identity to set up etcd's users and roles with")
+        try:
+            admin = await asyncio.to_thread(WorkloadIdentity, self.admin_identity_dir)
+        except IdentityFilesError as exc:
+            raise EtcdError(f"etcd's admin identity: {exc}") from exc
+        factory = ClientFactory(self.endpoint, timeout, identity=admin)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while True:
+            client = factory.new()
+            try:
+                changes = await asyncio.wait_for(apply_policy(client, timeout), timeout * 4)
+                return changes.done
+            except ETCD_ERRORS as exc:
+                # etcd just said it is healthy; a handshake or call can still fail on a busy host.
+                if loop.time() > deadline or not self.running:
+                    raise EtcdError(f"could not set up etcd's users and roles as admin: {exc!r}") from exc
+                log.warning("setting up etcd's users and roles failed; retrying", extra={"error": repr(exc)})
+            finally:
+                await close_quietly(client, timeout)
+            await asyncio.sleep(0.2)
+
+    def _health_tls(self) -> tuple[ssl.SSLContext | None, str | None]:
+        """For a TLS etcd: a client context with etcd's own certificate (etcd requires one of every
+        client) that trusts only the mesh CA, and the name etcd's certificate must carry."""
+        if self.identity_dir is None:
+            return None, None
+        try:
+            identity = identity_files.load(self.identity_dir)
+        except IdentityFilesError as exc:
+            raise EtcdError(f"etcd's identity: {exc}") from exc
+        context = ssl.create_default_context(cafile=str(self.identity_dir / identity_files.CA_FILE))
+        context.load_cert_chain(
+            self.identity_dir / identity_files.CERT_FILE, self.identity_dir / identity_files.KEY_FILE
+        )
+        return context, service_dns_name(ETCD_SERVICE, identity.spiffe_id.trust_domain)
 
     async def wait_ready(self, timeout: float) -> None:
         """Wait until /health says true; EtcdError when etcd exits or `timeout` passes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last = "no answer yet"
+        tls, server_hostname = await asyncio.to_thread(self._health_tls)
         while True:
             if not self.running:
                 code = self._proc.returncode if self._proc is not None else None
@@ -289,7 +394,7 @@ class EtcdProcess:
                 raise EtcdError(f"etcd not healthy after {timeout:.1f}s ({last}): {self._log_tail()}")
             try:
                 status, body = await http_get(
-                    self.host, self.client_port, "/health", min(1.0, max(left, 0.05))
+                    self.host, self.client_port, "/health", min(1.0, max(left, 0.05)), tls, server_hostname
                 )
                 if status == 200 and b'"true"' in body:
                     log.info("etcd ready", extra={"endpoint": self.endpoint, "pid": self.pid})
@@ -402,6 +507,16 @@ class EtcdConfig:
     log_level: str = setting("warn", help="etcd log level", choices=("debug", "info", "warn", "error"))
     start_timeout: float = setting(20.0, help="seconds to wait for etcd to become healthy")
     stop_grace: float = setting(10.0, help="seconds between SIGTERM and SIGKILL on shutdown")
+    identity_dir: Path | None = setting(
+        None,
+        help="etcd's workload identity (cert.pem, key.pem, ca.pem; `ocrmesh ca issue etcd --host ADDR`): "
+        "TLS only, every client must present a mesh certificate. Without it etcd runs plaintext",
+    )
+    admin_identity_dir: Path | None = setting(
+        None,
+        help="the `admin` identity: with it, etcd's users, roles and auth are set up at each start "
+        "(README: etcd access); needs --identity-dir",
+    )
 
     def validate(self) -> None:
         for name in ("client_port", "peer_port"):
@@ -410,6 +525,8 @@ class EtcdConfig:
                 raise mesh_config.ConfigError(f"{name}: {port} is not a TCP port")
         if self.client_port == self.peer_port:
             raise mesh_config.ConfigError("client_port and peer_port must differ")
+        if self.admin_identity_dir is not None and self.identity_dir is None:
+            raise mesh_config.ConfigError("admin_identity_dir needs identity_dir (etcd must run TLS)")
 
     def process(self) -> EtcdProcess:
         return EtcdProcess(
@@ -425,6 +542,8 @@ class EtcdConfig:
             inherit_output=True,
             start_timeout=self.start_timeout,
             stop_grace=self.stop_grace,
+            identity_dir=self.identity_dir,
+            admin_identity_dir=self.admin_identity_dir,
         )
 
 
@@ -435,6 +554,15 @@ async def serve(config: EtcdConfig) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if config.identity_dir is None:
+        print(
+            "WARNING: ocrmesh serve etcd runs INSECURE (no --identity-dir): plaintext, and any process "
+            "that reaches its port may read and write every key. Use only for debugging.",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif config.admin_identity_dir is None:
+        log.warning("no --admin-identity-dir: etcd's users, roles and auth are left as they are")
     try:
         proc = config.process()
         try:

@@ -10,6 +10,10 @@ from typing import TypeVar
 import aetcd
 import grpc
 
+from mesh import mesh_transport
+from mesh.etcd_tls import TlsClient
+from mesh.workload_identity import WorkloadIdentity
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -33,11 +37,13 @@ _CHANNEL_OPTIONS = {
 
 
 def parse_endpoints(endpoints: str | Sequence[str]) -> tuple[tuple[str, int], ...]:
-    """("host", port) pairs from "h1:2379,h2:2379", ["h1:2379"] or "http://h1:2379"."""
+    """("host", port) pairs from "h1:2379,h2:2379", ["h1:2379"] or "http://h1:2379".
+
+    The scheme is dropped: whether a client speaks TLS follows its identity (ClientFactory)."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     parsed: list[tuple[str, int]] = []
     for item in items:
-        text = item.strip().removeprefix("http://").rstrip("/")
+        text = item.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
         if not text:
             continue
         host, sep, port = text.rpartition(":")
@@ -54,16 +60,32 @@ class ClientFactory:
 
     A failed aetcd watch iterator never resumes by itself; callers re-create the watch on a
     fresh client, which also moves on to the next endpoint of a cluster.
+
+    With a mesh identity (`identity`, else the process's, mesh_transport) the client speaks mTLS
+    and etcd knows it by its certificate (etcd/auth_setup.py: what each service may touch); each
+    new client reads the certificate afresh, so reconnects after a rotation present the new one.
+    Without one it speaks plaintext, which an etcd run with an identity refuses.
     """
 
-    def __init__(self, endpoints: str | Sequence[str], call_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        call_timeout: float = 1.0,
+        identity: WorkloadIdentity | None = None,
+    ) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.call_timeout = call_timeout
+        self.identity = identity
         self._next = 0
 
     def new(self) -> aetcd.Client:
         host, port = self.endpoints[self._next % len(self.endpoints)]
         self._next += 1
+        identity = self.identity or mesh_transport.identity()
+        if identity is not None:
+            return TlsClient(
+                identity, host=host, port=port, timeout=self.call_timeout, options=dict(_CHANNEL_OPTIONS)
+            )
         return aetcd.Client(
             host=host,
             port=port,
