@@ -8,20 +8,23 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import aetcd
 
-from auth_svc.keys import JWKS_ETCD_KEY, Jwks, publish_jwks
+from auth_svc.keys import JWKS_ETCD_KEY, Jwks
+from mesh import mesh_transport
 from mesh.backoff import Backoff
 from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh.jwks_signature import sign_jwks
 from mesh.tasks import cancel_and_wait
+from mesh.workload_identity import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
 
 def _encoded(jwks: Jwks) -> bytes:
-    """The exact bytes `publish_jwks` writes, to compare with what etcd holds."""
+    """The JWKS as JSON (`keys.publish_jwks`'s bytes): what is written, or signed, to etcd."""
     return json.dumps(jwks, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -34,6 +37,11 @@ class JwksPublisher:
     not overwrite a different JWKS it finds there: instances on one database publish the same key
     set, and one that is behind (it has not reloaded keys yet) catches up at its next key sync and
     publishes the same content, so the last writer wins without the instances fighting.
+
+    With a mesh identity (`signer`; by default this process's) the value is a JWS of the JWKS
+    signed with the instance's mesh key, its certificate in the header (mesh/jwks_signature.py),
+    so verifiers take it only from an auth identity; it is signed again when the identity
+    rotates, so the certificate in it stays in date. Without one it is the plain JSON.
     """
 
     def __init__(
@@ -45,8 +53,12 @@ class JwksPublisher:
         check_interval: float = 10.0,
         backoff: Backoff | None = None,
         rand: Callable[[], float] = random.random,
+        signer: WorkloadIdentity | Literal["process"] | None = "process",
     ) -> None:
         self.key = key
+        self.signer = mesh_transport.identity() if signer == "process" else signer
+        self._signed_generation = 0
+        self._value = b""  # what this instance last wrote
         self.call_timeout = call_timeout
         self.check_interval = check_interval
         self._factory = ClientFactory(endpoints, call_timeout)
@@ -139,11 +151,12 @@ class JwksPublisher:
         if jwks is None:
             return
         client = self._ensure_client()
-
-        async def put(key: str, value: str) -> object:
-            return await bounded(client.put(key.encode(), value.encode()), self.call_timeout)
-
-        await publish_jwks(jwks, put, self.key)
+        value = _encoded(jwks)
+        if self.signer is not None:
+            self._signed_generation = self.signer.generation
+            value = sign_jwks(value, self.signer.current)
+        await bounded(client.put(self.key.encode(), value), self.call_timeout)
+        self._value = value
         self.puts += 1
         log.info("JWKS published", extra={"key": self.key, "kids": [k["kid"] for k in jwks["keys"]]})
         async with self._progress:
@@ -153,11 +166,16 @@ class JwksPublisher:
     async def _restore_if_missing(self) -> None:
         if self._jwks is None:
             return
+        if self.signer is not None and self.signer.generation != self._signed_generation:
+            log.info("mesh identity rotated; signing the JWKS again", extra={"key": self.key})
+            self._wanted += 1
+            await self._put()
+            return
         client = self._ensure_client()
         got = await bounded(client.get(self.key.encode()), self.call_timeout)
         if got is None:
             log.warning("JWKS missing from etcd; publishing it again", extra={"key": self.key})
             self._wanted += 1
             await self._put()
-        elif got.value != _encoded(self._jwks):
+        elif got.value != self._value:
             log.debug("another instance published a different JWKS", extra={"key": self.key})

@@ -38,14 +38,14 @@ class JwksFeed(JwksSource):
 
     def __init__(self, endpoints: str | Sequence[str], control_plane: ControlPlane, **kwargs: Any) -> None:
         verifier = TokenVerifier(issuer=control_plane.issuer, audience=control_plane.audience)
-        super().__init__(endpoints, verifier, **kwargs)
+        super().__init__(endpoints, verifier, trust=control_plane.identity, **kwargs)
         self.control_plane = control_plane
         self.text = ""
 
     def consider(self, raw: bytes | None) -> bool:
         if not super().consider(raw) or raw is None:
             return False
-        self.text = raw.decode()
+        self.text = self.document.decode()  # the JWKS itself, without its signature
         self.control_plane.rebuild()
         return True
 

@@ -7,16 +7,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
-from mesh import errors
+from mesh import errors, mesh_transport
 from mesh.etcd_client import ClientFactory
+from mesh.jwks_signature import JwksSignatureError, is_signed, unverified_payload, verify_jwks
 from mesh.key_poller import poll_key
 from mesh.session_revocations import REVOKED_SESSIONS_KEY, parse_revocations
 from mesh.tasks import cancel_and_wait
 from mesh.token_verify import PUBLIC_METHODS, AuthInterceptor, TokenVerifier, guard_handler, parse_jwks
+from mesh.workload_identity import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,11 @@ class JwksSource:
     when the key is deleted or holds something that is not a JWKS, the last good keys stay.
     The revoked sessions (`revoked_key`) are polled beside it: a logout reaches the verifier within
     `interval` plus one call.
+
+    With a mesh identity (`trust`; by default this process's, see mesh/mesh_transport.py) only a
+    JWKS signed by an auth identity of the same mesh CA is taken (mesh/jwks_signature.py): one
+    written by anyone else holding an etcd credential is refused like garbage. Without one, the
+    plain JSON JWKS is taken as it is (and a signed one for its content, unchecked).
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class JwksSource:
         interval: float = 0.5,
         call_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        trust: WorkloadIdentity | Literal["process"] | None = "process",
     ) -> None:
         if interval <= 0 or call_timeout <= 0:
             raise ValueError("interval and call_timeout must be positive")
@@ -64,6 +72,11 @@ class JwksSource:
         self._revocations: asyncio.Task[None] | None = None
         self._outage = False
         self._applied: bytes | None = None
+        self.trust = mesh_transport.identity() if trust == "process" else trust
+        self.document = b""
+        """The JWKS JSON in force (the signed value's content)."""
+        self.signer = ""
+        """The SPIFFE ID of the auth instance that signed it (empty without a mesh identity)."""
         # Public state for status pages and tests.
         self.kids: frozenset[str] = frozenset()
         self.connected = False
@@ -119,6 +132,7 @@ class JwksSource:
             "kids": sorted(self.kids),
             "updates": self.updates,
             "rejected": self.rejected,
+            "signer": self.signer,
             "revoked_sessions": self.verifier.revoked_sessions,
             "last_error": self.last_error,
         }
@@ -135,9 +149,19 @@ class JwksSource:
             self.last_error = ""
             return False
         try:
-            if not parse_jwks(raw):
+            document, signer = self._unwrap(raw)
+        except JwksSignatureError as exc:
+            self.rejected += 1
+            self.last_error = f"JWKS not signed by an auth identity: {exc}"
+            log.warning(
+                "JWKS in etcd not signed by an auth identity; ignored, keeping the last keys",
+                extra={"key": self.key, "why": str(exc)},
+            )
+            return False
+        try:
+            if not parse_jwks(document):
                 raise ValueError("it has no usable ES256 key")
-            self.verifier.update_jwks(raw)
+            self.verifier.update_jwks(document)
         except ValueError as exc:  # also JSON errors: json.JSONDecodeError is a ValueError
             self.rejected += 1
             self.last_error = f"not a usable JWKS: {exc}"
@@ -146,6 +170,7 @@ class JwksSource:
             )
             return False
         self._applied = raw
+        self.document, self.signer = document, signer
         kids = self.verifier.kids
         changed = kids != self.kids
         self.kids = kids
@@ -156,6 +181,16 @@ class JwksSource:
             log.info("JWKS loaded", extra={"key": self.key, "kids": sorted(kids)})
         self._ready.set()
         return True
+
+    def _unwrap(self, raw: bytes) -> tuple[bytes, str]:
+        """(the JWKS document, who signed it) of one value of the key, or JwksSignatureError."""
+        if self.trust is None:
+            return (unverified_payload(raw) if is_signed(raw) else raw), ""
+        if not is_signed(raw):
+            raise JwksSignatureError("it is plain JSON, without a signature")
+        identity = self.trust.current
+        document, signer = verify_jwks(raw, identity.ca_pem, identity.spiffe_id.trust_domain)
+        return document, signer.uri
 
     def consider_revocations(self, raw: bytes | None) -> None:
         """Load one value of the revoked-sessions key (None: absent, nothing revoked lately)."""

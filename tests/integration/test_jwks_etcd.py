@@ -6,6 +6,7 @@ import functools
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aetcd
@@ -16,9 +17,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from auth_svc import keys
 from auth_svc.jwks_publisher import JwksPublisher
 from etcd.launcher import EtcdProcess
-from mesh import errors
+from mesh import errors, identity_files
+from mesh.certificate_authority import CertificateAuthority
+from mesh.jwks_signature import sign_jwks
 from mesh.jwks_source import JWKS_KEY, JwksAuthInterceptor, JwksSource
 from mesh.token_verify import TokenInvalid, TokenVerifier
+from mesh.workload_identity import WorkloadIdentity
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
 
 __all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
@@ -191,3 +195,51 @@ async def _drain(call: Any) -> list[Any]:
 
 async def _rejected_more_than(source: JwksSource, count: int) -> bool:
     return source.rejected > count
+
+
+def _identity(tmp: Path, ca: CertificateAuthority, service: str) -> WorkloadIdentity:
+    folder = tmp / f"{service}-{id(ca)}"
+    identity_files.write(folder, ca.issue(service, f"{service}-1"), ca.cert_pem)
+    return WorkloadIdentity(folder)
+
+
+async def test_with_a_mesh_identity_only_a_jwks_signed_by_auth_is_taken(
+    tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client
+) -> None:
+    ca, other_ca = CertificateAuthority.create("example.test"), CertificateAuthority.create("example.test")
+    auth = _identity(tmp_path, ca, "auth")
+    real, attacker = keys.generate(time.time(), time.time()), keys.generate(time.time(), time.time())
+    verifier = TokenVerifier(issuer=ISS, audience=AUD)
+    plain_verifier = TokenVerifier(issuer=ISS, audience=AUD)
+    publisher = JwksPublisher(etcd.endpoint, call_timeout=0.5, check_interval=0.3, signer=auth)
+    source = JwksSource(etcd.endpoint, verifier, interval=0.1, trust=_identity(tmp_path, ca, "ocr"))
+    plain = JwksSource(etcd.endpoint, plain_verifier, interval=0.1, trust=None)
+    await publisher.start()
+    try:
+        async with source, plain:
+            await publisher.publish(keys.jwks_document([real]))
+            assert await source.wait_ready(3.0) and await plain.wait_ready(3.0)
+            assert source.signer == "spiffe://example.test/auth/auth-1"
+            assert accepts(verifier, signed(real))
+            assert accepts(plain_verifier, signed(real))  # plaintext: the content, unchecked
+
+            # Whoever holds an etcd credential writes the attacker's key: unsigned, signed by a
+            # mesh identity that is not auth, by auth of another CA. None is taken.
+            forged = document(attacker).encode()
+            for bad in (
+                forged,
+                sign_jwks(forged, _identity(tmp_path, ca, "admin").current),
+                sign_jwks(forged, _identity(tmp_path, other_ca, "auth").current),
+            ):
+                rejected = source.rejected
+                await etcd_client.put(JWKS_KEY.encode(), bad)
+                await eventually(functools.partial(_rejected_more_than, source, rejected), timeout=2.0)
+                assert "not signed by an auth identity" in source.last_error
+            assert accepts(verifier, signed(real)) and not accepts(verifier, signed(attacker))
+
+            # auth's certificate rotates: the publisher signs again with the new one.
+            identity_files.write(auth.directory, ca.issue("auth", "auth-2"), ca.cert_pem)
+            await eventually(lambda: _async(source.signer.endswith("/auth/auth-2")), timeout=5.0)
+            assert accepts(verifier, signed(real))
+    finally:
+        await publisher.close()
