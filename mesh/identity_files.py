@@ -90,10 +90,10 @@ def _own(directory: Path, owner: tuple[int, int], mode: int) -> None:
     """Give `directory` to `owner` with `mode`, touching only what differs (a volume's root is
     made by the container engine, owned by root)."""
     st = directory.stat()
+    if st.st_mode & 0o777 != mode:  # before giving it away: changing another's mode needs CAP_FOWNER
+        directory.chmod(mode)
     if (st.st_uid, st.st_gid) != owner:
         os.chown(directory, *owner)
-    if st.st_mode & 0o777 != mode:
-        directory.chmod(mode)
 
 
 def _prune(directory: Path, keep: str) -> None:

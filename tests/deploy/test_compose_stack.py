@@ -115,10 +115,12 @@ class Stack:
         return self.run("ps", "--quiet", service).split()
 
     def status(self, token: str) -> dict[str, Any]:
-        """`ocrmesh status --json` run inside the compose network (in an OCR container)."""
+        """`ocrmesh status --json` run inside the compose network, as the compose file's `cli` tool
+        (the `cli` identity: etcd lets it read the registry, OCR and auth let it call them)."""
         out = self.run(
-            "exec", "-T", "-e", f"OCRMESH_TOKEN={token}", "ocr", "ocrmesh", "status", "--etcd", ETCD, "--json"
-        )
+            "--profile", "tools", "run", "--rm", "--no-deps", "-T", "-e", f"OCRMESH_TOKEN={token}",
+            "cli", "status", "--etcd", ETCD, "--json",
+        )  # fmt: skip
         parsed: dict[str, Any] = json.loads(out)
         return parsed
 

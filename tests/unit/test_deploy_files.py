@@ -32,9 +32,11 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from cli import main as cli
+from cli.ca_command import IssueSpec, parse_issue, parse_owner
 from cli.main import SERVE
 from deploy.kustomize_render import containers, pod_specs, render, resource_id, split_image
 from mesh import config as mesh_config
+from mesh.mesh_transport import IDENTITY_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -151,7 +153,8 @@ def _services() -> dict[str, ServiceSettings]:
 
 
 SERVICES = _services()
-ALL_ENV_NAMES = set().union(*(s.env_names for s in SERVICES.values()))
+# OCRMESH_IDENTITY_DIR: every serve command's mesh identity, read by mesh/mesh_transport.py
+ALL_ENV_NAMES = set().union(*(s.env_names for s in SERVICES.values())) | {IDENTITY_ENV}
 ENTRY_POINTS = {"gateway", "bff"}  # what clients reach from outside: they publish ports
 HEALTHCHECK = "/opt/ocrmesh/healthcheck.py"  # where the Dockerfiles put deploy/docker/healthcheck.py
 
@@ -663,14 +666,14 @@ def test_compose_ocrmesh_services_read_their_settings() -> None:
     seen = set()
     for name, svc in services.items():
         repo = split_image(service_image(svc))[0]
-        if repo not in images:
-            continue
+        if repo not in images or (compose_argv(svc) or ["serve"])[0] != "serve":
+            continue  # the identity issuer and the tools (test_compose_identities)
         service, flags = serve_command(compose_argv(svc) or ["serve", "ocr"])
         seen.add(service.name)
         # the image's ENV serves every service (OCR and auth hosts); the service's own must fit it
         named = {k for k in compose_env(svc) if k.startswith("OCRMESH_")}
         env = {**image_env(images[repo]), **compose_env(svc)}
-        unread = named - service.env_names
+        unread = named - service.env_names - {IDENTITY_ENV}
         assert not unread, f"{name}: not read by `ocrmesh serve {service.name}`: {sorted(unread)}"
         config = service.load(flags, env)
         assert config.host in ("0.0.0.0", "::"), f"{name}: listens on {config.host} only"
@@ -1006,7 +1009,8 @@ def test_k8s_ocrmesh_containers_read_their_settings(overlay: str) -> None:
         check_env_references(where, container)
         env = container_env(container, resources)
         named = {k for k in env if k.startswith("OCRMESH_")}
-        assert named <= service.env_names, f"{where}: not read: {sorted(named - service.env_names)}"
+        unread = named - service.env_names - {IDENTITY_ENV}
+        assert not unread, f"{where}: not read: {sorted(unread)}"
         config = service.load(flags, env)
         assert config.host in ("0.0.0.0", "::"), f"{where}: listens on {config.host} only"
         pod = workload["spec"]["template"]["spec"]
@@ -1178,11 +1182,20 @@ def container_commands() -> Iterator[tuple[str, list[str]]]:
 
 
 def test_container_commands_parse_with_the_ocrmesh_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    """Each container's command is a real `ocrmesh serve NAME`, and the parser `ocrmesh` itself builds
-    for it (cli/main.py's Command registry) accepts its flags; the gateway and the BFF are among them."""
+    """Each container's command is a real `ocrmesh serve NAME` (or, for the identity issuer and the
+    tools, another `ocrmesh` command), and the parser `ocrmesh` itself builds for it (cli/main.py's
+    Command registry) accepts its flags; the gateway and the BFF are among them."""
     by_name = {command.name: command for command in cli.SERVE}
+    top = {command.name: command for command in cli.TOP}
     seen = set()
     for where, argv in container_commands():
+        if argv[:1] != ["serve"] and argv[:1] and argv[0] in top:
+            parser, _ = cli._parser_for(top[argv[0]], f"ocrmesh {argv[0]}")
+            try:
+                parser.parse_args(argv[1:])
+            except SystemExit:
+                pytest.fail(f"{where}: `ocrmesh {' '.join(argv)}` is refused: {capsys.readouterr().err}")
+            continue
         assert argv[:1] == ["serve"] and argv[1] in by_name, f"{where}: {argv} is no `ocrmesh serve` command"
         parser, _ = cli._parser_for(by_name[argv[1]], f"ocrmesh serve {argv[1]}")
         try:
@@ -1213,3 +1226,91 @@ def test_every_ocrmesh_env_name_in_deploy_files_is_read_by_a_config() -> None:
         if names - ALL_ENV_NAMES:
             unknown[str(path.relative_to(ROOT))] = sorted(names - ALL_ENV_NAMES)
     assert unknown == {}, "named in deploy files but read by no config dataclass"
+
+
+# ---------------------------------------------------------------- mesh identities (issue 16)
+
+IDENTITY_MOUNT = "/var/run/ocrmesh/identity"  # where every workload finds its identity folder
+OUR_USER = (10001, 10001)  # the Dockerfiles' USER
+ETCD_USER = (65532, 65532)  # the etcd images' (and the StatefulSet's) user
+
+
+def issuer_specs(argv: list[str]) -> tuple[argparse.Namespace, list[IssueSpec]]:
+    """`ocrmesh ca issuer` arguments, parsed by its own parser, and its --issue specs."""
+    parser, _ = cli._parser_for({c.name: c for c in cli.TOP}["ca"], "ocrmesh ca")
+    ns = parser.parse_args(argv[1:])
+    assert ns.ca_command == "issuer", argv
+    default_owner = parse_owner(ns.owner) if ns.owner else None
+    return ns, [parse_issue(text, default_owner) for text in ns.issue]
+
+
+def compose_mounts(svc: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """A compose service's named-volume mounts: volume -> (path in the container, read-only)."""
+    mounts = {}
+    for entry in svc.get("volumes") or []:
+        assert isinstance(entry, str), f"use the short volume syntax: {entry}"
+        source, target, *mode = entry.split(":")
+        mounts[source] = (target, mode == ["ro"])
+    return mounts
+
+
+def test_compose_identities() -> None:
+    """Every service has its own identity, issued for its service name by the one issuer, mounted
+    read-only from a volume no other service mounts and readable by the container's user; only the
+    issuer mounts the CA; etcd serves TLS with client-cert auth from its identity and gets RBAC."""
+    services = compose()["services"]
+    (issuer_name,) = [n for n, s in services.items() if (compose_argv(s) or [""])[:2] == ["ca", "issuer"]]
+    issuer = services[issuer_name]
+    ns, specs = issuer_specs(compose_argv(issuer) or [])
+    issuer_mounts = compose_mounts(issuer)
+    by_path = {target: volume for volume, (target, _ro) in issuer_mounts.items()}
+    ca_volume = by_path[str(ns.dir)]
+    assert ns.init, "the issuer makes the CA in its own volume on first start"
+    issued = {by_path[spec.target]: spec for spec in specs}
+    assert len(issued) == len(specs), "one volume per identity"
+    etcd = sorted(n for n, s in services.items() if split_image(service_image(s))[0].endswith("/etcd"))
+    consumers: dict[str, str] = {}
+    for name, svc in services.items():
+        mounts = compose_mounts(svc)
+        if name != issuer_name:
+            assert ca_volume not in mounts, f"{name} mounts the CA key"
+        if name in (issuer_name, "postgres"):
+            continue
+        identity_volumes = [v for v in mounts if v in issued]
+        assert len(identity_volumes) == 1, f"{name}: one identity volume, not {identity_volumes}"
+        (volume,) = identity_volumes
+        assert mounts[volume] == (IDENTITY_MOUNT, True), (
+            f"{name}: mount {volume} read-only at {IDENTITY_MOUNT}"
+        )
+        consumers.setdefault(volume, name)
+        assert consumers[volume] == name or {name, consumers[volume]} == {"ocr", "ocr-gpu"}, (
+            f"{volume} mounted by {consumers[volume]} and {name}"
+        )
+        spec = issued[volume]
+        env = compose_env(svc)
+        if name in etcd:
+            assert spec.service == "etcd" and name in spec.hosts and "127.0.0.1" in spec.hosts, spec
+            assert spec.owner == ETCD_USER, f"{name}: its identity must belong to etcd's user"
+            for key in ("ETCD_CERT_FILE", "ETCD_PEER_CERT_FILE", "ETCDCTL_CERT"):
+                assert env[key] == f"{IDENTITY_MOUNT}/cert.pem", f"{name}: {key}"
+            for key in ("ETCD_KEY_FILE", "ETCD_PEER_KEY_FILE", "ETCDCTL_KEY"):
+                assert env[key] == f"{IDENTITY_MOUNT}/key.pem", f"{name}: {key}"
+            for key in ("ETCD_TRUSTED_CA_FILE", "ETCD_PEER_TRUSTED_CA_FILE", "ETCDCTL_CACERT"):
+                assert env[key] == f"{IDENTITY_MOUNT}/ca.pem", f"{name}: {key}"
+            assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true", name
+            assert env["ETCD_PEER_CERT_ALLOWED_CN"] == "etcd"
+            for key in ("ETCD_LISTEN_CLIENT_URLS", "ETCD_ADVERTISE_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS"):
+                assert env[key].startswith("https://"), f"{name}: {key} is not TLS"
+            assert "http://" not in env["ETCD_INITIAL_CLUSTER"]
+        else:
+            argv = compose_argv(svc) or []
+            service = argv[1] if argv[:1] == ["serve"] else "cli"  # people's commands: `cli`
+            assert spec.service == service, f"{name} runs {service} with a {spec.service} identity"
+            assert spec.owner == OUR_USER and "user" not in svc, f"{name}: its identity must be its user's"
+            assert env[IDENTITY_ENV] == IDENTITY_MOUNT, f"{name}: no {IDENTITY_ENV}"
+            assert issuer_name in (svc.get("depends_on") or {}), f"{name} may start before its identity"
+    assert set(consumers) == set(issued), f"issued but mounted by no one: {set(issued) - set(consumers)}"
+    assert {issued[v].service for v in consumers} >= {"ocr", "auth", "gateway", "bff", "etcd", "cli"}
+    assert ns.etcd_access == ",".join(f"{n}:2379" for n in etcd), "the issuer sets up etcd's RBAC"
+    assert issuer.get("user") == "0:0" and set(issuer["cap_add"]) == {"CHOWN", "DAC_OVERRIDE"}
+    assert issuer["cap_drop"] == ["ALL"] and issuer["read_only"] and not issuer.get("ports")
