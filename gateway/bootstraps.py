@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from gateway.host_names import is_ip
@@ -135,24 +136,41 @@ def envoy_bootstrap(
     return bootstrap
 
 
-def grpc_bootstrap(xds: str, node_id: str | None = None) -> dict[str, Any]:
-    """gRPC's xDS bootstrap (GRPC_XDS_BOOTSTRAP_CONFIG) pointing at our control plane, plaintext."""
+MESH_CERTIFICATES = "mesh"
+"""The certificate provider instance (gRPC bootstrap) holding a proxyless client's mesh identity,
+which the control plane's proxyless clusters name for their mTLS (gateway/mesh_tls.py)."""
+
+
+def grpc_bootstrap(xds: str, node_id: str | None = None, identity_dir: Path | None = None) -> dict[str, Any]:
+    """gRPC's xDS bootstrap (GRPC_XDS_BOOTSTRAP_CONFIG) pointing at our control plane: plaintext, or
+    with the identity folder `identity_dir` mTLS to the control plane (the `tls` channel creds; its
+    certificate must name the host of `xds`) and the folder as certificate provider MESH_CERTIFICATES,
+    re-read as it rotates, for mTLS to the instances."""
+    creds: list[dict[str, Any]] = [{"type": "insecure"}]
+    doc: dict[str, Any] = {}
+    if identity_dir is not None:
+        folder = identity_dir.resolve()
+        files = {
+            "certificate_file": str(folder / "cert.pem"),
+            "private_key_file": str(folder / "key.pem"),
+            "ca_certificate_file": str(folder / "ca.pem"),
+            "refresh_interval": "10s",
+        }
+        creds = [{"type": "tls", "config": files}]
+        doc["certificate_providers"] = {MESH_CERTIFICATES: {"plugin_name": "file_watcher", "config": files}}
     return {
-        "xds_servers": [
-            {
-                "server_uri": xds,
-                "channel_creds": [{"type": "insecure"}],
-                "server_features": ["xds_v3"],
-            }
-        ],
+        "xds_servers": [{"server_uri": xds, "channel_creds": creds, "server_features": ["xds_v3"]}],
         "node": {
             "id": node_id or f"proxyless-{socket.gethostname()}-{os.getpid()}",
             "cluster": PROXYLESS_CLUSTER,
             "locality": {"zone": ""},
         },
+        **doc,
     }
 
 
-def grpc_bootstrap_env(xds: str, node_id: str | None = None) -> dict[str, str]:
+def grpc_bootstrap_env(
+    xds: str, node_id: str | None = None, identity_dir: Path | None = None
+) -> dict[str, str]:
     """The environment that makes `xds:///NAME` targets of this process use our control plane."""
-    return {"GRPC_XDS_BOOTSTRAP_CONFIG": json.dumps(grpc_bootstrap(xds, node_id))}
+    return {"GRPC_XDS_BOOTSTRAP_CONFIG": json.dumps(grpc_bootstrap(xds, node_id, identity_dir))}

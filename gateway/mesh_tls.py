@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
 from gateway import resources as rs
+from gateway.bootstraps import MESH_CERTIFICATES
 from gateway.profile import Profile
 from gateway.snapshot import Snapshot
 from mesh.caller_policy import ANY_MESH_IDENTITY, CallerPolicyInterceptor, caller_identity
@@ -95,6 +97,28 @@ def _cluster_socket(service: str, trust_domain: str) -> bytes:
     return bytes(socket.SerializeToString(deterministic=True))
 
 
+@functools.lru_cache(maxsize=256)
+def _proxyless_socket(service: str, trust_domain: str) -> bytes:
+    """The serialized TransportSocket of a proxyless cluster: gRPC's xDS security (gRFC A29) takes
+    the certificate and the CA from the client's own certificate provider (its bootstrap names the
+    identity folder) and requires the peer's SAN to name an instance of `service`."""
+    context = {
+        "@type": rs.typed("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+        "common_tls_context": {
+            "tls_certificate_provider_instance": {"instance_name": MESH_CERTIFICATES},
+            "combined_validation_context": {
+                "default_validation_context": {
+                    "ca_certificate_provider_instance": {"instance_name": MESH_CERTIFICATES},
+                    "match_subject_alt_names": [{"prefix": spiffe_prefix(trust_domain, service)}],
+                }
+            },
+        },
+    }
+    socket = base_pb2.TransportSocket()
+    json_format.ParseDict(_transport_socket(context), socket)
+    return bytes(socket.SerializeToString(deterministic=True))
+
+
 def inline_secrets(identity: Identity) -> list[dict[str, Any]]:
     """Envoy's certificate and the mesh CA as Secrets (proto JSON) carrying the PEMs themselves."""
     return [
@@ -139,12 +163,15 @@ def file_secrets(
 
 
 def with_mesh_tls(snapshot: Snapshot, profile: Profile, identity: Identity | None) -> Snapshot:
-    """`snapshot` with mTLS to every upstream cluster and the Secrets they use, for a gateway
-    group when the control plane runs with mesh identity `identity`; unchanged otherwise (plaintext,
-    proxyless). ValueError when there is no way to give Envoy its certificate."""
-    if identity is None or profile.kind != "gateway":
+    """`snapshot` with mTLS to every upstream cluster when the control plane runs with mesh
+    identity `identity` (unchanged without one): for Envoy with the Secrets its clusters take, for
+    proxyless gRPC from each client's own certificate provider. ValueError when there is no way to
+    give Envoy its certificate."""
+    if identity is None:
         return snapshot
     trust_domain = identity.spiffe_id.trust_domain
+    if profile.kind == "proxyless":
+        return _secured(snapshot, trust_domain, _proxyless_socket, {})
     if profile.identity_dir:
         secrets = file_secrets(profile.identity_dir)
     elif identity.spiffe_id.service == GATEWAY_SERVICE:
@@ -154,16 +181,27 @@ def with_mesh_tls(snapshot: Snapshot, profile: Profile, identity: Identity | Non
             f"this control plane runs as {identity.spiffe_id.uri}, not as the gateway, and the gateway "
             "node named no identity folder: start the gateway with --identity-dir"
         )
+    return _secured(snapshot, trust_domain, _cluster_socket, {str(s["name"]): s for s in secrets})
+
+
+def _secured(
+    snapshot: Snapshot,
+    trust_domain: str,
+    socket_of: Callable[[str, str], bytes],
+    secrets: dict[str, dict[str, Any]],
+) -> Snapshot:
+    """A copy of `snapshot` whose clusters have the transport socket `socket_of(name, td)`, plus
+    `secrets`; the messages of `snapshot` are left as they were (a builder may reuse them)."""
     clusters: dict[str, cluster_pb2.Cluster] = {}
     for name, cluster in snapshot.of(rs.CLUSTER).items():
         secured = cluster_pb2.Cluster()
         secured.CopyFrom(cluster)
-        secured.transport_socket.ParseFromString(_cluster_socket(name, trust_domain))
+        secured.transport_socket.ParseFromString(socket_of(name, trust_domain))
         clusters[name] = secured
     resources = {
         **snapshot.resources,
         rs.CLUSTER: clusters,
-        rs.SECRET: {str(s["name"]): rs.parse(rs.SECRET, s) for s in secrets},
+        rs.SECRET: {name: rs.parse(rs.SECRET, s) for name, s in secrets.items()},
     }
     return Snapshot(resources, notes=snapshot.notes).check()
 

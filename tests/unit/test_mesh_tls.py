@@ -12,7 +12,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
 
 from gateway import resources as rs
-from gateway.bootstraps import envoy_bootstrap
+from gateway.bootstraps import MESH_CERTIFICATES, envoy_bootstrap
 from gateway.envoy_process import find_envoy
 from gateway.mesh_tls import CA_SECRET, CERT_SECRET, with_mesh_tls, xds_client_tls
 from gateway.profile import PROXYLESS, Profile
@@ -69,13 +69,21 @@ def test_gateway_clusters_get_mtls_naming_their_service_and_secrets_over_ads(tmp
     assert rotated.versions[rs.CLUSTER] == secured.versions[rs.CLUSTER]
 
 
-def test_plaintext_and_proxyless_are_left_alone_and_an_xds_identity_needs_the_gateways_folder(
+def test_proxyless_clusters_use_the_clients_certificates_and_an_xds_identity_needs_the_gateways_folder(
     tmp_path: Path,
 ) -> None:
     ca = CertificateAuthority.create(TD)
     plain = snapshot()
     assert with_mesh_tls(plain, Profile(), None) is plain
-    assert with_mesh_tls(plain, PROXYLESS, identity(tmp_path, ca, "gateway")) is plain
+    # Proxyless clients take their certificate from their own bootstrap's provider: no Secrets.
+    state = MeshState({"ocr": (Endpoint("o1", "127.0.0.1", 5001),)})
+    proxyless = with_mesh_tls(build_snapshot(state, PROXYLESS), PROXYLESS, identity(tmp_path, ca, "cli"))
+    common = upstream_context(proxyless, "ocr").common_tls_context
+    assert common.tls_certificate_provider_instance.instance_name == MESH_CERTIFICATES
+    validation = common.combined_validation_context.default_validation_context
+    assert validation.ca_certificate_provider_instance.instance_name == MESH_CERTIFICATES
+    assert [m.prefix for m in validation.match_subject_alt_names] == [f"spiffe://{TD}/ocr/"]
+    assert not proxyless.of(rs.SECRET)
     xds = identity(tmp_path, ca, "xds")
     with pytest.raises(ValueError, match="--identity-dir"):
         with_mesh_tls(plain, Profile(), xds)
