@@ -24,6 +24,10 @@ from mesh.registry import instance_key
 from mesh.session_revocations import REVOKED_SESSIONS_KEY
 from mesh.workload_identity import WorkloadIdentity
 from mesh.xds_client_records import client_key
+from tests.integration.auth_fixtures import start_auth
+from tests.integration.etcd_fixtures import eventually
+from tests.integration.ocr_fixtures import start_ocr
+from tests.integration.service_process import stop
 
 SERVICES = ("ocr", "auth", "gateway", "bff", "cli", "admin")
 
@@ -191,3 +195,45 @@ async def test_a_rotated_identity_is_used_by_the_next_connection(locked: LockedE
     assert identity.refresh(force=True)
     async with connected(factory.new()) as second:
         await second.put(JWKS_KEY.encode(), b"{}")
+
+
+async def test_real_auth_and_ocr_services_work_within_their_roles(locked: LockedEtcd, tmp_path: Path) -> None:
+    """`ocrmesh serve auth` and `ocrmesh serve ocr --require-auth` with identities register, publish
+    the JWKS, read it and report load through the locked etcd, and leave cleanly (lease revoked)."""
+    endpoint = locked.etcd.endpoint
+    db = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
+    auth = await asyncio.to_thread(
+        start_auth,
+        tmp_path / "auth",
+        "--etcd",
+        endpoint,
+        "--db",
+        db,
+        "--identity-dir",
+        str(locked.folder("auth")),
+    )
+    try:
+        ocr = await asyncio.to_thread(
+            start_ocr,
+            tmp_path / "ocr",
+            *("--workers", "1", "--etcd", endpoint, "--require-auth"),
+            *("--identity-dir", str(locked.folder("ocr"))),
+        )
+        try:
+            async with connected(locked.client("cli")) as cli:
+
+                async def everything_there() -> bool:
+                    services = {kv.key.decode() for kv in await cli.get_prefix(b"/ocrmesh/v1/services/")}
+                    load = await cli.get_prefix(load_prefix("ocr").encode())
+                    jwks = await cli.get(JWKS_KEY.encode())
+                    return len(services) == 2 and len(list(load)) == 1 and jwks is not None
+
+                await eventually(everything_there, timeout=20)
+        finally:
+            await asyncio.to_thread(stop, ocr.proc)
+    finally:
+        await asyncio.to_thread(stop, auth.proc)
+    async with connected(locked.client("cli")) as cli:
+        assert list(await cli.get_prefix(b"/ocrmesh/v1/services/")) == []  # both leases revoked
+    for log_text in (auth.log_text(), ocr.log_text()):
+        assert "permission denied" not in log_text
