@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aetcd
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from etcd.launcher import EtcdProcess
 from mesh import identity_files
@@ -237,3 +241,25 @@ async def test_real_auth_and_ocr_services_work_within_their_roles(locked: Locked
         assert list(await cli.get_prefix(b"/ocrmesh/v1/services/")) == []  # both leases revoked
     for log_text in (auth.log_text(), ocr.log_text()):
         assert "permission denied" not in log_text
+
+
+def served_certificate(etcd: EtcdProcess, client_folder: Path) -> bytes:
+    """The DER certificate etcd presents in a fresh handshake (as `client_folder`'s identity)."""
+    context = ssl.create_default_context(cafile=str(client_folder / identity_files.CA_FILE))
+    context.load_cert_chain(client_folder / identity_files.CERT_FILE, client_folder / identity_files.KEY_FILE)
+    with (
+        socket.create_connection((etcd.host, etcd.client_port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="etcd.test.local") as tls,
+    ):
+        served = tls.getpeercert(binary_form=True)
+    assert served is not None
+    return served
+
+
+async def test_etcd_serves_its_renewed_certificate_without_a_restart(locked: LockedEtcd) -> None:
+    leaf = locked.ca.issue("etcd", "etcd-1", hosts=["127.0.0.1"])
+    identity_files.write(locked.folder("etcd"), leaf, locked.ca.cert_pem)
+    renewed = x509.load_pem_x509_certificate(leaf.cert_pem).public_bytes(serialization.Encoding.DER)
+    assert await asyncio.to_thread(served_certificate, locked.etcd, locked.folder("cli")) == renewed
+    async with connected(locked.client("auth")) as auth:
+        await auth.put(JWKS_KEY.encode(), b"{}")  # clients still get through
