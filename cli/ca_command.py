@@ -15,9 +15,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from bench.durations import parse_duration
 from mesh import identity_files, logs
-from mesh.certificate_authority import CertificateAuthority, CertificateAuthorityError
+from mesh.certificate_authority import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    CertificateAuthority,
+    CertificateAuthorityError,
+)
 from mesh.identity_files import IdentityFilesError
 from mesh.identity_issuer import IdentityIssuer, Publish
 from mesh.spiffe_id import DEFAULT_TRUST_DOMAIN, SERVICES, SpiffeIdError
@@ -117,6 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dir", type=Path, default=DEFAULT_CA_DIR, help=f"CA folder (default {DEFAULT_CA_DIR})"
     )
     issuer.add_argument(
+        "--mounted-secret",
+        action="store_true",
+        help="--dir is a Kubernetes Secret mounted into the issuer's pod: take its key although "
+        "kubelet makes it readable by the pod's fsGroup (mode 0440; no other container is in the pod)",
+    )
+    issuer.add_argument(
         "--init",
         action="store_true",
         help="make the CA in --dir first when there is none (compose keeps it in the issuer's own volume)",
@@ -205,11 +220,33 @@ def _publisher(spec: IssueSpec) -> Publish | None:
     return SecretPublisher(KubernetesApi.in_cluster(), spec.secret)
 
 
+def load_mounted_ca(directory: Path) -> CertificateAuthority:
+    """The CA in a mounted Secret (ca.pem, ca-key.pem). CertificateAuthority.load refuses a key
+    others may read; kubelet gives a Secret's files to the pod's fsGroup (0440), and that group is
+    only this pod's, so the key is read here without that check."""
+    try:
+        cert = x509.load_pem_x509_certificate((directory / CA_CERT_FILE).read_bytes())
+        key = serialization.load_pem_private_key((directory / CA_KEY_FILE).read_bytes(), password=None)
+    except OSError as exc:
+        raise CertificateAuthorityError(
+            f"no mesh CA mounted at {directory} ({exc.strerror}: {exc.filename}); make the Secret with "
+            f"`ocrmesh ca init --dir ca && kubectl create secret generic ocrmesh-mesh-ca "
+            f"--from-file=ca/{CA_CERT_FILE} --from-file=ca/{CA_KEY_FILE}`"
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        raise CertificateAuthorityError(f"{directory} holds no readable CA: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateAuthorityError(f"{directory / CA_KEY_FILE} is not an ECDSA key")
+    return CertificateAuthority(cert, key)
+
+
 def build_issuer(ns: argparse.Namespace) -> tuple[IdentityIssuer, list[IssueSpec]]:
     """The CA (made first with --init), and an issuer that has issued every --issue once."""
     default_owner = parse_owner(ns.owner) if ns.owner else None
     specs = [parse_issue(text, default_owner) for text in ns.issue]
-    if ns.init:
+    if ns.mounted_secret:
+        ca = load_mounted_ca(ns.dir)
+    elif ns.init:
         ca, created = CertificateAuthority.load_or_create(ns.dir, ns.trust_domain)
         if created:
             log.info("made the mesh CA for spiffe://%s in %s", ca.trust_domain, ns.dir)

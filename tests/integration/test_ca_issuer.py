@@ -216,3 +216,22 @@ def test_secret_targets_are_written_through_the_api_and_renewed(
     second = identity_files.load(mounted(handler.secrets["ocrmesh-identity-ocr"]))
     assert second.cert_pem != first.cert_pem
     assert not Path("secret").exists()  # no folder written
+
+
+def test_issuer_takes_a_ca_mounted_from_a_secret(tmp_path: Path) -> None:
+    """kubelet mounts a Secret's files 0440 for the pod's fsGroup: `ca issue` refuses such a key,
+    `ca issuer --mounted-secret` (the Kubernetes issuer) takes it."""
+    CertificateAuthority.create("issuer.test").save(tmp_path / "ca")
+    (tmp_path / "ca" / "ca-key.pem").chmod(0o440)
+
+    def issuer(ca: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [*OCRMESH, "ca", "issuer", "--dir", str(ca), "--once", "--issue", f"ocr={tmp_path}/o", *extra]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    refused = issuer(tmp_path / "ca")
+    assert refused.returncode == 2 and "chmod 600" in refused.stderr
+    done = issuer(tmp_path / "ca", "--mounted-secret")
+    assert done.returncode == 0, done.stderr
+    assert identity_files.load(tmp_path / "o").spiffe_id.uri == "spiffe://issuer.test/ocr/ocr"
+    missing = issuer(tmp_path / "nothing", "--mounted-secret")
+    assert missing.returncode == 2 and "kubectl create secret generic ocrmesh-mesh-ca" in missing.stderr
