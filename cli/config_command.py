@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly, describe_failure
 from mesh.live_config import CONFIG_PREFIX, LiveSetting, config_key, parse_assignments
 
 TABLES = {"ocr": "ocr_svc.live_settings"}
@@ -59,7 +59,7 @@ async def _main(ns: argparse.Namespace) -> int:
         print(f"ocrmesh config: {exc}", file=sys.stderr)
         return 2
     except ETCD_ERRORS as exc:
-        print(f"ocrmesh config: cannot reach etcd at {ns.etcd} ({exc!r}); is it running?", file=sys.stderr)
+        print(f"ocrmesh config: {describe_failure(exc, ns.etcd)}", file=sys.stderr)
         return 1
     finally:
         await close_quietly(client, ns.timeout)

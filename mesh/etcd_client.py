@@ -94,6 +94,27 @@ class ClientFactory:
         )
 
 
+def describe_failure(exc: BaseException, endpoints: str | Sequence[str]) -> str:
+    """What a person should read when an etcd call failed: refused by etcd's access policy,
+    no TLS where etcd requires it, or etcd not reachable."""
+    where = endpoints if isinstance(endpoints, str) else ",".join(endpoints)
+    identity = mesh_transport.identity()
+    if "permission denied" in str(exc):
+        who = (
+            f"the {identity.current.spiffe_id.service!r} identity" if identity is not None else "this client"
+        )
+        return (
+            f"etcd at {where} refused {who} that (README: etcd access; live settings need the admin "
+            "identity, --identity-dir)"
+        )
+    if identity is None:
+        return (
+            f"cannot reach etcd at {where} ({exc!r}); is it running? An etcd run with a mesh identity "
+            "also needs one here (--identity-dir or OCRMESH_IDENTITY_DIR)"
+        )
+    return f"cannot reach etcd at {where} over mTLS ({exc!r}); is it running, and from the same mesh CA?"
+
+
 async def bounded(call: Awaitable[T], timeout: float) -> T:
     """Await an etcd call for at most `timeout` seconds (TimeoutError after)."""
     return await asyncio.wait_for(call, timeout)

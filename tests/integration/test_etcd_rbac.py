@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,3 +265,18 @@ async def test_etcd_serves_its_renewed_certificate_without_a_restart(locked: Loc
     assert await asyncio.to_thread(served_certificate, locked.etcd, locked.folder("cli")) == renewed
     async with connected(locked.client("auth")) as auth:
         await auth.put(JWKS_KEY.encode(), b"{}")  # clients still get through
+
+
+async def test_ocrmesh_config_sets_live_settings_as_admin_only(locked: LockedEtcd) -> None:
+    def config(identity: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "cli", "config", "--etcd", locked.etcd.endpoint]
+        command += ["--identity-dir", str(locked.folder(identity)), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    done = await asyncio.to_thread(config, "admin", "set", "ocr", "max_queue_wait_s=30")
+    assert done.returncode == 0, done.stderr
+    refused = await asyncio.to_thread(config, "cli", "set", "ocr", "max_queue_wait_s=1")
+    assert refused.returncode == 1
+    assert "refused the 'cli' identity" in refused.stderr
+    shown = await asyncio.to_thread(config, "cli", "get", "ocr")  # people may look
+    assert shown.returncode == 0 and '"max_queue_wait_s": 30.0' in shown.stdout
