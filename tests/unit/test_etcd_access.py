@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from aetcd import rpc
 
 from etcd.auth_setup import role_permissions, user_roles
+from etcd.launcher import EtcdConfig, EtcdError, EtcdProcess
+from mesh.config import ConfigError
 from mesh.etcd_access import ADMIN, POLICY, ROOT_PREFIX, may, permissions
 from mesh.jwks_source import JWKS_KEY
 from mesh.live_config import config_key
@@ -72,3 +75,19 @@ def test_the_readme_table_is_the_policy() -> None:
     assert rows[len(expected) :] == [
         "| `admin` | everything (etcd's `root` role: also users, roles, maintenance) | everything |"
     ]
+
+
+def test_etcd_with_an_identity_serves_tls_only_and_requires_client_certificates(tmp_path: Path) -> None:
+    etcd = EtcdProcess(tmp_path / "data", identity_dir=tmp_path / "id", admin_identity_dir=tmp_path / "admin")
+    command = etcd.command()
+    assert etcd.url.startswith("https://") and etcd.peer_url.startswith("https://")
+    for flag in ("--client-cert-auth", "--peer-client-cert-auth"):
+        assert flag in command
+    assert command[command.index("--trusted-ca-file") + 1] == str((tmp_path / "id" / "ca.pem").resolve())
+    assert command[command.index("--peer-cert-allowed-cn") + 1] == "etcd"
+    plain = EtcdProcess(tmp_path / "data").command()
+    assert "--client-cert-auth" not in plain and not any(arg.startswith("https") for arg in plain)
+    with pytest.raises(EtcdError, match="admin identity needs"):
+        EtcdProcess(tmp_path / "data", admin_identity_dir=tmp_path / "admin")
+    with pytest.raises(ConfigError, match="needs identity_dir"):
+        EtcdConfig(admin_identity_dir=tmp_path / "admin").validate()
