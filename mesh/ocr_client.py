@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -18,6 +18,7 @@ UNARY_LIMIT_BYTES = 3 * 1024 * 1024
 SERVICE = "/ocrmesh.ocr.v1.OcrService/"
 RECOGNIZE = SERVICE + "Recognize"
 RECOGNIZE_STREAM = SERVICE + "RecognizeStream"
+RECOGNIZE_PAGES = SERVICE + "RecognizePages"
 GET_INFO = SERVICE + "GetInfo"
 
 Metadata = Sequence[tuple[str, str]]
@@ -46,6 +47,17 @@ class Caller(Protocol):
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> M: ...
+
+    async def stream_stream(
+        self,
+        method: str,
+        requests: Sequence[Message],
+        response_type: type[M],
+        on_reply: Callable[[M], Awaitable[None]],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> None: ...
 
 
 def _serialize(message: Message) -> bytes:
@@ -99,6 +111,23 @@ class ChannelCaller:
         reply: M = await self._call("stream_unary", method, iter(requests), response_type, timeout, metadata)
         return reply
 
+    async def stream_stream(
+        self,
+        method: str,
+        requests: Sequence[Message],
+        response_type: type[M],
+        on_reply: Callable[[M], Awaitable[None]],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> None:
+        found = self._callables.get(("stream_stream", method))
+        if found is None:
+            found = multicallable(self.channel, "stream_stream", method, _serialize, response_type.FromString)
+            self._callables[("stream_stream", method)] = found
+        async for reply in found(iter(requests), timeout=timeout, metadata=metadata):
+            await on_reply(reply)
+
 
 def chunks(
     data: bytes, filename: str, options: ocr_pb2.RecognizeOptions | None
@@ -144,6 +173,37 @@ class OcrClient:
             metadata=metadata,
         )
         return streamed.result
+
+    async def recognize_pages(
+        self,
+        data: bytes,
+        on_event: Callable[[ocr_pb2.RecognizePagesResponse], Awaitable[None]],
+        filename: str = "",
+        options: ocr_pb2.RecognizeOptions | None = None,
+        timeout: float | None = 60.0,
+        metadata: Metadata = (),
+    ) -> ocr_pb2.OcrResult:
+        """RecognizePages: `on_event` hears `accepted`, each page as it is read, then the result
+        (which is also returned). After a retry it hears `accepted` again and the pages from the first."""
+        final: list[ocr_pb2.OcrResult] = []
+
+        async def hear(reply: ocr_pb2.RecognizePagesResponse) -> None:
+            if reply.WhichOneof("event") == "result":
+                final.append(reply.result)
+            await on_event(reply)
+
+        parts = [
+            ocr_pb2.RecognizePagesRequest(header=m.header)
+            if m.HasField("header")
+            else ocr_pb2.RecognizePagesRequest(chunk=m.chunk)
+            for m in chunks(data, filename, options)
+        ]
+        await self.caller.stream_stream(
+            RECOGNIZE_PAGES, parts, ocr_pb2.RecognizePagesResponse, hear, timeout=timeout, metadata=metadata
+        )
+        if not final:
+            raise RuntimeError("RecognizePages ended without a result")
+        return final[-1]
 
     async def info(self, timeout: float = 10.0, metadata: Metadata = ()) -> ocr_pb2.GetInfoResponse:
         return await self.caller.unary(

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -30,6 +31,10 @@ from ocr_svc.refusal_pacing import RefusalPacer
 from ocr_svc.workers import JobFailed, WorkerPool
 
 log = logging.getLogger(__name__)
+# Told the page count once admitted, then each PDF page in page order as soon as it and the pages
+# before it are read (its span's first_line counts the lines of those pages).
+AdmittedSink = Callable[[int], Awaitable[None]]
+PageSink = Callable[[PageSpan, tuple[Line, ...]], Awaitable[None]]
 # How close to its deadline a cancelled call counts as expired (see `recognize`).
 EXPIRY_SLACK_S = 0.25
 
@@ -197,8 +202,12 @@ class Recognizer:
         options: JobOptions,
         time_remaining: float | None,
         wait_for_room: bool = False,
+        on_admitted: AdmittedSink | None = None,
+        on_page: PageSink | None = None,
     ) -> Recognition:
-        """Run one image through the queue and a worker; raises RichError on any failure."""
+        """Run one image through the queue and a worker; raises RichError on any failure.
+
+        `on_admitted` and `on_page` hear of the progress (RecognizePages streams it)."""
         received = time.monotonic()
         if not self.serving:
             raise errors.unavailable(
@@ -213,7 +222,20 @@ class Recognizer:
             self.queue.push(ticket)
         self.counters.accepted += 1
         try:
-            results = [await self._answer(ticket, deadline) for ticket in tickets]
+            if on_admitted is not None:
+                await on_admitted(header.frames if header.format == "PDF" else 1)
+            results: list[JobResult] = []
+            lines_before = 0
+            for ticket in tickets:
+                result = await self._answer(ticket, deadline)
+                results.append(result)
+                if on_page is not None:
+                    for span in result.pages:
+                        own = result.reading.lines[span.first_line : span.first_line + span.line_count]
+                        await on_page(
+                            dataclasses.replace(span, first_line=lines_before + span.first_line), own
+                        )
+                lines_before += len(result.reading.lines)
         finally:
             for ticket in tickets:  # a page failed or the caller left: the other pages are dropped
                 if self.queue.discard(ticket) or not ticket.future.done():

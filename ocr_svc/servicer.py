@@ -19,10 +19,12 @@ from mesh.tasks import cancel_and_wait
 from mesh.token_verify import current_claims
 from ocr_svc import contract_enums
 from ocr_svc.handoff import HANDOFF_HEADER, Handoff
-from ocr_svc.job import JobOptions, Recognition
-from ocr_svc.recognizer import Recognizer
+from ocr_svc.job import JobOptions, Line, PageSpan, Recognition
+from ocr_svc.recognizer import AdmittedSink, PageSink, Recognizer
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+# A chunked upload's messages: RecognizeStream's and RecognizePages' have the same fields.
+Upload: TypeAlias = ocr_pb2.RecognizeStreamRequest | ocr_pb2.RecognizePagesRequest
 
 
 @dataclass(frozen=True)
@@ -49,31 +51,32 @@ def job_options(options: ocr_pb2.RecognizeOptions) -> JobOptions:
     )
 
 
+def to_line(line: Line, page: int) -> ocr_pb2.TextLine:
+    box = [ocr_pb2.Point(x=x, y=y) for x, y in line.box]
+    return ocr_pb2.TextLine(text=line.text, score=line.score, box=box, page=page)
+
+
+def to_page(span: PageSpan) -> ocr_pb2.Page:
+    return ocr_pb2.Page(
+        number=span.number,
+        width=span.width,
+        height=span.height,
+        dpi=span.dpi,
+        first_line=span.first_line,
+        line_count=span.line_count,
+        source=ocr_pb2.PAGE_SOURCE_TEXT_LAYER if span.text_layer else ocr_pb2.PAGE_SOURCE_OCR,
+    )
+
+
 def to_result(rec: Recognition, facts: InstanceFacts) -> ocr_pb2.OcrResult:
     page_of = [0] * len(rec.lines)
     for span in rec.pages:
         page_of[span.first_line : span.first_line + span.line_count] = [span.number] * span.line_count
-    lines = [
-        ocr_pb2.TextLine(
-            text=line.text, score=line.score, box=[ocr_pb2.Point(x=x, y=y) for x, y in line.box], page=page
-        )
-        for line, page in zip(rec.lines, page_of, strict=True)
-    ]
+    lines = [to_line(line, page) for line, page in zip(rec.lines, page_of, strict=True)]
     t = rec.timing
     return ocr_pb2.OcrResult(
         text=_text(rec),
-        pages=[
-            ocr_pb2.Page(
-                number=span.number,
-                width=span.width,
-                height=span.height,
-                dpi=span.dpi,
-                first_line=span.first_line,
-                line_count=span.line_count,
-                source=ocr_pb2.PAGE_SOURCE_TEXT_LAYER if span.text_layer else ocr_pb2.PAGE_SOURCE_OCR,
-            )
-            for span in rec.pages
-        ],
+        pages=[to_page(span) for span in rec.pages],
         lines=lines,
         width=rec.width,
         height=rec.height,
@@ -159,12 +162,42 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
     async def RecognizeStream(
         self, request_iterator: AsyncIterator[ocr_pb2.RecognizeStreamRequest], context: Context
     ) -> ocr_pb2.RecognizeStreamResponse:
+        rec = await self._recognize_upload(request_iterator, context)
+        return ocr_pb2.RecognizeStreamResponse(result=to_result(rec, self.facts))
+
+    async def RecognizePages(
+        self, request_iterator: AsyncIterator[ocr_pb2.RecognizePagesRequest], context: Context
+    ) -> None:
+        """RecognizeStream's upload, answered step by step: accepted, each page, the result."""
+
+        async def accepted(page_count: int) -> None:
+            await context.write(
+                ocr_pb2.RecognizePagesResponse(accepted=ocr_pb2.PagesAccepted(page_count=page_count))
+            )
+
+        async def page(span: PageSpan, lines: tuple[Line, ...]) -> None:
+            read = ocr_pb2.PageResult(
+                page=to_page(span), lines=[to_line(line, span.number) for line in lines]
+            )
+            await context.write(ocr_pb2.RecognizePagesResponse(page=read))
+
+        rec = await self._recognize_upload(request_iterator, context, accepted, page)
+        await context.write(ocr_pb2.RecognizePagesResponse(result=to_result(rec, self.facts)))
+
+    async def _recognize_upload(
+        self,
+        request_iterator: AsyncIterator[Upload],
+        context: Context,
+        on_admitted: AdmittedSink | None = None,
+        on_page: PageSink | None = None,
+    ) -> Recognition:
+        """A chunked upload read and recognised, within the caller's share of concurrent uploads."""
         caller = _caller(context)
         if self._uploads.get(caller, 0) >= self.max_uploads_per_caller:
             await errors.abort(context, _too_many_uploads(self.max_uploads_per_caller))
         self._uploads[caller] = self._uploads.get(caller, 0) + 1
         try:
-            return await self._recognize_stream(request_iterator, context)
+            return await self._read_and_recognize(request_iterator, context, on_admitted, on_page)
         finally:
             left = self._uploads[caller] - 1
             if left:
@@ -172,9 +205,13 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
             else:
                 del self._uploads[caller]
 
-    async def _recognize_stream(
-        self, request_iterator: AsyncIterator[ocr_pb2.RecognizeStreamRequest], context: Context
-    ) -> ocr_pb2.RecognizeStreamResponse:
+    async def _read_and_recognize(
+        self,
+        request_iterator: AsyncIterator[Upload],
+        context: Context,
+        on_admitted: AdmittedSink | None,
+        on_page: PageSink | None,
+    ) -> Recognition:
         limit = self.recognizer.limits.max_bytes
         header: ocr_pb2.RecognizeStreamHeader | None = None
         chunks: list[bytes] = []
@@ -195,13 +232,17 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
                     chunks.append(message.chunk)
             options = header.options if header is not None else ocr_pb2.RecognizeOptions()
             rec = await self.recognizer.recognize(
-                b"".join(chunks), job_options(options), context.time_remaining()
+                b"".join(chunks),
+                job_options(options),
+                context.time_remaining(),
+                on_admitted=on_admitted,
+                on_page=on_page,
             )
         except errors.RichError as exc:
             await errors.abort(context, exc)
             raise
         self._tell_wait(context)
-        return ocr_pb2.RecognizeStreamResponse(result=to_result(rec, self.facts))
+        return rec
 
     async def RecognizeBatch(
         self, request_iterator: AsyncIterator[ocr_pb2.RecognizeBatchRequest], context: Context

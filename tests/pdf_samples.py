@@ -1,65 +1,15 @@
-"""PDFs made for the tests: raw ones written object by object, scans of corpus images, encrypted."""
+"""PDFs made for the tests: raw ones written object by object, scans of corpus images, encrypted
+(the makers live in bench/pdf_files.py, which the PDF benchmark uses too)."""
 
 from __future__ import annotations
 
-import io
-
-from PIL import Image
-
+from bench.pdf_files import big_image_pdf, encrypted_pdf, raw_pdf, refused_pdfs, text_pdf
+from bench.pdf_files import scan_pdf as scan_pdf_of
 from tests.corpus import CORPUS
 
-
-def raw_pdf(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
-    """A PDF whose object i+1 is objects[i], with a correct cross-reference table; 1 is the catalog."""
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        trailer_extra,
-        xref,
-    )
-    return bytes(out)
-
-
-def text_pdf(lines: list[str], pages: int = 1, media_box: bytes = b"0 0 612 792") -> bytes:
-    """`pages` pages sharing one content stream that writes `lines` in Helvetica 24 pt."""
-    shown = b"".join(b"1 0 0 1 72 %d Tm (%s) Tj\n" % (700 - 40 * i, t.encode()) for i, t in enumerate(lines))
-    content = b"BT /F1 24 Tf\n" + shown + b"ET"
-    kids = b" ".join(b"%d 0 R" % (5 + i) for i in range(pages))
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
-    ]
-    objects += [
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [%s] /Resources << /Font << /F1 3 0 R >> >> "
-        b"/Contents 4 0 R >>" % media_box
-    ] * pages
-    return raw_pdf(objects)
+__all__ = ["big_image_pdf", "encrypted_pdf", "raw_pdf", "refused_pdfs", "scan_pdf", "text_pdf"]
 
 
 def scan_pdf(*names: str) -> bytes:
     """Corpus images as a scanned PDF, one page each, at 200 DPI."""
-    images = [Image.open(CORPUS / "real" / name).convert("RGB") for name in names]
-    out = io.BytesIO()
-    images[0].save(out, "PDF", save_all=True, append_images=images[1:], resolution=200.0)
-    return out.getvalue()
-
-
-def encrypted_pdf() -> bytes:
-    """A one-page PDF under the standard security handler, whose user password is not empty."""
-    encrypt = b"<< /Filter /Standard /V 1 /R 2 /P -4 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> >>"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
-        encrypt,
-    ]
-    return raw_pdf(objects, b"/Encrypt 4 0 R /ID [<" + b"33" * 16 + b"> <" + b"33" * 16 + b">] ")
+    return scan_pdf_of([CORPUS / "real" / name for name in names])

@@ -120,6 +120,21 @@ class OcrReply(BaseModel):
     bytes: int
 
 
+class PagesEvent(BaseModel):
+    """One line of POST /api/ocr/pages. `accepted`: `pages` will come; `page`: one page read (`page`,
+    its `lines`), in page order; `result`: every field of POST /api/ocr's answer; `error`: the OCR
+    failed after it started (`status`, `error`, `message` as an error answer would say)."""
+
+    model_config = ConfigDict(extra="allow")
+    event: str = Field(description='"accepted", "page", "result" or "error"')
+    pages: int | None = Field(default=None, description="accepted: the page count (1 for an image)")
+    page: Page | None = None
+    lines: list[Line] | None = None
+    status: int | None = Field(default=None, description="error: the HTTP status it would have been")
+    error: str | None = None
+    message: str | None = None
+
+
 class ServiceHealth(BaseModel):
     instances: int
     healthy: int
@@ -208,6 +223,7 @@ SECURITY: dict[tuple[str, str], list[dict[str, list[str]]]] = {
     ("get", "/api/me"): LOGGED_IN,
     ("get", "/api/status"): LOGGED_IN,
     ("post", "/api/ocr"): LOGGED_IN_POST,
+    ("post", "/api/ocr/pages"): LOGGED_IN_POST,
 }
 UPLOAD_BODY = {
     "required": True,
@@ -243,8 +259,15 @@ def openapi(app: FastAPI) -> dict[str, Any]:
             operation.get("responses", {}).pop("422", None)
             if (method, path) in SECURITY:
                 operation["security"] = SECURITY[(method, path)]
-            if (method, path) == ("post", "/api/ocr"):
+            if method == "post" and path in ("/api/ocr", "/api/ocr/pages"):
                 operation["requestBody"] = UPLOAD_BODY
+            if (method, path) == ("post", "/api/ocr/pages"):  # JSON lines, not one JSON document
+                operation["responses"]["200"]["content"].pop("application/json", None)
+    components.setdefault("schemas", {})["PagesEvent"] = PagesEvent.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    for name, definition in components["schemas"]["PagesEvent"].pop("$defs", {}).items():
+        components["schemas"].setdefault(name, definition)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.get("schemas", {}).pop(unused, None)
     app.openapi_schema = schema

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, JSONResponse
 
 from mesh.logs import request_id
-from web_bff import account_routes, api_schema, ocr_routes, status_routes
+from web_bff import account_routes, api_schema, ocr_routes, pages_route, status_routes
 from web_bff.backends import Backends
 from web_bff.bff_state import BffState
 from web_bff.config import BffConfig
@@ -114,14 +114,14 @@ def create_app(config: BffConfig, backends: Backends | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         limit=config.max_upload_bytes + MULTIPART_OVERHEAD,
-        paths={OCR_PATH},
+        paths={OCR_PATH, pages_route.PAGES_PATH},
         file_limit=config.max_upload_bytes,
     )
     app.middleware("http")(guard)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
-    for routes in (account_routes, ocr_routes, status_routes):
+    for routes in (account_routes, ocr_routes, pages_route, status_routes):
         app.include_router(routes.router)
     app.get("/", include_in_schema=False)(index)
     app.openapi = lambda: api_schema.openapi(app)  # type: ignore[method-assign]

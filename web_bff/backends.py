@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from ocrmesh.auth.v1 import auth_pb2
 from ocrmesh.ocr.v1 import ocr_pb2
@@ -114,6 +114,23 @@ class Backends:
             auth_pb2.WhoAmIRequest(),
             auth_pb2.WhoAmIResponse,
             timeout=self.auth_timeout_s,
+            metadata=credentials.bearer(access_token),
+        )
+
+    async def recognize_pages(
+        self,
+        data: bytes,
+        filename: str,
+        access_token: str,
+        on_event: Callable[[ocr_pb2.RecognizePagesResponse], Awaitable[None]],
+    ) -> ocr_pb2.OcrResult:
+        """`recognize`, page by page (RecognizePages): `on_event` hears each step as it comes."""
+        return await self.ocr.ocr().recognize_pages(
+            data,
+            on_event,
+            filename=filename,
+            options=ocr_pb2.RecognizeOptions(return_boxes=True),
+            timeout=self.ocr_timeout_s,
             metadata=credentials.bearer(access_token),
         )
 

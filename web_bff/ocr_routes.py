@@ -18,32 +18,34 @@ OCR_PATH = "/api/ocr"
 router = APIRouter()
 
 
+def line_json(line: ocr_pb2.TextLine) -> dict[str, Any]:
+    return {
+        "text": line.text,
+        "score": round(line.score, 4),
+        "box": [[round(p.x, 1), round(p.y, 1)] for p in line.box],
+        "page": line.page,
+    }
+
+
+def page_json(page: ocr_pb2.Page) -> dict[str, Any]:
+    return {
+        "number": page.number,
+        "width": page.width,
+        "height": page.height,
+        "first_line": page.first_line,
+        "line_count": page.line_count,
+        "text_layer": page.source == ocr_pb2.PAGE_SOURCE_TEXT_LAYER,
+    }
+
+
 def result_json(result: ocr_pb2.OcrResult) -> dict[str, Any]:
     """An OcrResult as the page uses it: lines with 4-point boxes, a PDF's pages, timing and who
     served it."""
     t, s = result.timing, result.served_by
     return {
         "text": result.text,
-        "lines": [
-            {
-                "text": line.text,
-                "score": round(line.score, 4),
-                "box": [[round(p.x, 1), round(p.y, 1)] for p in line.box],
-                "page": line.page,
-            }
-            for line in result.lines
-        ],
-        "pages": [
-            {
-                "number": page.number,
-                "width": page.width,
-                "height": page.height,
-                "first_line": page.first_line,
-                "line_count": page.line_count,
-                "text_layer": page.source == ocr_pb2.PAGE_SOURCE_TEXT_LAYER,
-            }
-            for page in result.pages
-        ],
+        "lines": [line_json(line) for line in result.lines],
+        "pages": [page_json(page) for page in result.pages],
         "width": result.width,
         "height": result.height,
         "timing": {

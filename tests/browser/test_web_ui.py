@@ -244,6 +244,27 @@ def test_a_pdf_is_shown_page_by_page(browser: Browser, mesh: Mesh, tmp_path: Pat
     assert page.errors == []  # type: ignore[attr-defined]
 
 
+def test_a_pdfs_pages_appear_as_they_are_read_with_progress(
+    browser: Browser, mesh: Mesh, tmp_path: Path
+) -> None:
+    page = signed_in(browser, mesh)
+    scan = tmp_path / "eight.pdf"
+    scan.write_bytes(scan_pdf(*["rapidocr_en.jpg"] * 7, "rapidocr_text_rec.jpg"))
+    page.set_input_files("[data-testid=file-input]", str(scan))
+    # While it is read (one worker, a page at a time): how far it got, and the pages read so far.
+    expect(page.get_by_test_id("progress")).to_contain_text(
+        re.compile(r"Read [1-7] of 8 pages"), timeout=RESULT_TIMEOUT_MS
+    )
+    expect(page.locator("#lines li.page-head").first).to_have_text("Page 1")
+    # Then every page, the last one's line last, and the timings.
+    expect(page.locator("#lines li.page-head")).to_have_count(8, timeout=RESULT_TIMEOUT_MS)
+    expect(page.get_by_test_id("time")).not_to_have_text("…", timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#lines li .line-text").last).to_have_text("韩国小馆")
+    expect(page.locator(".preview-card")).to_be_hidden()
+    expect(page.get_by_test_id("progress")).to_be_hidden()
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
 def test_upload_while_logged_out_goes_to_login_then_recognises(browser: Browser, mesh: Mesh) -> None:
     user = new_user()
     page = new_page(browser, mesh)

@@ -378,7 +378,17 @@ def test_the_openapi_document_is_complete(mesh: Mesh) -> None:
         for method, operation in operations.items():
             assert "422" not in operation["responses"], (method, path)
             for status, answer in operation["responses"].items():
-                assert "$ref" in answer["content"]["application/json"]["schema"], (method, path, status)
+                lines = (path, status) == ("/api/ocr/pages", "200")  # one JSON object per line
+                [kind] = answer["content"]
+                assert kind == ("application/x-ndjson" if lines else "application/json"), (
+                    method,
+                    path,
+                    status,
+                )
+                assert "$ref" in answer["content"][kind]["schema"], (method, path, status)
+    pages = document["paths"]["/api/ocr/pages"]["post"]
+    assert pages["requestBody"] == ocr["requestBody"] and pages["security"] == ocr["security"]
+    assert "page" in document["components"]["schemas"]["PagesEvent"]["properties"]
 
 
 def test_every_answer_conforms_to_the_openapi_document(
@@ -416,4 +426,4 @@ def test_every_answer_conforms_to_the_openapi_document(
                     case.validate_response(response, checks=CONFORMANCE_CHECKS)
 
                 conforms()
-    assert "POST /api/ocr" in labels and len(labels) == 9, labels
+    assert {"POST /api/ocr", "POST /api/ocr/pages"} <= set(labels) and len(labels) == 10, labels

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -210,6 +210,33 @@ async def test_a_pdf_comes_back_page_by_page_unary_and_streamed(service: OcrProc
     assert [page.source for page in embedded.pages] == [ocr_pb2.PAGE_SOURCE_TEXT_LAYER] * 2
     assert embedded.text == "Invoice 2026-117\nTotal due: 42.00\n\f\nInvoice 2026-117\nTotal due: 42.00"
     assert ocr_pb2.IMAGE_FORMAT_PDF in info.limits.image_formats and info.limits.max_pdf_pages == 100
+
+
+async def test_recognize_pages_streams_a_pdf_page_by_page_and_an_image_whole(service: OcrProcess) -> None:
+    pdf = scan_pdf("rapidocr_text_rec.jpg", "rapidocr_en_rec.jpg", "rapidocr_short.png")
+    for data, name, steps in (
+        (pdf, "scan.pdf", ["accepted", "page", "page", "page", "result"]),
+        (PHOTO.read_bytes(), PHOTO.name, ["accepted", "result"]),
+    ):
+        replies: list[ocr_pb2.RecognizePagesResponse] = []
+        async with balancer.direct_channel(service.address) as channel:
+            result = await OcrClient(channel).recognize_pages(data, _into(replies), name, timeout=120)
+        assert [r.WhichOneof("event") for r in replies] == steps, name
+        assert replies[0].accepted.page_count == (3 if name == "scan.pdf" else 1)
+        pages = [r.page for r in replies if r.WhichOneof("event") == "page"]
+        assert [[line.text for line in p.lines] for p in pages] == (PDF_PAGES if name == "scan.pdf" else [])
+        assert [p.page for p in pages] == list(result.pages)  # the same pages as the result says
+        assert replies[-1].result == result
+    assert "正品促销" in result.text
+
+
+def _into(
+    replies: list[ocr_pb2.RecognizePagesResponse],
+) -> Callable[[ocr_pb2.RecognizePagesResponse], Awaitable[None]]:
+    async def hear(reply: ocr_pb2.RecognizePagesResponse) -> None:
+        replies.append(reply)
+
+    return hear
 
 
 async def test_an_image_sent_behind_a_pdf_is_not_kept_waiting_for_all_its_pages(service: OcrProcess) -> None:

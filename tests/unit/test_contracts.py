@@ -44,6 +44,7 @@ def test_generated_services_expose_the_contract() -> None:
     assert {m.name for m in ocr.methods} == {
         "Recognize",
         "RecognizeStream",
+        "RecognizePages",
         "RecognizeBatch",
         "GetInfo",
     }

@@ -80,6 +80,49 @@ function uploadImage(file, onProgress) {
   });
 }
 
+// A PDF goes to /api/ocr/pages, which answers one JSON line per step while its pages are read:
+// `accepted` (the page count), each `page` in order, then the `result`. XMLHttpRequest shows the
+// lines as they arrive (responseText grows), and the upload's progress too.
+function uploadPdf(file, onProgress, onEvent) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/ocr/pages");
+    xhr.setRequestHeader("X-CSRF-Token", csrf());
+    let seen = 0;
+    let result = null;
+    let failure = null;
+    const take = () => { // every complete line not handled yet
+      if (xhr.status < 200 || xhr.status >= 300) return;
+      let end;
+      while ((end = xhr.responseText.indexOf("\n", seen)) >= 0) {
+        const event = JSON.parse(xhr.responseText.slice(seen, end));
+        seen = end + 1;
+        if (event.event === "result") result = event;
+        else if (event.event === "error") failure = new ApiError(event.status, event, null);
+        else onEvent(event);
+      }
+    };
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+    xhr.upload.onload = () => onProgress(1);
+    xhr.onprogress = take;
+    xhr.onload = () => {
+      if (xhr.status >= 200 && xhr.status < 300) {
+        take();
+        if (result) resolve(result);
+        else reject(failure || new ApiError(502, null, null));
+        return;
+      }
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+      reject(new ApiError(xhr.status, body, xhr.getResponseHeader("Retry-After")));
+    };
+    xhr.onerror = () => reject(new ApiError(0, null, null));
+    const form = new FormData();
+    form.append("file", file, file.name || "document.pdf");
+    xhr.send(form);
+  });
+}
+
 function explain(err) {
   const key = `err.${err.code}`;
   const title = t(key, { s: err.retryAfter });
@@ -297,6 +340,7 @@ function clearWork() {
   $("boxes").textContent = "";
   $("preview-img").removeAttribute("src");
   document.querySelector(".preview-card").hidden = false;
+  document.querySelector(".preview .frame").hidden = false;
   $("dropzone").classList.remove("compact");
   $("file").value = "";
   hideError();
@@ -311,10 +355,11 @@ async function startUpload(file) {
   clearWork();
   state.file = file;
   state.objectUrl = URL.createObjectURL(file);
-  // A PDF has no picture to draw boxes on: its pages are listed with their lines instead.
+  // A PDF has no picture to draw boxes on: its pages are listed with their lines instead, as
+  // each is read; the card above shows the progress until the last one.
   const isPdf = file.type === "application/pdf" || /\.pdf$/i.test(file.name || "");
   if (!isPdf) $("preview-img").src = state.objectUrl;
-  document.querySelector(".preview-card").hidden = isPdf;
+  document.querySelector(".preview .frame").hidden = isPdf;
   $("file-name").textContent = file.name || "";
   $("work").hidden = false;
   $("dropzone").classList.add("compact");
@@ -323,16 +368,35 @@ async function startUpload(file) {
   const started = performance.now();
   let uploaded = false;
   setProgress(0, t("ocr.uploading", { pct: 0 }));
+  const read = { pages: [], lines: [], total: 0 }; // a PDF's pages so far
   const tick = () => {
-    if (uploaded) setProgress(1, t("ocr.recognising", { s: ((performance.now() - started) / 1000).toFixed(1) }));
+    if (!uploaded) return;
+    const s = ((performance.now() - started) / 1000).toFixed(1);
+    if (read.total > 1) setProgress(read.pages.length / read.total, t("ocr.readingPages", { n: read.pages.length, total: read.total, s }));
+    else setProgress(1, t("ocr.recognising", { s }));
   };
   state.busyTimer = setInterval(tick, 100);
+  const uploading = (fraction) => {
+    if (fraction >= 1) { uploaded = true; tick(); }
+    else setProgress(fraction, t("ocr.uploading", { pct: Math.round(fraction * 100) }));
+  };
+  const onEvent = (event) => {
+    if (state.file !== file) return;
+    if (event.event === "accepted") { // (again after a retry elsewhere: the pages start over)
+      Object.assign(read, { pages: [], lines: [], total: event.pages });
+      $("result").hidden = true;
+    } else if (event.event === "page") {
+      read.pages.push({ ...event.page, first_line: read.lines.length });
+      read.lines.push(...event.lines);
+      renderLines(read.lines, read.pages);
+      $("result").hidden = false;
+    }
+    tick();
+  };
   try {
-    const result = await uploadImage(file, (fraction) => {
-      if (fraction >= 1) { uploaded = true; tick(); }
-      else setProgress(fraction, t("ocr.uploading", { pct: Math.round(fraction * 100) }));
-    });
+    const result = isPdf ? await uploadPdf(file, uploading, onEvent) : await uploadImage(file, uploading);
     if (state.file !== file) return; // cleared or replaced meanwhile
+    if (isPdf) document.querySelector(".preview-card").hidden = true;
     renderResult(result, performance.now() - started);
   } catch (err) {
     if (state.file !== file) return;
@@ -369,12 +433,28 @@ function ms(value) {
 
 function renderResult(result, roundTripMs) {
   state.result = result;
+  renderLines(result.lines, result.pages || [], result);
+  $("no-text").hidden = result.lines.length > 0;
+  // The recognition itself, and apart from it the time the call waited in an instance's queue.
+  const queued = result.timing.queue_ms || 0;
+  $("meta-time").textContent = ms(Math.max(0, result.timing.total_ms - queued));
+  $("meta-queue").textContent = ms(queued);
+  $("meta-trip").textContent = ms(roundTripMs);
+  $("meta-instance").textContent = result.served_by.instance_id || "-";
+  $("meta-device").textContent = device(result.served_by.device, result.served_by.execution_provider);
+  $("result").hidden = false;
+  if (window.matchMedia("(max-width: 760px)").matches) $("result").scrollIntoView({ block: "start" });
+}
+
+// The lines, under a heading per page for a PDF (`pages` so far, while it is read), with their
+// boxes over the picture for an image (`image`: its size).
+function renderLines(lines, pages, image) {
   const svg = $("boxes");
-  svg.setAttribute("viewBox", `0 0 ${result.width} ${result.height}`);
   svg.textContent = "";
+  if (image) svg.setAttribute("viewBox", `0 0 ${image.width} ${image.height}`);
   const list = $("lines");
   list.textContent = "";
-  const pages = result.pages || [];
+  if (!image) for (const id of ["meta-time", "meta-queue", "meta-trip", "meta-instance", "meta-device"]) $(id).textContent = "…";
   const addLine = (line, i) => {
     if (line.box.length === 4 && pages.length === 0) {
       const poly = document.createElementNS("http://www.w3.org/2000/svg", "polygon");
@@ -393,24 +473,14 @@ function renderResult(result, roundTripMs) {
     li.append(text, score);
     list.append(li);
   };
-  if (pages.length === 0) result.lines.forEach(addLine);
+  if (pages.length === 0) lines.forEach(addLine);
   for (const page of pages) { // a PDF: each page's heading, then its lines
     const head = document.createElement("li");
     head.className = "page-head";
     head.textContent = t("ocr.page", { n: page.number });
     list.append(head);
-    for (let i = page.first_line; i < page.first_line + page.line_count; i++) addLine(result.lines[i], i);
+    for (let i = page.first_line; i < page.first_line + page.line_count; i++) addLine(lines[i], i);
   }
-  $("no-text").hidden = result.lines.length > 0;
-  // The recognition itself, and apart from it the time the call waited in an instance's queue.
-  const queued = result.timing.queue_ms || 0;
-  $("meta-time").textContent = ms(Math.max(0, result.timing.total_ms - queued));
-  $("meta-queue").textContent = ms(queued);
-  $("meta-trip").textContent = ms(roundTripMs);
-  $("meta-instance").textContent = result.served_by.instance_id || "-";
-  $("meta-device").textContent = device(result.served_by.device, result.served_by.execution_provider);
-  $("result").hidden = false;
-  if (window.matchMedia("(max-width: 760px)").matches) $("result").scrollIntoView({ block: "start" });
 }
 
 function highlight(i, on) {

@@ -116,6 +116,38 @@ class RecognizeStreamResponse(_message.Message):
     result: OcrResult
     def __init__(self, result: _Optional[_Union[OcrResult, _Mapping]] = ...) -> None: ...
 
+class RecognizePagesRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: RecognizeStreamHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[RecognizeStreamHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class RecognizePagesResponse(_message.Message):
+    __slots__ = ("accepted", "page", "result")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    accepted: PagesAccepted
+    page: PageResult
+    result: OcrResult
+    def __init__(self, accepted: _Optional[_Union[PagesAccepted, _Mapping]] = ..., page: _Optional[_Union[PageResult, _Mapping]] = ..., result: _Optional[_Union[OcrResult, _Mapping]] = ...) -> None: ...
+
+class PagesAccepted(_message.Message):
+    __slots__ = ("page_count",)
+    PAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    page_count: int
+    def __init__(self, page_count: _Optional[int] = ...) -> None: ...
+
+class PageResult(_message.Message):
+    __slots__ = ("page", "lines")
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    page: Page
+    lines: _containers.RepeatedCompositeFieldContainer[TextLine]
+    def __init__(self, page: _Optional[_Union[Page, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[TextLine, _Mapping]]] = ...) -> None: ...
+
 class RecognizeBatchRequest(_message.Message):
     __slots__ = ("item_id", "image", "filename", "options")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class OcrServiceStub:
                 request_serializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizeStreamRequest.SerializeToString,
                 response_deserializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizeStreamResponse.FromString,
                 _registered_method=True)
+        self.RecognizePages = channel.stream_stream(
+                '/ocrmesh.ocr.v1.OcrService/RecognizePages',
+                request_serializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizePagesRequest.SerializeToString,
+                response_deserializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizePagesResponse.FromString,
+                _registered_method=True)
         self.RecognizeBatch = channel.stream_stream(
                 '/ocrmesh.ocr.v1.OcrService/RecognizeBatch',
                 request_serializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizeBatchRequest.SerializeToString,
@@ -114,6 +119,18 @@ class OcrServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecognizePages(self, request_iterator, context):
+        """RecognizePages runs OCR on one image or PDF uploaded in chunks as RecognizeStream takes it, and
+        answers as it goes, so a client can show a PDF's progress: first `accepted` (the upload passed
+        the header check and was admitted; how many pages will come), then each page in page order as
+        soon as it and every page before it are read, then the whole `result` (what RecognizeStream
+        would answer). An image comes back as one `accepted` and the `result`. Errors end the stream
+        with the same status RecognizeStream would give; a retried call starts over with `accepted`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecognizeBatch(self, request_iterator, context):
         """RecognizeBatch runs OCR on many images over one stream; results come back as they finish,
         each tagged with the caller's item id and its own status.
@@ -141,6 +158,11 @@ def add_OcrServiceServicer_to_server(servicer, server):
                     servicer.RecognizeStream,
                     request_deserializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizeStreamRequest.FromString,
                     response_serializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizeStreamResponse.SerializeToString,
+            ),
+            'RecognizePages': grpc.stream_stream_rpc_method_handler(
+                    servicer.RecognizePages,
+                    request_deserializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizePagesRequest.FromString,
+                    response_serializer=ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizePagesResponse.SerializeToString,
             ),
             'RecognizeBatch': grpc.stream_stream_rpc_method_handler(
                     servicer.RecognizeBatch,
@@ -227,6 +249,33 @@ class OcrService:
             '/ocrmesh.ocr.v1.OcrService/RecognizeStream',
             ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizeStreamRequest.SerializeToString,
             ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecognizePages(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ocrmesh.ocr.v1.OcrService/RecognizePages',
+            ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizePagesRequest.SerializeToString,
+            ocrmesh_dot_ocr_dot_v1_dot_ocr__pb2.RecognizePagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
