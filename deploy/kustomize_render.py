@@ -34,7 +34,6 @@ CLUSTER_SCOPED = {
 }
 # Kinds whose namespace handling in kustomize goes beyond metadata.namespace (not supported).
 NAMESPACE_REFERENCING = {
-    "RoleBinding",
     "ClusterRoleBinding",
     "ValidatingWebhookConfiguration",
     "MutatingWebhookConfiguration",
@@ -215,6 +214,14 @@ def _set_namespace(resources: list[Resource], namespace: str) -> None:
             raise RenderError(f"namespace transformer for {kind} is not supported")
         if kind not in CLUSTER_SCOPED:
             res.setdefault("metadata", {})["namespace"] = namespace
+        if kind == "RoleBinding":
+            # kustomize moves ServiceAccount subjects along (those naming no other namespace)
+            for subject in res.get("subjects") or []:
+                if (
+                    subject.get("kind") == "ServiceAccount"
+                    and subject.get("namespace", "default") == "default"
+                ):
+                    subject["namespace"] = namespace
 
 
 def split_image(image: str) -> tuple[str, str, str]:

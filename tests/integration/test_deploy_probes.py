@@ -26,6 +26,7 @@ import yaml
 
 from deploy.kustomize_render import containers, render
 from etcd.launcher import EtcdProcess
+from mesh.mesh_transport import IDENTITY_ENV
 from mesh.processes import free_port
 from mesh.registry import Instance
 from mesh.xds_client_records import client_key
@@ -63,6 +64,10 @@ class Deployed:
         env.update({key: str(port) for key, port in ports.items()})
         env.update({k: "127.0.0.1" for k in env if k.endswith("_HOST")})
         env["OCRMESH_ETCD"] = etcd
+        # Run plaintext, as the etcd fixture does: the mounted identity Secret is not here. The
+        # probes' mTLS path (healthcheck.py with the pod's identity) is tested in
+        # test_healthcheck_mtls.py; these check ports, paths and drain timing.
+        assert env.pop(IDENTITY_ENV) == "/var/run/ocrmesh/identity"
         self.env = env
 
     def command(self, words: list[str]) -> list[str]:

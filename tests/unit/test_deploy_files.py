@@ -812,12 +812,16 @@ def template_secrets() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(SECRET_TEMPLATE.read_text(encoding="utf-8")) if d]
 
 
-def ocrmesh_containers(resources: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(workload, container) for each container running one of our images."""
+def ocrmesh_containers(
+    resources: list[dict[str, Any]], services_only: bool = True
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, container) for each container running one of our images: its services
+    (`ocrmesh serve`), and with `services_only` False the identity issuer too."""
     for workload in workloads(resources):
         for container in containers(workload):
             if split_image(container["image"])[0] in built_images():
-                yield workload, container
+                if not services_only or container["args"][:1] == ["serve"]:
+                    yield workload, container
 
 
 def quantity(value: Any) -> float:
@@ -915,14 +919,18 @@ def check_grpc_service(
     workload: dict[str, Any],
     container: dict[str, Any],
 ) -> None:
-    """OCR and auth: gRPC port and metrics, native gRPC probes on their own health service."""
+    """OCR and auth: gRPC port and metrics; exec probes asking gRPC health on their port with the
+    pod's identity (kubelet's own gRPC probe speaks plaintext, which an mTLS port refuses)."""
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": config.port, "metrics": config.metrics_port}, where
     template = workload["spec"]["template"]
     assert template["metadata"]["annotations"]["prometheus.io/port"] == str(config.metrics_port)
-    for probe in ("readinessProbe", "livenessProbe"):
-        grpc = container[probe]["grpc"]
-        assert grpc == {"port": config.port, "service": service.grpc_service}, f"{where}: {probe}"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command == ["python", HEALTHCHECK, f"127.0.0.1:{config.port}"], f"{where}: {probe}"
+        assert container[probe]["timeoutSeconds"] >= 5 if probe != "startupProbe" else True, (
+            f"{where}: {probe}: a Python probe needs time to start"
+        )
     requests, limits = container["resources"]["requests"], container["resources"]["limits"]
     if service.name == "ocr":
         assert "startupProbe" in container, f"{where}: OCR warm-up needs a startupProbe"
@@ -1043,7 +1051,9 @@ def test_k8s_security_contexts(overlay: str) -> None:
         where = f"{overlay}: {workload['metadata']['name']}"
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, where
-        assert pod.get("automountServiceAccountToken") is False, where
+        # Only the identity issuer calls the Kubernetes API (test_k8s_identities checks its Role).
+        token = workload["metadata"]["name"] == ISSUER
+        assert pod.get("automountServiceAccountToken") is token, where
         mounts_needed = {"/tmp"}
         for container in containers(workload):
             sc = container["securityContext"]
@@ -1075,12 +1085,23 @@ def test_k8s_references_resolve() -> None:
         assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     hpas = by_kind(resources, "HorizontalPodAutoscaler").values()
     autoscaled = {h["spec"]["scaleTargetRef"]["name"] for h in hpas}
+    rendered_secrets = by_kind(resources, "Secret")
     for workload in pods:
-        if workload["kind"] == "Deployment" and workload["metadata"]["name"] not in autoscaled:
-            assert workload["spec"]["replicas"] >= 2, workload["metadata"]["name"]
+        name = workload["metadata"]["name"]
+        if name == ISSUER:  # one writer of the identity Secrets, never two at once
+            assert workload["spec"]["replicas"] == 1 and workload["spec"]["strategy"]["type"] == "Recreate"
+        elif workload["kind"] == "Deployment" and name not in autoscaled:
+            assert workload["spec"]["replicas"] >= 2, name
         for volume in workload["spec"]["template"]["spec"].get("volumes", []):
-            if "secret" in volume:
-                secret = by_kind(template_secrets(), "Secret")[volume["secret"]["secretName"]]
+            if "secret" not in volume:
+                continue
+            secret_name = volume["secret"]["secretName"]
+            if secret_name == CA_SECRET:  # made by `kubectl create secret generic` (README)
+                assert {i["key"] for i in volume["secret"]["items"]} == {"ca.pem", "ca-key.pem"}
+            elif secret_name in rendered_secrets:  # an identity Secret, filled by the issuer
+                assert "items" not in volume["secret"], f"{name}: mount all of {secret_name}"
+            else:
+                secret = by_kind(template_secrets(), "Secret")[secret_name]
                 assert {i["key"] for i in volume["secret"]["items"]} <= set(secret["stringData"])
 
 
@@ -1092,7 +1113,7 @@ def test_k8s_etcd_cluster() -> None:
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
     (container,) = containers(etcd)
     env = {e["name"]: e.get("value", "") for e in container["env"]}
-    members = [f"etcd-{i}=http://etcd-{i}.{headless['metadata']['name']}:2380" for i in range(3)]
+    members = [f"etcd-{i}=https://etcd-{i}.{headless['metadata']['name']}:2380" for i in range(3)]
     assert env["ETCD_INITIAL_CLUSTER"] == ",".join(members)
     ocr = by_kind(resources, "ConfigMap")["ocrmesh-ocr"]["data"]["OCRMESH_ETCD"]
     assert ocr == ",".join(f"etcd-{i}.{headless['metadata']['name']}:2379" for i in range(3))
@@ -1177,7 +1198,7 @@ def container_commands() -> Iterator[tuple[str, list[str]]]:
         if split_image(service_image(svc))[0] in images:
             yield f"compose {name}", compose_argv(svc) or []
     for overlay, resources in RENDERED.items():
-        for workload, container in ocrmesh_containers(resources):
+        for workload, container in ocrmesh_containers(resources, services_only=False):
             yield f"{overlay} {workload['metadata']['name']}", list(container["args"])
 
 
@@ -1215,7 +1236,11 @@ def test_secret_template_is_a_placeholder_outside_the_kustomization() -> None:
     assert kubernetes_validate.validate(secret, K8S_VERSIONS[0], strict=True)
     assert all(PLACEHOLDER.search(v) for v in secret["stringData"].values())
     for overlay in RENDERED.values():
-        assert "Secret" not in {r["kind"] for r in overlay}, "apply -k must never overwrite credentials"
+        # The only Secrets applied are the empty identity Secrets the issuer fills: with no data in
+        # the kustomization, `apply -k` again never overwrites what the issuer wrote.
+        for secret in by_kind(overlay, "Secret").values():
+            assert not {"data", "stringData"} & set(secret), "apply -k must never overwrite credentials"
+            assert secret["metadata"]["name"].startswith("ocrmesh-identity-"), secret["metadata"]["name"]
 
 
 def test_every_ocrmesh_env_name_in_deploy_files_is_read_by_a_config() -> None:
@@ -1314,3 +1339,92 @@ def test_compose_identities() -> None:
     assert ns.etcd_access == ",".join(f"{n}:2379" for n in etcd), "the issuer sets up etcd's RBAC"
     assert issuer.get("user") == "0:0" and set(issuer["cap_add"]) == {"CHOWN", "DAC_OVERRIDE"}
     assert issuer["cap_drop"] == ["ALL"] and issuer["read_only"] and not issuer.get("ports")
+
+
+ISSUER = "identity-issuer"  # the Deployment running `ocrmesh ca issuer`
+CA_SECRET = "ocrmesh-mesh-ca"  # the mesh CA, made by the operator, mounted into the issuer only
+
+
+def volume_secrets(workload: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Secret name -> (mount path, read-only) for the Secret volumes `container` mounts."""
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+    mounted = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})  # absent: a StatefulSet's volumeClaimTemplates
+        if "secret" in volume:
+            mounted[volume["secret"]["secretName"]] = (mount["mountPath"], bool(mount.get("readOnly")))
+    return mounted
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_k8s_identities(overlay: str) -> None:
+    """Every service's pods mount their own identity Secret read-only, issued for that service by
+    the one issuer; only the issuer mounts the CA, and its ServiceAccount may patch only the
+    identity Secrets; etcd serves TLS with client-cert auth from its identity and gets RBAC."""
+    resources = RENDERED[overlay]
+    issuer = by_kind(resources, "Deployment")[ISSUER]
+    (issuer_container,) = containers(issuer)
+    ns, specs = issuer_specs(issuer_container["args"])
+    assert ns.mounted_secret and not ns.init, "the CA comes from the operator's Secret"
+    issued = {spec.secret: spec for spec in specs}
+    assert None not in issued, "in a cluster every identity goes to a Secret"
+    identity_secrets = set(by_kind(resources, "Secret"))
+    assert set(issued) == identity_secrets, "the issuer fills exactly the Secrets the kustomization makes"
+    mounts = volume_secrets(issuer, issuer_container)
+    assert mounts[CA_SECRET] == (str(ns.dir), True)
+    # Its ServiceAccount: get/patch on the identity Secrets, nothing else.
+    pod = issuer["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    bindings = [
+        binding
+        for binding in by_kind(resources, "RoleBinding").values()
+        if any(sub["kind"] == "ServiceAccount" and sub["name"] == account for sub in binding["subjects"])
+    ]
+    assert len(bindings) == 1 and bindings[0]["roleRef"]["kind"] == "Role"
+    role = by_kind(resources, "Role")[bindings[0]["roleRef"]["name"]]
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""] and rule["resources"] == ["secrets"], rule
+        assert set(rule["verbs"]) <= {"get", "patch"} and set(rule["resourceNames"]) == identity_secrets, rule
+    assert not [r for r in resources if r["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    # Every other pod: no token, no CA, exactly its own identity, read-only, where it looks for it.
+    used = set()
+    for workload in workloads(resources):
+        name = workload["metadata"]["name"]
+        if name == ISSUER:
+            continue
+        assert workload["spec"]["template"]["spec"]["serviceAccountName"] != account, name
+        (container,) = containers(workload)
+        secrets = volume_secrets(workload, container)
+        assert CA_SECRET not in secrets, f"{name} mounts the CA key"
+        own = [s for s in secrets if s in identity_secrets]
+        assert len(own) == 1 and secrets[own[0]] == (IDENTITY_MOUNT, True), f"{name}: {secrets}"
+        spec = issued[own[0]]
+        used.add(own[0])
+        env = container_env(container, resources)
+        if container.get("args", [""])[:1] == ["serve"]:
+            assert spec.service == container["args"][1], (
+                f"{name} runs {container['args'][1]} as {spec.service}"
+            )
+            assert env[IDENTITY_ENV] == IDENTITY_MOUNT, f"{name}: no {IDENTITY_ENV}"
+        else:
+            assert name == "etcd" and spec.service == "etcd", name
+            replicas = workload["spec"]["replicas"]
+            assert set(spec.hosts) >= {f"etcd-{i}.etcd" for i in range(replicas)}, spec.hosts
+            for key in ("ETCD_CERT_FILE", "ETCD_PEER_CERT_FILE"):
+                assert env[key] == f"{IDENTITY_MOUNT}/cert.pem", key
+            for key in ("ETCD_KEY_FILE", "ETCD_PEER_KEY_FILE"):
+                assert env[key] == f"{IDENTITY_MOUNT}/key.pem", key
+            for key in ("ETCD_TRUSTED_CA_FILE", "ETCD_PEER_TRUSTED_CA_FILE"):
+                assert env[key] == f"{IDENTITY_MOUNT}/ca.pem", key
+            assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
+            assert env["ETCD_PEER_CERT_ALLOWED_CN"] == "etcd"
+            for key in ("ETCD_LISTEN_CLIENT_URLS", "ETCD_ADVERTISE_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS"):
+                assert env[key].startswith("https://"), key
+            assert ns.etcd_access == ",".join(f"etcd-{i}.etcd:2379" for i in range(replicas))
+    assert used | {"ocrmesh-identity-cli"} == identity_secrets, "an identity Secret nobody mounts"
+    # The issuer reaches etcd (to set up RBAC) and the API server; nothing reaches it.
+    policies = list(by_kind(resources, "NetworkPolicy").values())
+    labels = {w["metadata"]["name"]: pod_labels(w) for w in workloads(resources)}
+    assert 2379 in egress_ports(policies, labels[ISSUER], labels["etcd"])
+    assert 2379 in ingress_ports(policies, labels["etcd"], labels[ISSUER])
+    assert ingress_ports(policies, labels[ISSUER], None) == set()
