@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, TextIO
 
+import aetcd
+
 from etcd.auth_setup import apply_policy
 from mesh import config as mesh_config
 from mesh import identity_files, logs
@@ -334,6 +336,8 @@ class EtcdProcess:
             await self.wait_ready(self.start_timeout)
             if self.admin_identity_dir is not None:
                 await self.apply_access_policy()
+            elif not self.tls:
+                await self._check_auth_is_off()
         except (EtcdError, asyncio.CancelledError):
             await self.kill()
             raise
@@ -363,6 +367,25 @@ class EtcdProcess:
             finally:
                 await close_quietly(client, timeout)
             await asyncio.sleep(0.2)
+
+    async def _check_auth_is_off(self, timeout: float = 2.0) -> None:
+        """EtcdError when plaintext etcd has its auth on: its data dir was set up by a run with
+        identities, and now every request would fail "user name is empty" (no certificate, no user)."""
+        client = aetcd.Client(host=self.host, port=self.client_port, timeout=timeout)
+        try:
+            await asyncio.wait_for(client.get(b"/ocrmesh/v1/"), timeout)
+        except aetcd.ClientError as exc:
+            if "user name is empty" in str(exc):
+                raise EtcdError(
+                    f"etcd's data in {self.data_dir} has auth on (a run with identities set it up), so "
+                    "plaintext clients get nothing: run it with its identity and the admin identity "
+                    "(`ocrmesh up` without --insecure), or use another data dir"
+                ) from exc
+            log.debug("could not check etcd's auth", extra={"error": repr(exc)})
+        except ETCD_ERRORS as exc:
+            log.debug("could not check etcd's auth", extra={"error": repr(exc)})
+        finally:
+            await close_quietly(client, timeout)
 
     def _health_tls(self) -> tuple[ssl.SSLContext | None, str | None]:
         """For a TLS etcd: a client context with etcd's own certificate (etcd requires one of every

@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from etcd.launcher import EtcdProcess
+from etcd.launcher import EtcdError, EtcdProcess
 from mesh import identity_files
 from mesh.certificate_authority import CertificateAuthority
 from mesh.etcd_access import may
@@ -280,3 +280,11 @@ async def test_ocrmesh_config_sets_live_settings_as_admin_only(locked: LockedEtc
     assert "refused the 'cli' identity" in refused.stderr
     shown = await asyncio.to_thread(config, "cli", "get", "ocr")  # people may look
     assert shown.returncode == 0 and '"max_queue_wait_s": 30.0' in shown.stdout
+
+
+async def test_a_locked_data_dir_is_refused_plaintext_with_a_reason(locked: LockedEtcd) -> None:
+    await locked.etcd.stop()
+    plain = EtcdProcess(locked.etcd.data_dir, start_timeout=15.0, stop_grace=5.0)
+    with pytest.raises(EtcdError, match="has auth on"):
+        await plain.start()
+    assert not plain.running
