@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import secrets
 import signal
@@ -20,6 +21,9 @@ from rich.table import Table
 
 from deploy.service_process import ServiceProcess
 from etcd.launcher import EtcdProcess
+from mesh.certificate_authority import DEFAULT_LEAF_LIFETIME, CertificateAuthority
+from mesh.identity_issuer import IdentityIssuer
+from mesh.spiffe_id import DEFAULT_TRUST_DOMAIN
 
 console = Console(stderr=False)
 
@@ -192,6 +196,9 @@ class LocalMesh:
         say: Say | None = None,
         start_timeout_s: float = 300.0,
         own_sessions: bool = True,
+        secure: bool = False,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        cert_lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME,
     ) -> None:
         if ocr < 1:
             raise ValueError("a mesh needs at least one OCR instance")
@@ -207,11 +214,22 @@ class LocalMesh:
         self.own_sessions = own_sessions  # False for benchmarks: see Child.own_session
         self.want_gateway, self.want_bff = gateway, bff
         self.notes: list[str] = []  # said once the mesh is up (bench reports copy them)
+        # With `secure`, every part gets a workload identity from the mesh CA in data_dir/ca (made
+        # on first use) and talks mTLS; the supervisor holds the CA key and renews the identities.
+        self.secure = secure
+        self.trust_domain = trust_domain
+        self.cert_lifetime = cert_lifetime
+        self.issuer: IdentityIssuer | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self.etcd = EtcdProcess(
             data_dir=data_dir / "etcd",
             host=host,
             client_port=self.ports.etcd or None,
             log_file=data_dir / "logs" / "etcd.log",
+            # With `secure`, etcd serves TLS only, knows each client by its certificate and lets
+            # each service touch only its own keys (set up with the admin identity at start).
+            identity_dir=self.identity_dir("etcd") if secure else None,
+            admin_identity_dir=self.identity_dir("admin") if secure else None,
         )
         self.planned: list[Child] = self._plan()
         self.started: list[Child] = []
@@ -235,10 +253,31 @@ class LocalMesh:
             children.append(bff_child(etcd, host, p.bff, data))
         for child in children:
             child.own_session = self.own_sessions
+            if self.secure:
+                child.argv += ["--identity-dir", str(self.identity_dir(child.name).resolve())]
         return children
+
+    def identity_dir(self, name: str) -> Path:
+        """The identity folder of part `name` ("ocr-1", "gateway", ...; "cli" and "admin" for people)."""
+        return self.data_dir / "identity" / name
+
+    def _issue_identities(self) -> None:
+        """Make (or load) the CA and issue every planned part, people's `cli` and `admin` an identity."""
+        ca, created = CertificateAuthority.load_or_create(self.data_dir / "ca", self.trust_domain)
+        if created:
+            self.say(f"made the mesh CA for spiffe://{ca.trust_domain} in {self.data_dir / 'ca'} (key 0600)")
+        self.issuer = IdentityIssuer(ca, self.cert_lifetime)
+        self.issuer.add("etcd", "etcd", self.identity_dir("etcd"), hosts=[self.host, "localhost"])
+        for child in self.planned:
+            self.issuer.add(child.kind, child.name, self.identity_dir(child.name))
+        for person in ("cli", "admin"):
+            self.issuer.add(person, person, self.identity_dir(person))
+        self._renewing = asyncio.get_running_loop().create_task(self.issuer.run(), name="renew identities")
 
     async def start(self) -> LocalMesh:
         try:
+            if self.secure:
+                self._issue_identities()
             self.say(f"starting etcd on {self.etcd.endpoint} ...")
             await self.etcd.start()
             self._replan_after_etcd()
@@ -262,6 +301,11 @@ class LocalMesh:
         for child in reversed(self.started):
             await child.stop_async()
         self.started.clear()
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
         await self.etcd.stop()
 
     async def __aenter__(self) -> LocalMesh:
@@ -378,6 +422,9 @@ def mesh_from_args(ns: argparse.Namespace, say: Say) -> LocalMesh:
             bff=ns.bff_port,
         ),
         say=say,
+        secure=not ns.insecure,
+        trust_domain=ns.trust_domain,
+        cert_lifetime=dt.timedelta(seconds=ns.cert_lifetime_s),
     )
 
 
@@ -424,6 +471,14 @@ def print_next_steps(mesh: LocalMesh) -> None:
     else:
         console.print(f"try:  {exe} ocr {image} --target {ocr_address}")
     console.print(f"      {exe} status --etcd {mesh.etcd.endpoint}")
+    if mesh.secure:
+        console.print(
+            f"mTLS: every service holds a certificate from the mesh CA in {mesh.data_dir / 'ca'}; commands "
+            "that call a service directly (not through the gateway) need yours:"
+        )
+        console.print(f"      export OCRMESH_IDENTITY_DIR={mesh.identity_dir('cli').resolve()}")
+    else:
+        console.print("[yellow]INSECURE: --insecure was given, services talk plaintext[/]")
     console.print(f"logs: {mesh.data_dir / 'logs'}")
 
 
@@ -476,6 +531,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bff-port", type=int, default=8000, help="web BFF port (0: free)")
     parser.add_argument("--etcd-port", type=int, default=2379, help="etcd client port (0: free)")
     parser.add_argument("--data-dir", type=Path, default=Path(".ocrmesh"), help="etcd data, logs, state")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no mesh CA, no mTLS: plaintext between services, any local process trusted (debugging only)",
+    )
+    parser.add_argument(
+        "--trust-domain", default=DEFAULT_TRUST_DOMAIN, help="SPIFFE trust domain of a CA made on first run"
+    )
+    parser.add_argument(
+        "--cert-lifetime-s",
+        type=float,
+        default=DEFAULT_LEAF_LIFETIME.total_seconds(),
+        help="workload certificate lifetime in seconds, renewed at half of it (default 24 h)",
+    )
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -485,6 +554,12 @@ def run(ns: argparse.Namespace) -> int:
     if ns.auth < 1 and not ns.no_auth:
         print("ocrmesh up: --auth must be at least 1 (or pass --no-auth)", file=sys.stderr)
         return 2
+    if ns.insecure:
+        print(
+            "WARNING: ocrmesh up --insecure: no mesh CA, plaintext between services; any process that "
+            "reaches a port is trusted. For debugging only.",
+            file=sys.stderr,
+        )
     clash = port_clash(ns)
     if clash:
         print(f"ocrmesh up: {clash}", file=sys.stderr)

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aetcd
 import pytest
@@ -15,14 +16,16 @@ from etcd.launcher import EtcdProcess
 from mesh.processes import free_port
 
 
-def make_etcd(tmp_path: Path, name: str = "etcd") -> EtcdProcess:
-    """An etcd in tmp_path with fast raft timing: one member elects itself in ~50 ms, not ~1 s."""
+def make_etcd(tmp_path: Path, name: str = "etcd", **options: Any) -> EtcdProcess:
+    """An etcd in tmp_path with fast raft timing: one member elects itself in ~50 ms, not ~1 s
+    (`options`: more EtcdProcess arguments, e.g. its identity)."""
     return EtcdProcess(
         tmp_path / name,
         heartbeat_ms=10,
         election_timeout_ms=100,
         start_timeout=15.0,
         stop_grace=5.0,
+        **options,
     )
 
 

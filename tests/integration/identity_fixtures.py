@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from mesh import identity_files, mesh_transport
 from mesh.certificate_authority import CertificateAuthority
 from mesh.workload_identity import WorkloadIdentity
+from tests.integration.etcd_fixtures import make_etcd
+
+TRUST_DOMAIN = "test.ocrmesh.local"
 
 
 @contextlib.contextmanager
@@ -58,3 +62,48 @@ async def impostor(folder: Path) -> tuple[grpc.aio.Server, int, CallCounter]:
     port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
     return server, port, counter
+
+
+class Identities:
+    """A throwaway mesh CA and the identity folders issued from it, one per instance name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = CertificateAuthority.create(TRUST_DOMAIN)
+
+    def folder(self, service: str, instance: str | None = None, hosts: tuple[str, ...] = ()) -> Path:
+        """The folder of `instance` (default: the service's name), issued on first use."""
+        folder = self.root / (instance or service)
+        if not folder.exists():
+            identity_files.write(
+                folder, self.ca.issue(service, instance or service, hosts=hosts), self.ca.cert_pem
+            )
+        return folder
+
+
+@pytest.fixture
+def identities(tmp_path: Path) -> Identities:
+    """A mesh CA for this test; folders under tmp_path/identity."""
+    return Identities(tmp_path / "identity")
+
+
+@pytest.fixture
+def as_cli(identities: Identities) -> Iterator[WorkloadIdentity | None]:
+    """This test process calls the mesh (and etcd) as a `cli` workload of `identities`."""
+    with acting_as(identities.folder("cli")) as identity:
+        yield identity
+
+
+@pytest.fixture
+async def secure_etcd(tmp_path: Path, identities: Identities) -> AsyncIterator[Any]:
+    """A started etcd serving TLS only, with client certificates required and RBAC on."""
+    proc = make_etcd(
+        tmp_path,
+        identity_dir=identities.folder("etcd", hosts=("127.0.0.1", "localhost")),
+        admin_identity_dir=identities.folder("admin"),
+    )
+    try:
+        await proc.start()
+        yield proc
+    finally:
+        await proc.stop()

@@ -10,7 +10,8 @@ queue of the instance that survives (predicted wait ~6 s), so no call may fail, 
 RESOURCE_EXHAUSTED; the one exception is the photo under SIGSTOP, where a call that lost seconds
 on the frozen instance may be refused at once because what is left of its deadline no longer
 fits. The default suite runs the kill -9 photo variant and the cheap SIGTERM one; the rest are
-`slow`. The figures each test measures are printed (run with -s to see them).
+`slow`. The figures each test measures are printed (run with -s to see them). Everything runs as
+`ocrmesh up` runs it: mTLS between the client and the instances, etcd with TLS and RBAC.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import grpc
 import pytest
 
 from etcd.launcher import EtcdProcess
+from mesh.etcd_client import ClientFactory
 from mesh.mesh_client import MeshClient
 from mesh.registry import instance_key
-from tests.integration.etcd_fixtures import etcd_fixture, eventually
+from tests.integration.etcd_fixtures import eventually
+from tests.integration.identity_fixtures import Identities, as_cli, identities, secure_etcd
 from tests.integration.load_fixtures import (
     LINE_WORK,
     PHOTO_WORK,
@@ -40,7 +43,7 @@ from tests.integration.load_fixtures import (
 )
 from tests.integration.ocr_fixtures import OcrProcess, stop
 
-__all__ = ["etcd_fixture"]  # pytest fixture used below
+__all__ = ["as_cli", "identities", "secure_etcd"]  # pytest fixtures used below
 
 IDS = ("chaos-a", "chaos-b")
 # Delay each job a little so that calls are in flight on both instances whenever chaos strikes.
@@ -59,15 +62,26 @@ BOTH_SLOW = pytest.mark.parametrize(
 )
 
 
-def registered(etcd: EtcdProcess) -> tuple[str, ...]:
-    """Flags of an instance registered in `etcd` with a 3 s lease."""
-    return ("--etcd", etcd.endpoint, "--lease-ttl-s", "3", *DELAY)
+@pytest.fixture(name="etcd")
+def etcd_with_mtls(secure_etcd: EtcdProcess, as_cli: object) -> EtcdProcess:
+    """etcd with TLS and RBAC; this test process acts as a `cli` workload meanwhile."""
+    return secure_etcd
+
+
+def with_identity(identities: Identities) -> tuple[str, ...]:
+    """Flags giving an instance an OCR identity of the test's mesh CA (mTLS)."""
+    return ("--identity-dir", str(identities.folder("ocr", "chaos")))
+
+
+def registered(etcd: EtcdProcess, identities: Identities) -> tuple[str, ...]:
+    """Flags of an instance with an identity, registered in `etcd` with a 3 s lease."""
+    return ("--etcd", etcd.endpoint, "--lease-ttl-s", "3", *DELAY, *with_identity(identities))
 
 
 @pytest.fixture
-def pair(tmp_path: Path, etcd: EtcdProcess) -> Iterator[list[OcrProcess]]:
+def pair(tmp_path: Path, etcd: EtcdProcess, identities: Identities) -> Iterator[list[OcrProcess]]:
     """chaos-a and chaos-b, 1 worker each, registered in etcd with a 3 s lease."""
-    svcs = start_instances(tmp_path, IDS, *registered(etcd))
+    svcs = start_instances(tmp_path, IDS, *registered(etcd, identities))
     try:
         yield svcs
     finally:
@@ -188,7 +202,7 @@ async def test_etcd_away_for_10s_under_load(
     etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient, work: Workload
 ) -> None:
     keys = [instance_key("ocr", i).encode() for i in IDS]
-    probe = aetcd.Client(host=etcd.host, port=etcd.client_port, timeout=1)
+    probe = ClientFactory(etcd.endpoint).new()
     try:
         old_leases = {(await probe.get(k)).lease for k in keys}
     finally:
@@ -219,7 +233,7 @@ async def test_etcd_away_for_10s_under_load(
 
 async def re_registered(etcd: EtcdProcess, keys: list[bytes], old_leases: set[int], timeout: float) -> float:
     """Seconds until every key is in etcd again under a lease its instance granted after the outage."""
-    client = aetcd.Client(host=etcd.host, port=etcd.client_port, timeout=1)
+    client = ClientFactory(etcd.endpoint).new()
 
     async def fresh() -> bool:
         for key in keys:
@@ -239,7 +253,12 @@ async def re_registered(etcd: EtcdProcess, keys: list[bytes], old_leases: set[in
 
 @BOTH_SLOW
 async def test_rolling_restart_under_load(
-    tmp_path: Path, etcd: EtcdProcess, pair: list[OcrProcess], mesh: MeshClient, work: Workload
+    tmp_path: Path,
+    etcd: EtcdProcess,
+    identities: Identities,
+    pair: list[OcrProcess],
+    mesh: MeshClient,
+    work: Workload,
 ) -> None:
     figures: dict[str, float] = {}
     async with ClosedLoop(mesh, 8, work=work) as load:
@@ -254,7 +273,7 @@ async def test_rolling_restart_under_load(
             port = old.address.rsplit(":", 1)[1]
             # The new incarnation comes back on the same address with the same id.
             new = await asyncio.to_thread(
-                start_instance, tmp_path, instance_id, *registered(etcd), "--port", port
+                start_instance, tmp_path, instance_id, *registered(etcd, identities), "--port", port
             )
             pair[index] = new  # the fixture stops it
             started = time.monotonic()
@@ -282,9 +301,9 @@ async def test_kill_9_under_load_with_etcd(pair: list[OcrProcess], mesh: MeshCli
 
 
 @pytest.fixture
-def unregistered_pair(tmp_path: Path) -> Iterator[list[OcrProcess]]:
+def unregistered_pair(tmp_path: Path, identities: Identities, as_cli: object) -> Iterator[list[OcrProcess]]:
     """chaos-a and chaos-b without etcd: the client gets a fixed list of addresses."""
-    svcs = start_instances(tmp_path, IDS, *DELAY)
+    svcs = start_instances(tmp_path, IDS, *DELAY, *with_identity(identities))
     try:
         yield svcs
     finally:

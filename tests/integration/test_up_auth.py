@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import psutil
+import pytest
 from ocrmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
@@ -22,6 +23,7 @@ from mesh import balancer
 from mesh.credentials import bearer
 from mesh.processes import free_port
 from tests.integration.etcd_fixtures import eventually
+from tests.integration.identity_fixtures import acting_as
 from tests.integration.ocr_fixtures import ROOT
 
 PASSWORD = "correct horse battery"
@@ -84,32 +86,40 @@ async def test_up_starts_auth_before_ocr_and_ocr_requires_tokens(tmp_path: Path)
             pems = [row[0] for row in db.execute("SELECT private_pem FROM signing_keys")]
         assert pems and all(pem.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----") for pem in pems), pems
 
-        async with (
-            balancer.direct_channel(auth_address) as auth_channel,
-            balancer.direct_channel(ready["auth-2"]["address"]) as other_channel,
-            balancer.direct_channel(ocr_address) as ocr_channel,
-        ):
-            await auth_pb2_grpc.AuthServiceStub(auth_channel).Register(
-                auth_pb2.RegisterRequest(username="alice", password=PASSWORD), timeout=10
-            )
-            # The second instance shares the database: alice can log in there too.
-            login = await auth_pb2_grpc.AuthServiceStub(other_channel).Login(
-                auth_pb2.LoginRequest(username="alice", password=PASSWORD), timeout=10
-            )
-            ocr = ocr_pb2_grpc.OcrServiceStub(ocr_channel)
-            try:
-                await ocr.GetInfo(ocr_pb2.GetInfoRequest(), timeout=5)
-                raise AssertionError("OCR answered without a token")
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
-
-            async def info_with_token() -> bool:
-                reply = await ocr.GetInfo(
-                    ocr_pb2.GetInfoRequest(), metadata=bearer(login.tokens.access_token), timeout=5
+        # Every service requires a mesh client certificate: plaintext is refused in the handshake,
+        # and people's commands use the `cli` identity `ocrmesh up` issued.
+        assert f"export OCRMESH_IDENTITY_DIR={(data / 'identity' / 'cli').resolve()}" in text
+        async with balancer.direct_channel(ocr_address) as plain:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await ocr_pb2_grpc.OcrServiceStub(plain).GetInfo(ocr_pb2.GetInfoRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        with acting_as(data / "identity" / "cli"):
+            async with (
+                balancer.direct_channel(auth_address, "auth") as auth_channel,
+                balancer.direct_channel(ready["auth-2"]["address"], "auth") as other_channel,
+                balancer.direct_channel(ocr_address, "ocr") as ocr_channel,
+            ):
+                await auth_pb2_grpc.AuthServiceStub(auth_channel).Register(
+                    auth_pb2.RegisterRequest(username="alice", password=PASSWORD), timeout=10
                 )
-                return bool(reply.workers == 1)
+                # The second instance shares the database: alice can log in there too.
+                login = await auth_pb2_grpc.AuthServiceStub(other_channel).Login(
+                    auth_pb2.LoginRequest(username="alice", password=PASSWORD), timeout=10
+                )
+                ocr = ocr_pb2_grpc.OcrServiceStub(ocr_channel)
+                try:
+                    await ocr.GetInfo(ocr_pb2.GetInfoRequest(), timeout=5)
+                    raise AssertionError("OCR answered without a token")
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
 
-            await eventually(info_with_token, timeout=5)
+                async def info_with_token() -> bool:
+                    reply = await ocr.GetInfo(
+                        ocr_pb2.GetInfoRequest(), metadata=bearer(login.tokens.access_token), timeout=5
+                    )
+                    return bool(reply.workers == 1)
+
+                await eventually(info_with_token, timeout=5)
         pids = [info["pid"] for info in ready.values()]
     finally:
         if process.returncode is None:
