@@ -298,7 +298,8 @@ async def test_proxyless_clients_and_the_xds_server_speak_mtls_and_secrets_go_to
     ca = secure_etcd.ca
     xds_identity = WorkloadIdentity(identity_dir(tmp_path, ca, "xds", "xds-1", "127.0.0.1"))
     genuine, impostor = Impostor(ca, "ocr", "real-ocr"), Impostor(ca, "auth", "fake-ocr")
-    before = mesh_transport.configure(xds_identity)
+    before = mesh_transport.identity()
+    mesh_transport.configure(xds_identity)  # the xDS server binds with the process's identity
     try:
         control_plane = ControlPlane(secure_etcd.etcd.endpoint, identity=xds_identity)
         xds = XdsService(control_plane, "127.0.0.1", 0)
