@@ -16,7 +16,9 @@ from auth_svc.keys import Jwks
 from auth_svc.store import UserRecord
 from auth_svc.tokens import TokenPair
 from mesh import errors
+from mesh.caller_policy import caller_identity
 from mesh.peer_address import peer_ip
+from mesh.spiffe_id import SpiffeId
 from mesh.token_verify import current_claims
 
 T = TypeVar("T")
@@ -61,22 +63,33 @@ def jwks_message(jwks: Jwks) -> auth_pb2.GetJwksResponse:
     return auth_pb2.GetJwksResponse(keys=keys, jwks_json=json.dumps(jwks, sort_keys=True))
 
 
+PROXY_SERVICES = frozenset({"gateway", "bff"})
+"""With mTLS, the mesh services whose x-forwarded-for is believed: they pass on their clients' addresses."""
+
+
 def client_address(
     peer: str,
     metadata: Iterable[tuple[str, Any]] | None,
     trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    caller: SpiffeId | None = None,
 ) -> str:
     """The real client's IP: what a trusted proxy (the BFF, the gateway) says in x-forwarded-for,
     else the peer's.
 
-    The last x-forwarded-for hop is the one the proxy added (Envoy appends the address it saw;
-    the BFF sends one); anything before it came from the client and proves nothing.
+    With mTLS (`caller`: the peer's verified identity) a proxy is trusted by its certificate alone:
+    a gateway or BFF identity, from any address; any other caller's header is ignored, whatever
+    address it comes from. Without one, by its address (`trusted`, --trusted-proxies). The last
+    x-forwarded-for hop is the one the proxy added (Envoy appends the address it saw; the BFF sends
+    one); anything before it came from the client and proves nothing.
     """
     ip = peer_ip(peer)
-    try:
-        from_proxy = any(ipaddress.ip_address(ip) in net for net in trusted)
-    except ValueError:
-        from_proxy = False
+    if caller is not None:
+        from_proxy = caller.service in PROXY_SERVICES
+    else:
+        try:
+            from_proxy = any(ipaddress.ip_address(ip) in net for net in trusted)
+        except ValueError:
+            from_proxy = False
     if from_proxy:
         for key, value in metadata or ():
             if key == FORWARDED_FOR and isinstance(value, str) and value.strip():
@@ -98,7 +111,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         self._trusted_proxies = tuple(trusted_proxies)
 
     def _address(self, context: Context) -> str:
-        return client_address(context.peer(), context.invocation_metadata(), self._trusted_proxies)
+        return client_address(
+            context.peer(), context.invocation_metadata(), self._trusted_proxies, caller_identity(context)
+        )
 
     async def _answer(self, context: Context, call: Awaitable[T]) -> T:
         try:

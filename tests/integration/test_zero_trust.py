@@ -179,3 +179,29 @@ async def test_attacks_on_a_default_mesh_fail(
         await attacker.close()
         for server in servers:
             await server.stop(None)
+
+    # The client address auth throttles on: x-forwarded-for is believed from a gateway or BFF
+    # certificate only, whatever address the caller has (all of them are 127.0.0.1 here).
+    assert await _failed_logins_with_forged_addresses(mesh, "bff", 22) == {"BAD_CREDENTIALS": 22}
+    assert await _failed_logins_with_forged_addresses(mesh, "cli", 22) == {
+        "BAD_CREDENTIALS": 20,
+        "LOGIN_THROTTLED": 2,
+    }
+
+
+async def _failed_logins_with_forged_addresses(mesh: LocalMesh, caller: str, count: int) -> dict[str, int]:
+    """`count` failed logins as `caller`, each for another name and claiming another client address."""
+    reasons: dict[str, int] = {}
+    with acting_as(mesh.identity_dir(caller)):
+        async with balancer.direct_channel(mesh.addresses("auth")[0], "auth") as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            for i in range(count):
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await stub.Login(
+                        auth_pb2.LoginRequest(username=f"{caller}-nobody-{i}", password="wrong password!"),
+                        metadata=[("x-forwarded-for", f"198.51.100.{i + 1}")],
+                        timeout=20,
+                    )
+                reason = errors.error_reason(errors.from_call_error(failed.value))
+                reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
