@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ocr_svc.guardrails import ImageHeader
@@ -85,6 +85,10 @@ class AdmissionPolicy:
     max_queued: int = -1
     safety: float = 1.1
     slack_s: float = 0.1
+    # Workers one flow (a PDF's pages) leaves to other callers while there are any: running or
+    # waiting, or an image started or answered within `reserve_s`. Alone, a flow may use every worker.
+    reserve_workers: int = 1
+    reserve_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,17 @@ def fits_memory(
     return held_bytes + size <= policy.max_queued_bytes and held_pixels + pixels <= policy.max_queued_pixels
 
 
+def flow_may_start(running: int, workers: int, reserve: int, others_about: bool) -> bool:
+    """Whether a flow already running `running` jobs may start one more: up to `workers - reserve`
+    while other callers are about, up to every worker when it is alone (or when there are too few
+    workers to keep any).
+
+    Jobs are not pre-empted, so an image arriving while a PDF's pages hold every worker would wait
+    for a page to finish (seconds for a dense page); a worker kept for other callers serves it at once.
+    """
+    return workers <= reserve or running < workers - reserve or not others_about
+
+
 def is_heavy(width: int, height: int, heavy_pixels: int, engine_side: int = 2000) -> bool:
     """Whether an image is big enough that its detection pass dominates memory.
 
@@ -186,13 +201,23 @@ def heavy_may_start(running_heavy: int, limit: int) -> bool:
 class AdmissionQueue:
     """Admitted tickets, taken flow by flow in turn (FIFO within a flow, and FIFO overall while every
     flow holds one ticket, as every image is its own flow); counts the bytes and pixels it holds;
-    `take` waits."""
+    `take` waits. While other callers are about, one flow runs on at most all but
+    `policy.reserve_workers` of the `workers` (`flow_may_start`); `done` says a taken ticket ended."""
 
-    def __init__(self, policy: AdmissionPolicy | None = None) -> None:
+    def __init__(
+        self, policy: AdmissionPolicy | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.policy = policy or AdmissionPolicy()
+        self.workers = 1  # the worker pool sets its size
         self._flows: OrderedDict[int, deque[Ticket]] = OrderedDict()  # in turn order
         self._count = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._running: dict[int, int] = {}  # flow -> tickets taken and not done
+        # image (one-ticket) flows -> when they last started or ended, while recent: a client
+        # reading images one after another keeps its worker between calls (a PDF's own pages, or
+        # a PDF sent before, do not hold a worker back from the next one)
+        self._seen: dict[int, float] = {}
+        self._clock = clock
         self.held_bytes = 0
         self.held_pixels = 0
 
@@ -248,18 +273,22 @@ class AdmissionQueue:
         return True
 
     async def take(self) -> Ticket:
-        """The first ticket of the flow whose turn it is (that flow then goes last), waiting until
-        there is one."""
-        while not self._count:
+        """The first ticket of the first flow in turn that may start one (that flow then goes
+        last), waiting until there is one."""
+        while (key := self._next_flow(self._clock())) is None:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
+            # Held back only by the reserve: look again when it may lapse (no one else about).
+            lapse = self._reserve_lapses_in(self._clock()) if self._count else None
             try:
-                await waiter
+                await asyncio.wait_for(waiter, lapse)
+            except TimeoutError:
+                continue  # the waiter was cancelled, so no wake-up is lost on it
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # pass the wake-up on to another taker
                 raise
-        key, flow = next(iter(self._flows.items()))
+        flow = self._flows[key]
         ticket = flow.popleft()
         if flow:
             self._flows.move_to_end(key)
@@ -267,7 +296,52 @@ class AdmissionQueue:
             del self._flows[key]
         self._count -= 1
         self._release(ticket)
+        self._running[key] = self._running.get(key, 0) + 1
+        if not ticket.page:
+            self._seen[key] = self._clock()
+        if self._count:
+            self._wake_one()  # another flow may start on another idle worker
         return ticket
+
+    def done(self, ticket: Ticket) -> None:
+        """A ticket `take` gave out has ended (answered, failed, dropped or requeued)."""
+        left = self._running.get(ticket.flow, 0) - 1
+        if left > 0:
+            self._running[ticket.flow] = left
+        else:
+            self._running.pop(ticket.flow, None)
+        if not ticket.page:
+            self._seen[ticket.flow] = self._clock()
+        if self._count:
+            self._wake_one()
+
+    def _next_flow(self, now: float) -> int | None:
+        """The first flow in turn with a ticket that may start now (None: none may)."""
+        self._forget(now)
+        for key in self._flows:
+            running = self._running.get(key, 0)
+            if flow_may_start(
+                running, self.workers, self.policy.reserve_workers, self._others_about(key, now)
+            ):
+                return key
+        return None
+
+    def _others_about(self, key: int, now: float) -> bool:
+        """Whether another flow waits or runs, or an image did within `reserve_s`."""
+        if len(self._flows) > 1 or any(other != key for other in self._running):
+            return True
+        return any(other != key and now - at < self.policy.reserve_s for other, at in self._seen.items())
+
+    def _reserve_lapses_in(self, now: float) -> float:
+        """Seconds until the next caller seen stops counting as recent (when the reserve may lapse)."""
+        ends = [at + self.policy.reserve_s - now for at in self._seen.values()]
+        return max(0.01, min((end for end in ends if end > 0), default=self.policy.reserve_s))
+
+    def _forget(self, now: float) -> None:
+        """Drop the flows not running and not seen within `reserve_s`."""
+        for key in [k for k, at in self._seen.items() if now - at >= self.policy.reserve_s]:
+            if key not in self._running:
+                del self._seen[key]
 
     def _hold(self, ticket: Ticket) -> None:
         self.held_bytes += ticket.held_bytes

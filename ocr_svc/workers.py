@@ -123,6 +123,7 @@ class WorkerPool:
     def __post_init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = [Slot(i) for i in range(self.settings.size)]
+        self.queue.workers = self.settings.size
         self._threads = ThreadPoolExecutor(
             max_workers=2 * self.settings.size + 2, thread_name_prefix="ocr-pipe"
         )
@@ -239,39 +240,50 @@ class WorkerPool:
                 await self._replace(slot, "process was not alive")
                 continue
             ticket = await self.queue.take()
-            now = time.monotonic()
-            if ticket.abandoned:
-                self.counters.dropped_cancelled += 1
-                continue
-            if ticket.expired(now):
-                self.counters.dropped_expired += 1
-                ticket.future.set_exception(JobFailed("expired", "deadline passed while queued"))
-                continue
-            if ticket.heavy and not await self._acquire_heavy(ticket):
-                continue
-            ticket.started_at = ticket.started_at or time.monotonic()
-            ticket.attempts += 1
-            slot.state = "busy"
-            slot.job_started_at = time.monotonic()
-            self.busy += 1
             try:
-                reply = await self._exchange(slot, ticket)
-            except WorkerDied as exc:
-                slot.crashes_in_a_row += 1
-                self.counters.worker_restarts += 1
-                self._after_crash(ticket, str(exc))
-                await self._replace(slot, str(exc))
-                continue
+                ran, died = await self._run_ticket(slot, ticket)
             finally:
-                self.busy -= 1
-                slot.job_started_at = None
-                if ticket.heavy:
-                    self._release_heavy()
-            slot.crashes_in_a_row = 0
-            slot.jobs_done += 1
-            slot.state = "idle"
-            self._deliver(ticket, reply)
-            await self._maybe_recycle(slot)
+                self.queue.done(ticket)  # before a replacement: its flow may go on elsewhere
+            if died is not None:
+                await self._replace(slot, died)
+            elif ran:
+                await self._maybe_recycle(slot)
+
+    async def _run_ticket(self, slot: Slot, ticket: Ticket) -> tuple[bool, str | None]:
+        """Run a taken ticket on `slot` and deliver its answer: (whether it ran to an answer, why
+        the worker died if it did: the ticket is requeued and the worker must be replaced)."""
+        now = time.monotonic()
+        if ticket.abandoned:
+            self.counters.dropped_cancelled += 1
+            return False, None
+        if ticket.expired(now):
+            self.counters.dropped_expired += 1
+            ticket.future.set_exception(JobFailed("expired", "deadline passed while queued"))
+            return False, None
+        if ticket.heavy and not await self._acquire_heavy(ticket):
+            return False, None
+        ticket.started_at = ticket.started_at or time.monotonic()
+        ticket.attempts += 1
+        slot.state = "busy"
+        slot.job_started_at = time.monotonic()
+        self.busy += 1
+        try:
+            reply = await self._exchange(slot, ticket)
+        except WorkerDied as exc:
+            slot.crashes_in_a_row += 1
+            self.counters.worker_restarts += 1
+            self._after_crash(ticket, str(exc))
+            return False, str(exc)
+        finally:
+            self.busy -= 1
+            slot.job_started_at = None
+            if ticket.heavy:
+                self._release_heavy()
+        slot.crashes_in_a_row = 0
+        slot.jobs_done += 1
+        slot.state = "idle"
+        self._deliver(ticket, reply)
+        return True, None
 
     async def _acquire_heavy(self, ticket: Ticket) -> bool:
         """Wait for a heavy-job permit, first come first served; False if the ticket died waiting.

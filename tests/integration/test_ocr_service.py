@@ -203,10 +203,10 @@ async def test_a_pdf_comes_back_page_by_page_unary_and_streamed(service: OcrProc
         assert result.text.split("\n\f\n") == ["\n".join(lines) for lines in PDF_PAGES]
         assert all(page.source == ocr_pb2.PAGE_SOURCE_OCR and page.dpi > 0 for page in result.pages)
         assert (result.width, result.height) == (result.pages[0].width, result.pages[0].height)
-    # The pages were spread over both workers (one job per page).
+    # One job per page. (Whether they ran on both workers at once depends on other callers: images
+    # read by earlier tests keep a worker free for 10 s; test_pdf_acceptance sees a PDF alone.)
     done = {w.pid: w.jobs_done for w in before.worker_infos}
     assert sum(w.jobs_done - done.get(w.pid, 0) for w in after.worker_infos) == 3
-    assert all(w.jobs_done > done.get(w.pid, 0) for w in after.worker_infos)
     assert [page.source for page in embedded.pages] == [ocr_pb2.PAGE_SOURCE_TEXT_LAYER] * 2
     assert embedded.text == "Invoice 2026-117\nTotal due: 42.00\n\f\nInvoice 2026-117\nTotal due: 42.00"
     assert ocr_pb2.IMAGE_FORMAT_PDF in info.limits.image_formats and info.limits.max_pdf_pages == 100

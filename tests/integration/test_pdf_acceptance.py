@@ -4,6 +4,7 @@ gateway and through the BFF; broken and oversized PDFs are refused at once on ea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from ocrmesh.ocr.v1 import ocr_pb2
 
 from mesh import balancer, errors
 from mesh.ocr_client import OcrClient
+from tests.corpus import CORPUS
 from tests.integration.bff_fixtures import Mesh, api_client, register_and_login, running_mesh
 from tests.integration.etcd_fixtures import eventually
 from tests.integration.gateway_fixtures import (
@@ -90,9 +92,14 @@ async def streamed(target: str, token: str) -> tuple[list[str], ocr_pb2.OcrResul
 async def test_a_20_page_scan_comes_back_in_order_over_grpc_and_through_the_gateway(stack: Stack) -> None:
     await eventually(lambda: _routed(stack), 30)
     events = ["accepted 20", *(f"page {n}" for n in range(1, 21)), "result"]
+    token = await login_through(stack.gateway.address, "pdf-reader")
+    before = await _jobs_done(stack.ocr, token)
     for target in (stack.ocr, stack.gateway.address):
-        token = await login_through(stack.gateway.address, "pdf-reader")
         seen, result = await streamed(target, token)
+        if target == stack.ocr:  # a PDF alone (no image read here yet) runs on both workers
+            after = await _jobs_done(stack.ocr, token)
+            assert sum(after.values()) - sum(before.values()) == 20
+            assert all(after[pid] > before.get(pid, 0) for pid in after), (before, after)
         assert seen == events, target
         assert pages_of(result) == EXPECTED and [p.number for p in result.pages] == list(range(1, 21))
         assert result.text.split("\n\f\n") == [lines[0] for lines in EXPECTED]
@@ -165,6 +172,36 @@ async def test_broken_and_oversized_pdfs_are_refused_at_once_on_every_path(stack
             scan_pdf("rapidocr_text_rec.jpg"), "one.pdf", timeout=60, metadata=meta
         )
     assert one.text == "韩国小馆"
+
+
+async def _jobs_done(address: str, token: str) -> dict[int, int]:
+    async with balancer.direct_channel(address) as channel:
+        info = await OcrClient(channel).info(metadata=[("authorization", f"Bearer {token}")])
+    return {w.pid: w.jobs_done for w in info.worker_infos}
+
+
+async def test_an_image_beside_a_pdf_gets_the_worker_kept_free(stack: Stack) -> None:
+    """While another caller reads images, a PDF leaves them a worker: an image sent while its pages
+    run is answered in about an image's time, not after a page (measured in `ocrmesh bench pdf`)."""
+    token = await login_through(stack.gateway.address, "pdf-beside")
+    meta = [("authorization", f"Bearer {token}")]
+    photo = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
+    dense = scan_pdf(*["paddleocr_1.jpg"] * 8)  # a dense page: about a second or more each
+    async with balancer.direct_channel(stack.ocr) as channel:
+        client = OcrClient(channel)
+        await client.recognize(photo.read_bytes(), photo.name, timeout=60, metadata=meta)  # an image caller
+        document = asyncio.create_task(client.recognize(dense, "dense.pdf", timeout=240, metadata=meta))
+        for _ in range(400):
+            info = await client.info(metadata=meta)
+            if info.queued_requests >= 4:
+                break
+            await asyncio.sleep(0.05)
+        # One page runs, the other worker is kept: the PDF's other pages wait.
+        assert info.in_flight <= 1 and info.queued_requests >= 4, info
+        image = await client.recognize(photo.read_bytes(), photo.name, timeout=60, metadata=meta)
+        # It started at once (waiting for a page would take a second or more; 0.5 s is slack).
+        assert "正品促销" in image.text and image.timing.queue_ms < 500, image.timing
+        assert len((await document).pages) == 8
 
 
 async def _no_event(reply: ocr_pb2.RecognizePagesResponse) -> None:

@@ -18,6 +18,7 @@ from ocr_svc.admission import (
     Ticket,
     admit,
     fits_memory,
+    flow_may_start,
     predicted_wait_s,
     retry_hint_s,
 )
@@ -150,6 +151,43 @@ async def test_a_pdfs_pages_are_one_flow_taken_in_turn_with_other_callers() -> N
     q.requeue(pages[2])
     assert await q.take() is pages[2]
     assert q.discard(image) and q.flows == 0
+
+
+def test_a_flow_leaves_a_worker_to_other_callers_only_while_there_are_any() -> None:
+    assert flow_may_start(running=0, workers=2, reserve=1, others_about=True)
+    assert not flow_may_start(running=1, workers=2, reserve=1, others_about=True)
+    assert flow_may_start(running=1, workers=2, reserve=1, others_about=False)  # alone: every worker
+    assert flow_may_start(running=1, workers=1, reserve=1, others_about=True)  # no worker to keep
+    assert flow_may_start(running=2, workers=4, reserve=1, others_about=True)
+    assert not flow_may_start(running=3, workers=4, reserve=1, others_about=True)
+
+
+async def test_a_pdf_alone_uses_every_worker_but_keeps_one_free_while_others_call() -> None:
+    q = AdmissionQueue(AdmissionPolicy(reserve_workers=1, reserve_s=1.5))
+    q.workers = 2
+    pages = [_ticket() for _ in range(4)]
+    for number, page in enumerate(pages, start=1):
+        page.flow, page.page = pages[0].flow, number
+    for page in pages:
+        q.push(page)
+    # Alone, the PDF takes both workers.
+    assert [await q.take(), await q.take()] == pages[:2]
+    q.done(pages[0])
+    image = _ticket()
+    q.push(image)
+    # An image came: it is taken, and the PDF may not take the worker it frees back while it is recent.
+    assert await q.take() is image
+    q.done(image)
+    blocked = asyncio.create_task(q.take())
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # one page runs; the other worker waits for other callers
+    q.done(pages[1])
+    assert await asyncio.wait_for(blocked, 1) is pages[2]  # its own page ended: the next may start
+    # Once no other caller was seen for reserve_s, the PDF takes every worker again.
+    second = asyncio.create_task(q.take())
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    assert await asyncio.wait_for(second, 10) is pages[3]
 
 
 async def test_take_waits_and_a_cancelled_taker_does_not_lose_a_wakeup() -> None:
