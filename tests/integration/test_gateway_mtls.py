@@ -347,3 +347,22 @@ async def test_proxyless_clients_and_the_xds_server_speak_mtls_and_secrets_go_to
         for server in (genuine, impostor):
             await server.server.stop(0)
         await xds.stop()
+
+
+async def test_incremental_xds_delivers_the_secrets_too(tmp_path: Path, secure_etcd: SecureEtcd) -> None:
+    """With --xds-delta Envoy takes its Secrets over delta ADS: its health checks, over mTLS,
+    reach an instance whose certificate names `ocr` and find it healthy."""
+    ca = secure_etcd.ca
+    instance = Impostor(ca, "ocr", "delta-ocr")
+    await instance.start()
+    try:
+        key = instance_key("ocr", "delta-ocr").encode()
+        await secure_etcd.admin.put(key, json.dumps({"address": instance.address}).encode())
+        folder = identity_dir(tmp_path, ca, "gateway", "gw-delta")
+        args = ("--identity-dir", str(folder), "--xds-delta")
+        with running_gateway(tmp_path, secure_etcd.etcd.endpoint, *args) as gateway:
+            await eventually(lambda: _healthy(gateway.admin, "ocr", instance.address), 20)
+            assert instance.calls > 0
+            assert _serial(folder) in await asyncio.to_thread(cert_serials, gateway.admin)
+    finally:
+        await instance.server.stop(0)
