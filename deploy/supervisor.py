@@ -456,6 +456,14 @@ def print_next_steps(mesh: LocalMesh) -> None:
     image = "../shared/ocr-corpus/real/rapidocr_ch_en_num.jpg"
     if mesh.bff_url:
         console.print(f"web:  {mesh.bff_url} (register, log in, upload an image)")
+    if mesh.secure:
+        console.print(
+            f"mTLS: every service holds a certificate from the mesh CA in {mesh.data_dir / 'ca'}; commands "
+            "that call a service or etcd directly (not through the gateway) need yours, so first:"
+        )
+        console.print(f"      export OCRMESH_IDENTITY_DIR={mesh.identity_dir('cli').resolve()}")
+    else:
+        console.print("[yellow]INSECURE: --insecure was given, services talk plaintext[/]")
     if mesh.gateway_address:
         token = " (OCR routes need a token)" if mesh.auth_on else ""
         console.print(f"gateway: {mesh.gateway_address}, gRPC for every service{token}")
@@ -471,14 +479,6 @@ def print_next_steps(mesh: LocalMesh) -> None:
     else:
         console.print(f"try:  {exe} ocr {image} --target {ocr_address}")
     console.print(f"      {exe} status --etcd {mesh.etcd.endpoint}")
-    if mesh.secure:
-        console.print(
-            f"mTLS: every service holds a certificate from the mesh CA in {mesh.data_dir / 'ca'}; commands "
-            "that call a service directly (not through the gateway) need yours:"
-        )
-        console.print(f"      export OCRMESH_IDENTITY_DIR={mesh.identity_dir('cli').resolve()}")
-    else:
-        console.print("[yellow]INSECURE: --insecure was given, services talk plaintext[/]")
     console.print(f"logs: {mesh.data_dir / 'logs'}")
 
 

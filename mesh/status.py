@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import balancer, credentials
-from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly, describe_failure
 from mesh.registry import Instance, services_prefix
 from mesh.xds_client_records import read_clients
 
@@ -52,7 +52,7 @@ async def read_registry(etcd: str, timeout: float = 3.0) -> list[Instance]:
     try:
         got = await bounded(client.get_prefix(services_prefix().encode()), timeout)
     except ETCD_ERRORS as exc:
-        raise ConnectionError(f"cannot read the registry from etcd at {etcd}: {exc}") from None
+        raise ConnectionError(f"cannot read the registry: {describe_failure(exc, etcd)}") from None
     finally:
         await close_quietly(client, timeout)
     instances = []
