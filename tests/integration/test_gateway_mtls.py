@@ -38,8 +38,14 @@ from mesh.workload_identity import WorkloadIdentity
 from tests.corpus import CORPUS
 from tests.integration.auth_fixtures import running_auth
 from tests.integration.etcd_fixtures import eventually
-from tests.integration.gateway_fixtures import admin_json, cluster_hosts, login_through, running_gateway
-from tests.integration.ocr_fixtures import ROOT, running_ocr
+from tests.integration.gateway_fixtures import (
+    admin_json,
+    cluster_hosts,
+    login_through,
+    running_gateway,
+    start_command,
+)
+from tests.integration.ocr_fixtures import ROOT, running_ocr, stop
 from tests.integration.test_gateway_jwks import Key
 
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
@@ -365,4 +371,41 @@ async def test_incremental_xds_delivers_the_secrets_too(tmp_path: Path, secure_e
             assert instance.calls > 0
             assert _serial(folder) in await asyncio.to_thread(cert_serials, gateway.admin)
     finally:
+        await instance.server.stop(0)
+
+
+async def test_an_external_control_plane_names_the_gateways_files_and_envoy_follows_their_rotation(
+    tmp_path: Path, secure_etcd: SecureEtcd
+) -> None:
+    """`serve xds` (an xds identity) does not hold the gateway's key: the Secrets it sends name the
+    gateway's identity files, which Envoy reads itself and reads again when the folder rotates."""
+    ca = secure_etcd.ca
+    instance = Impostor(ca, "ocr", "external-ocr")
+    await instance.start()
+    xds_dir = identity_dir(tmp_path, ca, "xds", "xds-1", "127.0.0.1")
+    argv = [
+        "serve",
+        "xds",
+        "--etcd",
+        secure_etcd.etcd.endpoint,
+        "--port",
+        "0",
+        "--identity-dir",
+        str(xds_dir),
+    ]
+    xds = await asyncio.to_thread(start_command, tmp_path, "xds", argv)
+    try:
+        key = instance_key("ocr", "external-ocr").encode()
+        await secure_etcd.admin.put(key, json.dumps({"address": instance.address}).encode())
+        folder = identity_dir(tmp_path, ca, "gateway", "gw-external")
+        args = ("--identity-dir", str(folder), "--xds", str(xds.info["xds"]))
+        with running_gateway(tmp_path, secure_etcd.etcd.endpoint, *args) as gateway:
+            await eventually(lambda: _healthy(gateway.admin, "ocr", instance.address), 20)
+            old_serial = _serial(folder)
+            assert old_serial in await asyncio.to_thread(cert_serials, gateway.admin)
+            identity_files.write(folder, ca.issue("gateway", "gw-external"), ca.cert_pem)
+            await eventually(lambda: _holds_only(gateway.admin, _serial(folder), old_serial), 20)
+            assert (await _healthy(gateway.admin, "ocr", instance.address)) and instance.calls > 0
+    finally:
+        stop(xds.proc)
         await instance.server.stop(0)
