@@ -183,10 +183,16 @@ class ControlPlane:
         return None if self.identity is None else self.identity.current
 
     async def _follow_identity(self, identity: WorkloadIdentity) -> None:
-        """Rebuild (new Secrets for Envoy) whenever the identity folder holds a new certificate."""
+        """Rebuild (new Secrets for Envoy) whenever the identity folder holds a new certificate.
+
+        Compares generations: whoever reads the identity first (a handshake of the xDS server, an
+        etcd client) may be the one whose refresh picked the new certificate up."""
+        seen = identity.generation
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_S)
-            if await asyncio.to_thread(identity.refresh):
+            await asyncio.to_thread(identity.refresh)
+            if identity.generation != seen:
+                seen = identity.generation
                 self.rebuild()
 
     async def close(self) -> None:
