@@ -1,4 +1,7 @@
-"""Gateway under failure: an OCR instance killed under load, and the control plane killed and restarted."""
+"""Gateway under failure: an OCR instance killed under load, and the control plane killed and restarted.
+
+Run as `ocrmesh up` runs the mesh: every service with a mesh identity (mTLS, Envoy's upstream
+certificates over SDS), etcd with TLS and RBAC."""
 
 from __future__ import annotations
 
@@ -15,15 +18,17 @@ from pathlib import Path
 
 import aetcd
 import grpc
+import pytest
 from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from etcd.launcher import EtcdProcess
-from mesh import balancer
+from mesh.etcd_client import ClientFactory, close_quietly
 from mesh.processes import free_port, kill_tree
 from mesh.registry import instance_key
+from mesh.workload_identity import WorkloadIdentity
 from tests.corpus import CORPUS
 from tests.integration.auth_fixtures import running_auth
-from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
+from tests.integration.etcd_fixtures import eventually
 from tests.integration.gateway_fixtures import (
     GatewayProcess,
     cluster_hosts,
@@ -32,16 +37,38 @@ from tests.integration.gateway_fixtures import (
     running_gateway,
     start_command,
 )
+from tests.integration.identity_fixtures import Identities, identities, secure_etcd
 from tests.integration.ocr_fixtures import OcrProcess, start_ocr, stop
 
-__all__ = ["etcd_client_fixture", "etcd_fixture"]  # pytest fixtures used below
+__all__ = ["identities", "secure_etcd"]  # pytest fixtures used below
+
+
+@pytest.fixture(name="etcd")
+def etcd_with_mtls(secure_etcd: EtcdProcess) -> EtcdProcess:
+    """etcd serving TLS only, with RBAC."""
+    return secure_etcd
+
+
+@pytest.fixture(name="etcd_client")
+async def admin_etcd_client(etcd: EtcdProcess, identities: Identities) -> AsyncIterator[aetcd.Client]:
+    """An etcd client with the admin identity, for the test's own registry writes."""
+    client = ClientFactory(etcd.endpoint, identity=WorkloadIdentity(identities.folder("admin"))).new()
+    try:
+        yield client
+    finally:
+        await close_quietly(client, 2.0)
+
+
+def identity(identities: Identities, service: str, instance: str | None = None) -> tuple[str, str]:
+    return ("--identity-dir", str(identities.folder(service, instance)))
+
 
 LINE = (CORPUS / "real" / "cnocr_rand_cn1.png").read_bytes()
 LINE_ONLY = ocr_pb2.RecognizeOptions(use_det=False, use_cls=False)
 
 
 @contextlib.contextmanager
-def ocr_pair(tmp: Path, etcd: str) -> Iterator[list[OcrProcess]]:
+def ocr_pair(tmp: Path, etcd: str, identities: Identities) -> Iterator[list[OcrProcess]]:
     common = (
         "--workers",
         "1",
@@ -57,7 +84,11 @@ def ocr_pair(tmp: Path, etcd: str) -> Iterator[list[OcrProcess]]:
     started: list[OcrProcess] = []
     try:
         for name in ("gw-victim", "gw-survivor"):
-            started.append(start_ocr(tmp, *common, "--instance-id", name, "--require-auth"))
+            started.append(
+                start_ocr(
+                    tmp, *common, "--instance-id", name, "--require-auth", *identity(identities, "ocr", name)
+                )
+            )
         yield started
     finally:
         for svc in started:
@@ -78,7 +109,7 @@ class Load:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _caller(self) -> None:
-        async with balancer.direct_channel(self.target) as channel:
+        async with grpc.aio.insecure_channel(self.target) as channel:  # the gateway's outside listener
             stub = ocr_pb2_grpc.OcrServiceStub(channel)
             request = ocr_pb2.RecognizeRequest(image=LINE, filename="line.png", options=LINE_ONLY)
             while not self._stop.is_set():
@@ -103,24 +134,24 @@ class Load:
 
 @contextlib.asynccontextmanager
 async def gateway_over_a_pair(
-    tmp: Path, etcd: EtcdProcess, user: str
+    tmp: Path, etcd: EtcdProcess, identities: Identities, user: str
 ) -> AsyncIterator[tuple[OcrProcess, OcrProcess, GatewayProcess, str]]:
     """Auth, two OCR instances (victim, survivor) and a gateway, both instances healthy in Envoy;
     yields them with an access token for `user` obtained through the gateway."""
     db = f"sqlite+aiosqlite:///{tmp / 'auth.db'}"
     with (
-        running_auth(tmp, "--etcd", etcd.endpoint, "--db", db),
-        ocr_pair(tmp, etcd.endpoint) as (victim, survivor),
-        running_gateway(tmp, etcd.endpoint) as gateway,
+        running_auth(tmp, "--etcd", etcd.endpoint, "--db", db, *identity(identities, "auth")),
+        ocr_pair(tmp, etcd.endpoint, identities) as (victim, survivor),
+        running_gateway(tmp, etcd.endpoint, *identity(identities, "gateway")) as gateway,
     ):
         await eventually(lambda: _healthy(gateway, {victim.address, survivor.address}), 30)
         yield victim, survivor, gateway, await login_through(gateway.address, user)
 
 
 async def test_killed_instance_leaves_with_no_failed_request(
-    tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client
+    tmp_path: Path, etcd: EtcdProcess, identities: Identities
 ) -> None:
-    async with gateway_over_a_pair(tmp_path, etcd, "chaos-user") as (victim, _, gateway, token):
+    async with gateway_over_a_pair(tmp_path, etcd, identities, "chaos-user") as (victim, _, gateway, token):
         load = Load(gateway.address, token, callers=6)
         load.start()
         try:
@@ -139,11 +170,11 @@ async def test_killed_instance_leaves_with_no_failed_request(
 
 
 async def test_calls_on_a_frozen_instance_are_retried_elsewhere_within_their_deadline(
-    tmp_path: Path, etcd: EtcdProcess
+    tmp_path: Path, etcd: EtcdProcess, identities: Identities
 ) -> None:
     """SIGSTOP leaves connections open and silent: without HTTP/2 keepalive on its upstream
     connections Envoy would wait on the calls it sent there until their 8 s deadline."""
-    async with gateway_over_a_pair(tmp_path, etcd, "frozen-user") as (victim, _, gateway, token):
+    async with gateway_over_a_pair(tmp_path, etcd, identities, "frozen-user") as (victim, _, gateway, token):
         load = Load(gateway.address, token, callers=6, timeout_s=8.0)
         load.start()
         try:
@@ -161,17 +192,31 @@ async def test_calls_on_a_frozen_instance_are_retried_elsewhere_within_their_dea
 
 
 async def test_control_plane_restart_does_not_interrupt_traffic(
-    tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client
+    tmp_path: Path, etcd: EtcdProcess, identities: Identities, etcd_client: aetcd.Client
 ) -> None:
     xds_port = free_port()
-    xds_args = ["serve", "xds", "--etcd", etcd.endpoint, "--port", str(xds_port)]
+    xds_args = [
+        "serve",
+        "xds",
+        "--etcd",
+        etcd.endpoint,
+        "--port",
+        str(xds_port),
+        *identity(identities, "xds"),
+    ]
     db = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
     xds = start_command(tmp_path, "xds", xds_args)
     try:
         with (
-            running_auth(tmp_path, "--etcd", etcd.endpoint, "--db", db),
-            ocr_pair(tmp_path, etcd.endpoint) as pair,
-            running_gateway(tmp_path, etcd.endpoint, "--xds", f"127.0.0.1:{xds_port}") as gateway,
+            running_auth(tmp_path, "--etcd", etcd.endpoint, "--db", db, *identity(identities, "auth")),
+            ocr_pair(tmp_path, etcd.endpoint, identities) as pair,
+            running_gateway(
+                tmp_path,
+                etcd.endpoint,
+                "--xds",
+                f"127.0.0.1:{xds_port}",
+                *identity(identities, "gateway"),
+            ) as gateway,
         ):
             await eventually(lambda: _healthy(gateway, {svc.address for svc in pair}), 30)
             token = await login_through(gateway.address, "restart-user")
