@@ -269,7 +269,10 @@ class LocalMesh:
         self.issuer = IdentityIssuer(ca, self.cert_lifetime)
         self.issuer.add("etcd", "etcd", self.identity_dir("etcd"), hosts=[self.host, "localhost"])
         for child in self.planned:
-            self.issuer.add(child.kind, child.name, self.identity_dir(child.name))
+            # Proxyless gRPC clients check the xDS server's certificate against the address they
+            # dial, so the gateway's (which serves xDS) names its host too.
+            hosts = [self.host, "localhost"] if child.kind == "gateway" else []
+            self.issuer.add(child.kind, child.name, self.identity_dir(child.name), hosts=hosts)
         for person in ("cli", "admin"):
             self.issuer.add(person, person, self.identity_dir(person))
         self._renewing = asyncio.get_running_loop().create_task(self.issuer.run(), name="renew identities")
