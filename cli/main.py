@@ -80,6 +80,11 @@ BENCH = [
         "a 20-page PDF: pages/s, peak RSS, an image caller's p95 beside it, refusals",
         "bench.studies.pdf_bench",
     ),
+    Command(
+        "quantize",
+        "int8 detector/recogniser vs fp32: CER on the corpus and engine throughput",
+        "bench.studies.quantize_bench",
+    ),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")
 

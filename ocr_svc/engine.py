@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ocr_svc.job import DEFAULT_MIN_SCORE, JobOptions, Reading
+from ocr_svc.model_files import swap_models
 from ocr_svc.pipeline_settings import PipelineSettings
 from ocr_svc.subnormal_weights import flush_engine_sessions
 
@@ -38,6 +39,9 @@ class EngineSettings:
     # Zero the models' subnormal weights (outputs unchanged, detection ~3x cheaper on CPUs that
     # trap subnormals; see ocr_svc/subnormal_weights.py). Off only to measure the difference.
     flush_subnormals: bool = True
+    # (stage, path): ONNX models run in place of RapidOCR's own for these stages (det, cls, rec),
+    # with the same session options; `ocrmesh bench quantize` measures int8 copies this way.
+    model_files: tuple[tuple[str, str], ...] = ()
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
 
@@ -139,6 +143,8 @@ class Engine:
         if settings.flush_subnormals:
             flushed = flush_engine_sessions(Models.of(self._ocr))
             zeroed = sum(f.subnormal_weights for f in flushed if f.reloaded)
+        if settings.model_files:
+            swap_models(Models.of(self._ocr), settings.model_files)
         self.run(_warmup_image(), JobOptions())  # loads det, cls and rec sessions
         providers = _session_providers(self._ocr)
         provider = providers[0] if providers else CPU_EP

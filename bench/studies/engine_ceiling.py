@@ -34,7 +34,15 @@ def percentile(values: list[float], pct: float) -> float:
 class EngineBench:
     """A warm worker pool fed in a closed loop, straight, without gRPC; reusable across rounds."""
 
-    def __init__(self, image: bytes, workers: int, threads: int, concurrency: int, device: str = "cpu"):
+    def __init__(
+        self,
+        image: bytes,
+        workers: int,
+        threads: int,
+        concurrency: int,
+        device: str = "cpu",
+        engine: EngineSettings | None = None,
+    ):
         self.image = image
         self.header = inspect(image, Limits())  # checked once, as the OCR server does
         self.workers = workers
@@ -42,7 +50,7 @@ class EngineBench:
         self.concurrency = concurrency
         self.queue = AdmissionQueue()  # the closed loop holds at most `concurrency` tickets
         self.pool = WorkerPool(
-            engine=EngineSettings(device=device, threads=threads),
+            engine=engine or EngineSettings(device=device, threads=threads),
             limits=Limits(),
             settings=PoolSettings(size=workers),
             queue=self.queue,
