@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -87,13 +89,13 @@ async def loaded(
     client: OcrClient, pdf: bytes, image: bytes, count: int, timeout_s: float
 ) -> tuple[list[float], list[float]]:
     """One caller sends the PDF again and again while another reads `count` single images; the
-    image latencies measured while a PDF was in flight, and each PDF's time."""
+    image latencies measured while a PDF was in flight, and the time of each PDF that finished
+    meanwhile (the one in flight at the end is cancelled: its caller left)."""
     busy = asyncio.Event()
-    stop = asyncio.Event()
     pdf_s: list[float] = []
 
     async def pdf_caller() -> None:
-        while not stop.is_set():
+        while True:
             busy.set()
             took, _ = await read_pdf(client, pdf, timeout_s)
             busy.clear()
@@ -103,9 +105,19 @@ async def loaded(
     try:
         images = await image_latencies(client, image, count, timeout_s, busy)
     finally:
-        stop.set()
-    await sender  # the PDF in flight finishes (and counts) before the next phase
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
     return images, pdf_s
+
+
+async def settle(client: OcrClient) -> None:
+    """Wait until the instance runs and holds nothing (a cancelled PDF's last pages finish)."""
+    while True:
+        info = await client.info()
+        if not info.in_flight and not info.queued_requests:
+            return
+        await asyncio.sleep(0.1)
 
 
 async def refusals(client: OcrClient, address: str, repeats: int) -> dict[str, Any]:
@@ -138,7 +150,13 @@ async def refusals(client: OcrClient, address: str, repeats: int) -> dict[str, A
 
 
 async def measure(
-    pages: Sequence[Path], image_path: Path, samples: int, rounds: int, workers: int, timeout_s: float
+    pages: Sequence[Path],
+    image_path: Path,
+    samples: int,
+    rounds: int,
+    workers: int,
+    timeout_s: float,
+    pdf_runs: int = 2,
 ) -> dict[str, Any]:
     pdf = await asyncio.to_thread(scan_pdf, pages)
     image = await asyncio.to_thread(image_path.read_bytes)
@@ -156,13 +174,9 @@ async def measure(
                 console.print(f"OCR instance at {svc.address}; warming up")
                 await image_latencies(client, image, 4, timeout_s)
                 with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
-                    task = progress.add_task("rounds", total=rounds * 3)
-                    for round_no in range(1, rounds + 1):
-                        progress.update(task, description=f"round {round_no}: image alone")
-                        alone_s = await image_latencies(client, image, samples, timeout_s)
-                        unloaded_s += alone_s
-                        progress.advance(task)
-                        progress.update(task, description=f"round {round_no}: {len(pages)}-page PDF alone")
+                    task = progress.add_task("PDF alone", total=pdf_runs + rounds * 2)
+                    for run_no in range(1, pdf_runs + 1):
+                        progress.update(task, description=f"{len(pages)}-page PDF alone, run {run_no}")
                         # Alone means no image for a while: for reserve_s (10 s) after one, a
                         # PDF leaves a worker to other callers.
                         await asyncio.sleep(QUIET_S)
@@ -178,8 +192,17 @@ async def measure(
                                 == list(range(1, len(pages) + 1)),
                                 "lines_per_page": [len(lines) for lines in texts],
                                 "pages_with_text": sum(1 for lines in texts if lines),
+                                "load_avg_1m": psutil.getloadavg()[0],
                             }
                         )
+                        progress.advance(task)
+                    # Image alone and image beside the PDF in short alternating rounds, so that both
+                    # see the same background load on a shared machine.
+                    for round_no in range(1, rounds + 1):
+                        progress.update(task, description=f"round {round_no}: image alone")
+                        await settle(client)
+                        alone_s = await image_latencies(client, image, samples, timeout_s)
+                        unloaded_s += alone_s
                         progress.advance(task)
                         progress.update(task, description=f"round {round_no}: image beside the PDF")
                         images, pdf_times = await loaded(client, pdf, image, samples, timeout_s)
@@ -189,11 +212,11 @@ async def measure(
                             {
                                 "p95_alone_s": percentile(sorted(alone_s), 95),
                                 "p95_beside_pdf_s": percentile(sorted(images), 95),
-                                "pdf_alone_pages_per_s": alone[-1]["pages_per_s"],
                                 "load_avg_1m": psutil.getloadavg()[0],
                             }
                         )
                         progress.advance(task)
+                    await settle(client)
                 refused = await refusals(client, svc.address, 5)
     p95_unloaded = percentile(sorted(unloaded_s), 95)
     p95_loaded = percentile(sorted(loaded_s), 95)
@@ -219,6 +242,9 @@ async def measure(
             },
             "loaded": {"n": len(loaded_s), "p50_s": percentile(sorted(loaded_s), 50), "p95_s": p95_loaded},
             "p95_ratio": p95_loaded / p95_unloaded if p95_unloaded else 0.0,
+            "median_round_ratio": statistics.median(
+                r["p95_beside_pdf_s"] / r["p95_alone_s"] for r in rounds_out if r["p95_alone_s"]
+            ),
             "goal": 2.0,
         },
         "rounds": rounds_out,
@@ -233,6 +259,7 @@ async def measure(
             "workers": workers or psutil.cpu_count(),
             "samples": samples,
             "rounds": rounds,
+            "pdf_runs": pdf_runs,
             "load_avg": list(psutil.getloadavg()),
         },
     }
@@ -257,12 +284,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         table(
             [
-                "round",
+                "run",
                 "seconds",
                 "pages/s",
                 "peak RSS (MiB)",
                 "pages in order",
                 "pages with text",
+                "load avg",
                 "lines/page",
             ],
             [
@@ -273,21 +301,23 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{a['peak_rss_mib']:.0f}",
                     a["page_numbers_in_order"],
                     f"{a['pages_with_text']}/{pdf['pages']}",
+                    f"{a.get('load_avg_1m', 0.0):.1f}",
                     " ".join(map(str, a["lines_per_page"])),
                 ]
                 for i, a in enumerate(pdf["alone"], 1)
             ],
-            "rrrrrrr",
+            "rrrrrrrr",
         ),
         "",
         "Peak RSS is the instance's whole process tree (server and workers), sampled every 50 ms while "
-        "the PDF ran alone.",
+        "the PDF ran alone (each run after 11 s without any call).",
         "",
         "## Fairness: one caller's single image while another caller's PDF is read",
         "",
         f"A caller reads `{fair['image']}` over and over, one call at a time: alone, then while a second "
-        "caller sends the PDF back to back (only image calls made wholly while a PDF was in flight count). "
-        f"{m['rounds']} round(s) of {m['samples']} calls each.",
+        "caller sends the PDF back to back (only image calls made wholly while a PDF was in flight count; "
+        "the PDF in flight when they are done is cancelled, and the instance is idle again before the "
+        f"next round). {m['rounds']} alternating round(s) of {m['samples']} calls each.",
         "",
         table(
             ["image caller", "calls", "p50 (s)", "p95 (s)"],
@@ -311,21 +341,21 @@ def markdown(result: dict[str, Any]) -> str:
         "Per round (the machine is shared: its 1-minute load average at the end of each round):",
         "",
         table(
-            ["round", "p95 alone (s)", "p95 beside the PDF (s)", "ratio", "PDF alone pages/s", "load avg"],
+            ["round", "p95 alone (s)", "p95 beside the PDF (s)", "ratio", "load avg"],
             [
                 [
                     i,
                     f"{r['p95_alone_s']:.2f}",
                     f"{r['p95_beside_pdf_s']:.2f}",
                     f"{r['p95_beside_pdf_s'] / r['p95_alone_s']:.2f}x" if r["p95_alone_s"] else "-",
-                    f"{r['pdf_alone_pages_per_s']:.2f}",
                     f"{r['load_avg_1m']:.1f}",
                 ]
                 for i, r in enumerate(result.get("rounds", []), 1)
             ],
-            "rrrrrr",
+            "rrrrr",
         ),
         "",
+        f"Median of the per-round ratios: **{fair['median_round_ratio']:.2f}x**. "
         f"p95 beside the PDF / p95 alone, all rounds pooled: **{ratio:.2f}x** "
         f"(goal: within {fair['goal']:.0f}x: "
         f"{'met' if ratio <= fair['goal'] else 'NOT met'}). The PDF took "
@@ -359,8 +389,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image", type=Path, default=REAL / "rapidocr_ch_en_num.jpg", help="the other caller's image"
     )
-    parser.add_argument("--samples", type=int, default=30, help="image calls per round and condition")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of alone / PDF alone / beside the PDF")
+    parser.add_argument("--samples", type=int, default=15, help="image calls per round and condition")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="alternating rounds: image alone, beside the PDF"
+    )
+    parser.add_argument("--pdf-runs", type=int, default=2, help="runs of the PDF alone (pages/s, RSS)")
     parser.add_argument("--workers", type=int, default=0, help="OCR workers (0: one per core)")
     parser.add_argument("-t", "--timeout", type=float, default=300.0, help="deadline of each call, seconds")
     parser.add_argument(
@@ -376,11 +409,18 @@ def run(ns: argparse.Namespace) -> int:
     if missing:
         print(f"{prog}: no such file: {missing[0]}", file=sys.stderr)
         return 2
-    if not 1 <= ns.pages <= 100 or ns.samples < 1 or ns.rounds < 1 or ns.workers < 0 or ns.timeout <= 0:
+    if (
+        not 1 <= ns.pages <= 100
+        or min(ns.samples, ns.rounds, ns.pdf_runs) < 1
+        or ns.workers < 0
+        or ns.timeout <= 0
+    ):
         print(f"{prog}: need 1-100 --pages, --samples and --rounds >= 1, --workers >= 0", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(measure(pages, ns.image, ns.samples, ns.rounds, ns.workers, ns.timeout))
+        result = asyncio.run(
+            measure(pages, ns.image, ns.samples, ns.rounds, ns.workers, ns.timeout, ns.pdf_runs)
+        )
     except (RuntimeError, grpc.aio.AioRpcError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1

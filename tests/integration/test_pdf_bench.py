@@ -12,7 +12,9 @@ from bench.studies import pdf_bench
 def test_pdf_bench_reads_the_pdf_in_order_measures_both_callers_and_the_refusals(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     pdf_bench.add_arguments(parser)
-    ns = parser.parse_args(["--pages", "3", "--samples", "2", "--rounds", "1", "--out", str(tmp_path)])
+    ns = parser.parse_args(
+        ["--pages", "3", "--samples", "2", "--rounds", "1", "--pdf-runs", "1", "--out", str(tmp_path)]
+    )
     assert pdf_bench.run(ns) == 0
     [report] = tmp_path.glob("pdf-*.json")
     result = json.loads(report.read_text())
