@@ -54,7 +54,11 @@ ETCD_IMAGE = "localhost/ocrmesh-etcd:bookworm"
 POSTGRES_IMAGE = "localhost/ocrmesh-postgres:bookworm"
 OCRMESH_IMAGE = "ocrmesh:latest"
 ETCD = "etcd1:2379,etcd2:2379,etcd3:2379"
+IDENTITY_MOUNT = "/var/run/ocrmesh/identity"  # each service's identity volume (deploy/compose.yaml)
 PASSWORD = "correct horse 42"
+IDENTITY_LIFETIME_S = 60
+"""Workload certificates this short renew every 30 s, so the whole run (scaling, the kill under
+load) goes on across several rotations of every service's identity, none restarted."""
 
 BUILD_TIMEOUT_S = 1200.0
 UP_TIMEOUT_S = 600
@@ -182,6 +186,7 @@ def compose_env_file(directory: Path, gateway_port: int, bff_port: int) -> Path:
         "PUBLISH_IP": "127.0.0.1",
         "GATEWAY_PORT": str(gateway_port),
         "BFF_PORT": str(bff_port),
+        "IDENTITY_LIFETIME": f"{IDENTITY_LIFETIME_S}s",
     }
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
     path.chmod(0o600)
@@ -236,6 +241,50 @@ def ocr_ids(status: dict[str, Any], *, healthy: bool = True) -> set[str]:
         for i in status["instances"]
         if i["service"] == "ocr" and (not healthy or i["health"] == "SERVING")
     }
+
+
+def valid_until(stack: Stack, service: str, folder: str) -> str:
+    """The `valid .. until` line `ocrmesh ca show` prints for the identity in `service`'s `folder`."""
+    out = stack.run("exec", "-T", service, "ocrmesh", "ca", "show", folder, timeout=60)
+    (line,) = [line for line in out.splitlines() if line.startswith("valid")]
+    return line.split("..")[1].split("(")[0].strip()
+
+
+def check_identities(stack: Stack, report: Report) -> None:
+    """The issuer set etcd's RBAC up; etcd refuses a client without a mesh certificate; each
+    service's identity is renewed in place and the running containers (never restarted) read it."""
+    plaintext = stack.engine.run(
+        [
+            *stack.compose, "--profile", "tools", "run", "--rm", "--no-deps", "-T",
+            "-e", "OCRMESH_IDENTITY_DIR=", "cli", "status", "--etcd", ETCD, "--json", "--timeout", "3",
+        ],
+        120,
+        check=False,
+    )  # fmt: skip
+    assert plaintext.returncode != 0, f"etcd answered a client without a certificate: {plaintext.stdout}"
+    before = {name: valid_until(stack, name, IDENTITY_MOUNT) for name in ("ocr", "auth", "gateway", "bff")}
+    issued = valid_until(stack, "identity-issuer", "/identities/ocr")
+    assert issued == before["ocr"], "the OCR container reads what the issuer wrote"
+    wait_for(
+        "a renewed OCR identity in the OCR container",
+        lambda: valid_until(stack, "ocr", IDENTITY_MOUNT) != before["ocr"],
+        IDENTITY_LIFETIME_S,
+        every_s=3,
+    )
+    after = {name: valid_until(stack, name, IDENTITY_MOUNT) for name in before}
+    assert all(after[name] != before[name] for name in before), f"not all renewed: {before} {after}"
+    restarts = {
+        container: stack.engine.docker_cmd("inspect", "--format", "{{.RestartCount}}", container).strip()
+        for container in stack.run("ps", "--quiet").split()
+    }
+    assert set(restarts.values()) == {"0"}, f"containers restarted: {restarts}"
+    report.facts["identity_renewed"] = {"before": before, "after": after}
+
+
+def check_etcd_access(stack: Stack) -> None:
+    """The issuer has set up etcd's users and roles and turned its auth on (`--etcd-access`)."""
+    logs = stack.run("logs", "identity-issuer", timeout=60)
+    assert "etcd access policy in force" in logs, logs[-3000:]
 
 
 def test_compose_stack_end_to_end(tmp_path: Path) -> None:
@@ -311,6 +360,9 @@ def run_smoke_test(stack: Stack, report: Report) -> None:
         assert status["services"].get("auth") == {"instances": 2, "healthy": 2}, status["services"]
         first_two = ocr_ids(status)
 
+    with report.step("mesh identities: etcd TLS, renewal without restarts"):
+        check_identities(stack, report)
+
     with report.step("--scale ocr=3: the third instance serves"):
         stack.up("--no-recreate", "--scale", "ocr=3")
         assert len(stack.containers("ocr")) == 3
@@ -353,3 +405,6 @@ def run_smoke_test(stack: Stack, report: Report) -> None:
             lambda: len(ocr_ids(stack.status(token), healthy=False)) == 2,
             30,
         )
+
+    with report.step("etcd RBAC set up by the issuer"):
+        check_etcd_access(stack)
