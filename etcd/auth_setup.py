@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 import aetcd
+import grpc
 from aetcd import rpc, utils
 
 from mesh.etcd_access import ADMIN, POLICY, ROOT_ROLE, permissions
@@ -101,10 +102,19 @@ async def apply_policy(client: aetcd.Client, timeout: float = 5.0) -> Changes:
             )
             changes.done.append(f"user {user}: role {role} granted")
 
-    status = await stub.AuthStatus(rpc.AuthStatusRequest(), timeout=timeout, metadata=meta)
-    if not status.enabled:
+    try:
+        status = await stub.AuthStatus(rpc.AuthStatusRequest(), timeout=timeout, metadata=meta)
+        enabled: bool | None = bool(status.enabled)
+    except grpc.aio.AioRpcError as exc:
+        # etcd before 3.5 (Debian's 3.4, the compose stand-in) has no AuthStatus; its AuthEnable
+        # answers OK when auth is already on, so enabling again is safe there.
+        if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        enabled = None
+    if not enabled:
         await stub.AuthEnable(rpc.AuthEnableRequest(), timeout=timeout, metadata=meta)
-        changes.done.append("auth enabled")
+        if enabled is False:
+            changes.done.append("auth enabled")
     if changes:
         log.info("etcd access policy applied", extra={"changes": changes.done})
     return changes
