@@ -17,7 +17,8 @@ from gateway.cache import SnapshotCache
 from gateway.client_status import ClientStatusPublisher
 from gateway.host_names import is_ip
 from gateway.mesh_tls import with_mesh_tls, xds_interceptors
-from gateway.snapshot_builder import Endpoint, MeshState, build_snapshot
+from gateway.rebuild_schedule import RebuildSchedule
+from gateway.snapshot_builder import BuildMemo, Endpoint, MeshState, build_snapshot
 from gateway.xds_server import AdsServer
 from mesh.discovery import Discovery
 from mesh.identity_files import Identity
@@ -87,6 +88,7 @@ class ControlPlane:
         audience: str = DEFAULT_AUDIENCE,
         jwks_interval: float = 0.5,
         identity: WorkloadIdentity | None = None,
+        coalesce_max_s: float = 0.1,
     ) -> None:
         self.etcd = etcd
         # With a mesh identity, gateway clusters get mTLS and Envoy its certificate over SDS
@@ -101,6 +103,8 @@ class ControlPlane:
         self.jwks = JwksFeed(etcd, self, interval=jwks_interval)
         self.ads = AdsServer(self.cache, self.resolve_group)
         self._resolved: dict[str, str] = {}
+        self._memo = BuildMemo()  # a registry change re-parses only the endpoints that changed
+        self.schedule = RebuildSchedule(self.rebuild, coalesce_max_s)  # bursts coalesce
         self._unsubscribe: Any = None
         self.build_errors = 0
         self.last_build_error = ""
@@ -127,7 +131,7 @@ class ControlPlane:
 
     def _publish(self, key: str, state: MeshState) -> None:
         try:
-            snapshot = build_snapshot(state, self.profiles[key])
+            snapshot = build_snapshot(state, self.profiles[key], self._memo)
             snapshot = with_mesh_tls(snapshot, self.profiles[key], self._mesh_identity())
         except ValueError as exc:  # also InconsistentSnapshot: keep serving the last one
             self.build_errors += 1
@@ -148,7 +152,7 @@ class ControlPlane:
         }
         if unresolved:
             asyncio.get_running_loop().create_task(self._resolve(unresolved))
-        self.rebuild()
+        self.schedule.request()
 
     async def _resolve(self, hosts: set[str]) -> None:
         """Host names in the registry become IPs (EDS carries addresses only); bounded, best effort."""
@@ -198,6 +202,7 @@ class ControlPlane:
     async def close(self) -> None:
         if self._identity_task is not None:
             await cancel_and_wait(self._identity_task)
+        self.schedule.cancel()
         if self._unsubscribe is not None:
             self._unsubscribe()
         await self.jwks.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +20,14 @@ class RecordError(ValueError):
     """A key or value in the registry does not follow the layout; the message says why."""
 
 
+_NAME = re.compile(r"[^/\s]+")
+
+
 def check_name(kind: str, name: str) -> str:
     """`name` if it can be one segment of a key (service, instance), else RecordError saying why."""
-    if not name or "/" in name or not name.isprintable() or any(c.isspace() for c in name):
+    # One regex call, not a generator over the characters: every watcher checks every name of
+    # every event it applies (2,000 endpoints x 200 watchers in the control-plane benchmark).
+    if not _NAME.fullmatch(name) or not name.isprintable():
         raise RecordError(f"bad {kind} name {name!r}: non-empty, printable, no '/' or spaces")
     return name
 

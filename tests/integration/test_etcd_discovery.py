@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aetcd
@@ -39,7 +39,7 @@ def discovery(endpoint: str, service: str | None = "ocr") -> Discovery:
     return Discovery(endpoint, service, call_timeout=CALL_TIMEOUT, resync_interval=1.0)
 
 
-def has(*ids: str) -> Callable[[Endpoints], bool]:
+def has(*ids: str) -> Callable[[Mapping[str, Instance]], bool]:
     return lambda eps: set(eps) == set(ids)
 
 
