@@ -85,6 +85,11 @@ BENCH = [
         "int8 detector/recogniser vs fp32: CER on the corpus and engine throughput",
         "bench.studies.quantize_bench",
     ),
+    Command(
+        "control-plane",
+        "etcd, watchers, xDS and Envoy cost at 10..2,000 endpoints and up to 500 watchers",
+        "bench.studies.control_plane_bench",
+    ),
 ]
 BENCH_LOAD = Command("bench", "ghz-compatible load test of one gRPC method", "bench.load_cli")
 
