@@ -151,7 +151,7 @@ class Discovery:
         self._rand = rand
         self._state: Endpoints = {}
         self._projected: Endpoints = {}  # _state keyed like endpoints(), kept in step with it
-        self._raw_keys: set[str] = set()  # every key under the prefix, malformed ones too
+        self._raw: dict[str, bytes] = {}  # every key under the prefix (malformed ones too): its value
         self._dirty: dict[str, Instance | None] = {}  # key -> its value at the last flush
         self._flush_scheduled = False
         self._checks = 0
@@ -364,10 +364,10 @@ class Discovery:
             self.revision = event.revision
             self._events += 1
             if event.kind == "delete":
-                self._raw_keys.discard(event.key)
+                self._raw.pop(event.key, None)
                 self._set(event.key, None)
             else:
-                self._raw_keys.add(event.key)
+                self._raw[event.key] = event.value
                 self._set(event.key, parse_value(event.key, event.value))  # malformed: unusable
 
     def _replace(self, got: aetcd.GetRange) -> bool:
@@ -378,11 +378,13 @@ class Discovery:
                 "etcd revision went backwards (new or restored cluster?); adopting its state",
                 extra={"prefix": self.prefix, "was": self.revision, "now": revision},
             )
-        raw = [(kv.key.decode("utf-8", "replace"), kv.value) for kv in got.kvs]
-        new = snapshot(raw)
-        differs = new != self._state
+        raw = {kv.key.decode("utf-8", "replace"): kv.value for kv in got.kvs}
         self.revision = self._full_revision = revision
-        self._raw_keys = {key for key, _ in raw}
+        if raw == self._raw:
+            return False  # the same bytes: nothing to parse (most periodic checks at scale)
+        self._raw = raw
+        new = snapshot(raw.items())
+        differs = new != self._state
         if differs:
             for key in [k for k in self._state if k not in new]:
                 self._set(key, None)
@@ -461,7 +463,7 @@ class Discovery:
                         count = await bounded(
                             count_keys(client, prefix, self.call_timeout), self.call_timeout
                         )
-                        differs = count != len(self._raw_keys)
+                        differs = count != len(self._raw)
                     else:
                         got = await bounded(client.get_prefix(prefix), self.call_timeout)
                         # Events the watch applied while the get was on its way are newer than it.

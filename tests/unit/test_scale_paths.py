@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
+from typing import Any
 
 from gateway.profile import PROXYLESS, Profile
 from gateway.rebuild_schedule import RebuildSchedule
@@ -78,7 +80,7 @@ async def test_discovery_flush_reports_each_change_once_and_batches_a_step() -> 
     assert sorted(discovery.endpoints()) == ["a", "c"]
     assert discovery.endpoints()["a"].address == "127.0.0.1:9"
     assert discovery.version == 2
-    assert len(discovery._raw_keys) == 3  # a, c and the malformed one: what a count of etcd's keys says
+    assert len(discovery._raw) == 3  # a, c and the malformed one: what a count of etcd's keys says
 
 
 def instance(instance_id: str, address: str, started_at: float = 0.0) -> Instance:
@@ -142,3 +144,25 @@ async def test_discovery_keeps_every_key_of_one_transaction() -> None:
     discovery._apply([put("ocr", "c", "127.0.0.1:3", 4)])  # older: ignored
     await asyncio.sleep(0)
     assert sorted(discovery.endpoints()) == ["a", "b"]
+
+
+def full_get(revision: int, kvs: dict[str, bytes]) -> Any:
+    """What aetcd's get_prefix returns, as far as Discovery reads it."""
+    items = [SimpleNamespace(key=k.encode(), value=v) for k, v in kvs.items()]
+    return SimpleNamespace(header=SimpleNamespace(revision=revision), kvs=items)
+
+
+async def test_a_full_get_of_the_same_bytes_changes_nothing_and_parses_nothing() -> None:
+    discovery = Discovery("127.0.0.1:1", "ocr")
+    events = [put("ocr", "a", "127.0.0.1:1", 2), put("ocr", "b", "127.0.0.1:2", 3)]
+    discovery._apply(events)
+    await asyncio.sleep(0)
+    same = {e.key: e.value for e in events}
+    assert discovery._replace(full_get(3, same)) is False
+    changed = {**same, instance_key("ocr", "b"): json.dumps({"address": "127.0.0.1:9"}).encode()}
+    assert discovery._replace(full_get(4, changed)) is True
+    await asyncio.sleep(0)
+    assert discovery.endpoints()["b"].address == "127.0.0.1:9"
+    assert discovery._replace(full_get(5, {})) is True
+    await asyncio.sleep(0)
+    assert discovery.endpoints() == {}
