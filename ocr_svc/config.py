@@ -36,6 +36,16 @@ class OcrConfig:
     threads_per_worker: int = setting(1, help="ONNX Runtime intra-op threads per worker")
     device: str = setting("auto", help="execution device", choices=("auto", "cpu", "cuda"))
     cuda_device_id: int = setting(0, help="GPU index for --device cuda")
+    model_precision: str = setting(
+        "fp32",
+        help="fp32: the models as shipped; int8: static int8 detector and recogniser (CPU only; "
+        "made on first start, a few minutes, and kept in --model-cache)",
+        choices=("fp32", "int8"),
+    )
+    model_cache: str = setting(".ocrmesh/models", help="folder for the int8 models")
+    int8_calibration_pages: int = setting(
+        32, help="synthetic pages the int8 models are calibrated on (a new number makes new models)"
+    )
     queue_depth: int = setting(
         -1,
         help="hard cap on requests waiting for a worker (-1: none; admission then goes by "
@@ -113,6 +123,10 @@ class OcrConfig:
             raise ConfigError("--stream-idle-s and --stream-upload-s must be positive")
         if self.workers < 0:
             raise ConfigError("--workers must be 0 (auto) or more")
+        if self.model_precision == "int8" and self.device == "cuda":
+            raise ConfigError("--model-precision int8 is for the CPU: use --device cpu (or auto), or fp32")
+        if self.int8_calibration_pages < 1:
+            raise ConfigError("--int8-calibration-pages must be at least 1")
         if self.threads_per_worker < 1:
             raise ConfigError("--threads-per-worker must be at least 1")
         if self.queue_depth < -1:

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,12 @@ class EngineSettings:
     # (stage, path): ONNX models run in place of RapidOCR's own for these stages (det, cls, rec),
     # with the same session options; `ocrmesh bench quantize` measures int8 copies this way.
     model_files: tuple[tuple[str, str], ...] = ()
+    # fp32: the models as shipped. int8: static QDQ int8 detector and recogniser, made from them
+    # on first use (calibrated on synthetic pages) and kept in `model_cache`; CPU only
+    # (ocr_svc/int8_models.py, docs/benchmarks/quantize-2026-12-07.md).
+    model_precision: str = "fp32"
+    model_cache: str = ".ocrmesh/models"
+    int8_calibration_pages: int = 32
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
 
@@ -139,12 +146,19 @@ class Engine:
         device = choose_device(settings.device, available_providers())
         started = time.perf_counter()
         self._ocr = RapidOCR(params=_ort_params(settings, use_cuda=device == "cuda"))
+        model_files = settings.model_files
+        if settings.model_precision == "int8":
+            if device == "cuda":
+                raise EngineStartError("--model-precision int8 is for the CPU: use --device cpu, or fp32")
+            from ocr_svc.int8_models import ensure_int8
+
+            made = ensure_int8(self, Path(settings.model_cache), settings.int8_calibration_pages)
+            model_files = (*sorted(made.items()), *model_files)
         zeroed = 0
         if settings.flush_subnormals:
             flushed = flush_engine_sessions(Models.of(self._ocr))
             zeroed = sum(f.subnormal_weights for f in flushed if f.reloaded)
-        if settings.model_files:
-            swap_models(Models.of(self._ocr), settings.model_files)
+        swapped = swap_models(Models.of(self._ocr), model_files) if model_files else []
         self.run(_warmup_image(), JobOptions())  # loads det, cls and rec sessions
         providers = _session_providers(self._ocr)
         provider = providers[0] if providers else CPU_EP
@@ -160,7 +174,7 @@ class Engine:
             pid=os.getpid(),
             device="cuda" if provider == CUDA_EP else "cpu",
             execution_provider=provider,
-            models=_model_names(self._ocr),
+            models=[*_model_names(self._ocr), *swapped],
             warmup_ms=(time.perf_counter() - started) * 1000,
             subnormal_weights_zeroed=zeroed,
         )

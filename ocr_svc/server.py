@@ -64,6 +64,9 @@ class OcrInstance:
                 min_score=config.min_score,
                 max_side=config.max_side,
                 debug_delay_ms=config.debug_delay_ms,
+                model_precision=config.model_precision,
+                model_cache=config.model_cache,
+                int8_calibration_pages=config.int8_calibration_pages,
             ),
             limits=limits,
             settings=PoolSettings(

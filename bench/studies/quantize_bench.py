@@ -1,6 +1,6 @@
 """`ocrmesh bench quantize`: int8 detector and recogniser against fp32, accuracy and throughput side by side.
 
-Makes the int8 models (`bench.studies.quantize_models`, calibrated on synthetic pages, never on a
+Makes the int8 models (`ocr_svc.int8_models`, calibrated on synthetic pages, never on a
 corpus image), then for every variant:
 
 - CER on a labelled manifest (`ocrmesh eval`'s scoring), every variant in this process with the
@@ -30,7 +30,7 @@ from typing import Any
 from bench.machine_facts import machine
 from bench.report_files import table, write_report
 from bench.studies.eval import ImageResult, InProcessRecognizer, Item, Outcome, evaluate, load_manifest
-from bench.studies.quantize_models import VARIANTS, Built, Variant, build_variants
+from ocr_svc.int8_models import SERVICE_VARIANT, VARIANTS, Built, Variant, build_variants
 
 CORPUS = Path("../shared/ocr-corpus/real/manifest.jsonl")
 IMAGE = Path("../shared/ocr-corpus/real/rapidocr_ch_en_num.jpg")
@@ -189,9 +189,24 @@ def markdown(report: dict[str, Any]) -> str:
             rows,
         ),
         "",
+        "CPU per image: fp32's CPU seconds over the eval's 33 images divided by the variant's (more than "
+        "1: the variant costs less; CPU time hardly moves with other load on the machine). Engine "
+        "images/s: all rounds together, and in brackets the median of each round's ratio to fp32's "
+        "round beside it.",
+        "",
         "## Decision",
         "",
         *(f"- `{name}`: {d['why']}" for name, d in report["decision"].items() if name != FP32),
+        f"- `ocrmesh serve ocr --model-precision int8` (opt-in; fp32 stays the default) runs "
+        f"`{SERVICE_VARIANT}`, made on a worker's first start into `--model-cache`.",
+        "",
+        "## Notes",
+        "",
+        "- RapidOCR's models are opset 11; per-channel QDQ needs DequantizeLinear's `axis` (opset 13), so "
+        "they are converted first (an opset-11 per-channel model does not load).",
+        "- `CalibMaxIntermediateOutputs` is not used: in onnxruntime 1.32 the MinMax calibrator drops, "
+        "rather than merges, the ranges gathered before each flush, so all but the last few inputs "
+        "would be ignored (a first run with it had calibrated on 3 detector inputs of 43).",
         "",
         "## Variants",
         "",

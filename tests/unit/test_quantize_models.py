@@ -10,8 +10,8 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.studies.calibration_images import calibration_pages, cjk_characters, find_fonts
-from bench.studies.quantize_models import Calibration, FeedReader, Recipe, end_nodes, quantize
+from ocr_svc.calibration_pages import calibration_pages, cjk_characters, find_fonts
+from ocr_svc.int8_models import Calibration, FeedReader, Recipe, end_nodes, quantize
 from ocr_svc.model_files import swap_models
 
 

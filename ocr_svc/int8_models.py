@@ -1,7 +1,7 @@
 """int8 copies of the detector and the recogniser, calibrated on synthetic pages, kept in a cache folder.
 
 The calibration inputs are the models' real inputs: the pipeline runs on the pages of
-`bench.studies.calibration_images` with a recorder in place of the det and rec ONNX sessions, so
+`ocr_svc.calibration_pages` with a recorder in place of the det and rec ONNX sessions, so
 each stage is calibrated on exactly the tensors it gets in service (detection at the sizes the
 pipeline picks, padding included; line crops 48 px high, padded to at least 192 px). Static
 quantisation writes QDQ models (uint8 activations, int8 weights per channel, min/max ranges),
@@ -16,6 +16,7 @@ the recipe and the calibration set: a second run with the same inputs reuses the
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import random
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.studies.calibration_images import calibration_pages, cjk_characters, find_fonts
+from ocr_svc.calibration_pages import calibration_pages, cjk_characters, find_fonts
 
 Feed = dict[str, npt.NDArray[np.float32]]
 
@@ -78,6 +79,11 @@ VARIANTS: tuple[Variant, ...] = (
         "fp32 detector, recogniser's MatMuls quantised dynamically (no calibration)",
     ),
 )
+
+
+# What `--model-precision int8` runs: the one variant that met the bar (mean CER no worse than
+# +0.005 and more throughput; docs/benchmarks/quantize-2026-12-07.md).
+SERVICE_VARIANT = "int8-det+rec"
 
 
 @dataclass
@@ -351,3 +357,15 @@ def build_variants(engine: Any, variants: Sequence[Variant], cache: Path, pages:
     files = {v.name: {r.stage: str(made[r.name]) for r in v.recipes} for v in variants}
     about_calibration = json.loads(about_file.read_text()) if about_file.exists() else {}
     return Built(folder, files, about_calibration, seconds)
+
+
+def ensure_int8(engine: Any, cache: Path, pages: int, seed: int = 20261207) -> dict[str, str]:
+    """Stage -> file of the int8 detector and recogniser for `engine`'s models, made in CACHE now
+    unless already there; under a file lock, so workers starting together make them once.
+    `engine` must still have the shipped models loaded (see `source_models`)."""
+    variant = next(v for v in VARIANTS if v.name == SERVICE_VARIANT)
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = build_variants(engine, [variant], cache, pages, seed)
+    return built.files[SERVICE_VARIANT]
