@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 
 def table_head(columns: Sequence[str], align: str = "") -> list[str]:
@@ -33,3 +39,27 @@ def write_report(
     json_path.write_text(json.dumps(data, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
     md_path.write_text(markdown if markdown.endswith("\n") else markdown + "\n", encoding="utf-8")
     return json_path, md_path
+
+
+Measure = Callable[[argparse.Namespace, Path, Console], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def run_study(
+    name: str, ns: argparse.Namespace, measure: Measure, markdown: Callable[[dict[str, Any]], str]
+) -> dict[str, Any] | None:
+    """A study command's body: `measure` in a scratch folder (progress on stderr), then its report
+    printed and, with `ns.out`, written as OUT.json and OUT.md; the result, or None after saying on
+    stderr why the study could not run (a RuntimeError from `measure`)."""
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}-bench-") as tmp:
+        try:
+            result = asyncio.run(measure(ns, Path(tmp), console))
+        except RuntimeError as exc:
+            print(f"{name} bench: {exc}", file=sys.stderr)
+            return None
+    text = markdown(result)
+    if ns.out is not None:
+        write_report(ns.out.parent, ns.out.name, result, text)
+        console.print(f"wrote {ns.out.with_suffix('.md')} and .json")
+    print(text)
+    return result

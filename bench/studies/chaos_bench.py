@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -28,7 +27,7 @@ from rich.console import Console
 from bench.loadgen import LoadOptions, insecure_calls, run_load
 from bench.machine_facts import machine
 from bench.mesh_calls import mesh_call_factory
-from bench.report_files import write_report
+from bench.report_files import run_study
 from bench.studies.gateway_bench import DEFAULT_IMAGE, RECOGNIZE, login, service
 from etcd.launcher import EtcdProcess
 from mesh.processes import kill_tree
@@ -227,16 +226,7 @@ def run(ns: argparse.Namespace) -> int:
     if ns.runs < 1 or ns.seconds <= 0 or not 0 < ns.kill_at < ns.seconds or ns.timeout <= 0:
         print("chaos bench: --runs >= 1, and 0 < --kill-at < --seconds, --timeout > 0", file=sys.stderr)
         return 2
-    console = Console(stderr=True)
-    with tempfile.TemporaryDirectory(prefix="chaos-bench-") as tmp:
-        try:
-            result = asyncio.run(measure(ns, Path(tmp), console))
-        except RuntimeError as exc:
-            print(f"chaos bench: {exc}", file=sys.stderr)
-            return 1
-    text = markdown(result)
-    if ns.out is not None:
-        write_report(ns.out.parent, ns.out.name, result, text)
-        console.print(f"wrote {ns.out.with_suffix('.md')} and .json")
-    print(text)
+    result = run_study("chaos", ns, measure, markdown)
+    if result is None:
+        return 1
     return 0 if result["lost"] == 0 else 1

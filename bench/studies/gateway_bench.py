@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from ocrmesh.ocr.v1 import ocr_pb2
 from rich.console import Console
 
 from bench.loadgen import CallFactory, LoadOptions, insecure_calls, run_load
-from bench.report_files import write_report
+from bench.report_files import run_study
 from deploy.service_process import ServiceProcess, running_async
 from etcd.launcher import EtcdProcess
 from mesh import balancer
@@ -333,16 +332,4 @@ def run(ns: argparse.Namespace) -> int:
     if min(ns.calls, ns.rounds, ns.concurrency, ns.ocr_rounds, ns.registrations) < 1 or ns.seconds <= 0:
         print("gateway bench: counts and --seconds must be positive", file=sys.stderr)
         return 2
-    console = Console(stderr=True)
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        try:
-            result = asyncio.run(measure(ns, Path(tmp), console))
-        except RuntimeError as exc:
-            print(f"gateway bench: {exc}", file=sys.stderr)
-            return 1
-    text = markdown(result)
-    if ns.out is not None:
-        write_report(ns.out.parent, ns.out.name, result, text)
-        console.print(f"wrote {ns.out.with_suffix('.md')} and .json")
-    print(text)
-    return 0
+    return 0 if run_study("gateway", ns, measure, markdown) is not None else 1

@@ -15,7 +15,6 @@ import contextlib
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from rich.console import Console
 
 from bench.loadgen import LoadOptions, UnaryBytesCall, channel_options, connect
 from bench.machine_facts import cpu_model
-from bench.report_files import write_report
+from bench.report_files import run_study
 from bench.studies.gateway_bench import DEFAULT_IMAGE, latency_rounds, service, throughput_rounds
 from mesh import identity_files
 from mesh.certificate_authority import CertificateAuthority
@@ -154,16 +153,4 @@ def run(ns: argparse.Namespace) -> int:
     if min(ns.calls, ns.rounds, ns.concurrency, ns.ocr_rounds, ns.workers) < 1 or ns.seconds <= 0:
         print("mtls bench: counts and --seconds must be positive", file=sys.stderr)
         return 2
-    console = Console(stderr=True)
-    with tempfile.TemporaryDirectory(prefix="mtls-bench-") as tmp:
-        try:
-            result = asyncio.run(measure(ns, Path(tmp), console))
-        except RuntimeError as exc:
-            print(f"mtls bench: {exc}", file=sys.stderr)
-            return 1
-    text = markdown(result)
-    if ns.out is not None:
-        write_report(ns.out.parent, ns.out.name, result, text)
-        console.print(f"wrote {ns.out.with_suffix('.md')} and .json")
-    print(text)
-    return 0
+    return 0 if run_study("mtls", ns, measure, markdown) is not None else 1
