@@ -14,13 +14,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import aetcd
 
 from auth_svc.store import AuthStore, StoreUnavailable
+from mesh import mesh_transport
 from mesh.etcd_client import ETCD_ERRORS, ClientFactory, bounded, close_quietly
+from mesh.jwks_signature import JwksSignatureError, is_signed, sign_jwks, unverified_payload
 from mesh.session_revocations import REVOKED_SESSIONS_KEY, encode_revocations
 from mesh.tasks import cancel_and_wait
+from mesh.workload_identity import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,13 @@ class RevocationPublisher:
         call_timeout: float = 1.0,
         clock: Callable[[], float] = time.time,
         on_update: Callable[[dict[str, float]], object] = lambda sessions: None,
+        signer: WorkloadIdentity | Literal["process"] | None = "process",
     ) -> None:
         self.key = key
+        # With a mesh identity the value is signed like the JWKS (mesh/jwks_signature.py), so a
+        # stolen etcd credential cannot clear the revocations: verifiers take only an auth's.
+        self.signer = mesh_transport.identity() if signer == "process" else signer
+        self._signed_generation = 0
         self.keep_s = keep_s
         self.interval = interval
         self.call_timeout = call_timeout
@@ -88,11 +97,27 @@ class RevocationPublisher:
         client = self._client or self._factory.new()
         self._client = client
         held = await bounded(client.get(self.key.encode()), self.call_timeout)
-        if held is not None and held.value == document:
+        if held is not None and self._still_good(held.value, document):
             return False
-        await bounded(client.put(self.key.encode(), document), self.call_timeout)
+        value = document
+        if self.signer is not None:
+            self._signed_generation = self.signer.generation
+            value = sign_jwks(document, self.signer.current)
+        await bounded(client.put(self.key.encode(), value), self.call_timeout)
         self.writes += 1
         return True
+
+    def _still_good(self, held: bytes, document: bytes) -> bool:
+        """Whether the value in etcd already says `document`, signed by our current certificate
+        when we sign (ECDSA signatures differ each time, so the payloads are compared)."""
+        if self.signer is None:
+            return held == document
+        if not is_signed(held) or self._signed_generation != self.signer.generation:
+            return False
+        try:
+            return unverified_payload(held) == document
+        except JwksSignatureError:
+            return False
 
     async def _run(self) -> None:
         while True:

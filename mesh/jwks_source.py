@@ -193,9 +193,24 @@ class JwksSource:
         return document, signer.uri
 
     def consider_revocations(self, raw: bytes | None) -> None:
-        """Load one value of the revoked-sessions key (None: absent, nothing revoked lately)."""
+        """Load one value of the revoked-sessions key (None: absent, nothing revoked lately).
+
+        With a mesh identity the value must be signed by an auth identity, like the JWKS; anything
+        else, and the key's absence, keeps the last set (whoever could write etcd could otherwise
+        un-revoke every session)."""
         try:
-            sessions = parse_revocations(raw) if raw is not None else {}
+            if raw is None:
+                if self.trust is not None:
+                    return
+                sessions: dict[str, float] = {}
+            else:
+                sessions = parse_revocations(self._unwrap(raw)[0])
+        except JwksSignatureError as exc:
+            log.warning(
+                "revoked sessions in etcd not signed by an auth identity; keeping the last set",
+                extra={"key": self.revoked_key, "why": str(exc)},
+            )
+            return
         except ValueError as exc:  # keep the last good set: dropping it would un-revoke sessions
             log.error(
                 "revoked sessions in etcd unreadable; keeping the last set",

@@ -21,6 +21,7 @@ from mesh import errors, identity_files
 from mesh.certificate_authority import CertificateAuthority
 from mesh.jwks_signature import sign_jwks
 from mesh.jwks_source import JWKS_KEY, JwksAuthInterceptor, JwksSource
+from mesh.session_revocations import REVOKED_SESSIONS_KEY, encode_revocations
 from mesh.token_verify import TokenInvalid, TokenVerifier
 from mesh.workload_identity import WorkloadIdentity
 from tests.integration.etcd_fixtures import etcd_client_fixture, etcd_fixture, eventually
@@ -243,3 +244,43 @@ async def test_with_a_mesh_identity_only_a_jwks_signed_by_auth_is_taken(
             assert accepts(verifier, signed(real))
     finally:
         await publisher.close()
+
+
+async def test_with_a_mesh_identity_only_revocations_signed_by_auth_are_taken(
+    tmp_path: Path, etcd: EtcdProcess, etcd_client: aetcd.Client
+) -> None:
+    """Whoever can write etcd cannot un-revoke sessions: a plain, foreign-signed or deleted value
+    leaves the last set signed by auth in force; a plaintext verifier takes the signed content."""
+    ca = CertificateAuthority.create("example.test")
+    auth, admin = _identity(tmp_path, ca, "auth"), _identity(tmp_path, ca, "admin")
+    verifier, plain_verifier = (
+        TokenVerifier(issuer=ISS, audience=AUD),
+        TokenVerifier(issuer=ISS, audience=AUD),
+    )
+    source = JwksSource(etcd.endpoint, verifier, interval=0.1, trust=_identity(tmp_path, ca, "ocr"))
+    plain = JwksSource(etcd.endpoint, plain_verifier, interval=0.1, trust=None)
+    key = REVOKED_SESSIONS_KEY.encode()
+    revoked = encode_revocations({"family-1": time.time() + 900})
+    async with source, plain:
+        await etcd_client.put(key, sign_jwks(revoked, auth.current))
+        await eventually(
+            lambda: _async(verifier.revoked_sessions == 1 and plain_verifier.revoked_sessions == 1), 3.0
+        )
+
+        def sessions(count: int) -> bytes:
+            return encode_revocations({f"other-{i}": time.time() + 900 for i in range(count)})
+
+        # Each attack leaves a set of another size, so the plaintext verifier shows it was read.
+        for attack, seen in ((sessions(2), 2), (sign_jwks(sessions(3), admin.current), 3), (None, 0)):
+            if attack is None:
+                await etcd_client.delete(key)
+            else:
+                await etcd_client.put(key, attack)
+            await eventually(functools.partial(_plain_sees, plain_verifier, seen), 3.0)
+            assert verifier.revoked_sessions == 1
+        await etcd_client.put(key, sign_jwks(encode_revocations({}), auth.current))
+        await eventually(lambda: _async(verifier.revoked_sessions == 0), 3.0)
+
+
+async def _plain_sees(verifier: TokenVerifier, count: int) -> bool:
+    return verifier.revoked_sessions == count

@@ -25,10 +25,13 @@ from mesh import balancer, errors
 from mesh.certificate_authority import CertificateAuthority
 from mesh.credentials import bearer
 from mesh.etcd_client import ClientFactory
+from mesh.jwks_signature import is_signed
 from mesh.mesh_client import MeshClient
 from mesh.registry import Instance, instance_key
+from mesh.session_revocations import REVOKED_SESSIONS_KEY
 from mesh.workload_identity import WorkloadIdentity
 from tests.corpus import CORPUS
+from tests.integration.etcd_fixtures import eventually
 from tests.integration.identity_fixtures import acting_as, impostor, issue
 
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
@@ -179,6 +182,35 @@ async def test_attacks_on_a_default_mesh_fail(
         await attacker.close()
         for server in servers:
             await server.stop(None)
+
+    # A logout still ends the session's access tokens at OCR, through revocations that only an
+    # auth identity's signature makes etcd's value count.
+    with acting_as(mesh.identity_dir("cli")):
+        async with MeshClient.from_etcd(mesh.etcd.endpoint, "auth") as auth:
+            await auth.unary(
+                "/ocrmesh.auth.v1.AuthService/Logout",
+                auth_pb2.LogoutRequest(refresh_token=login.tokens.refresh_token),
+                auth_pb2.LogoutResponse,
+                timeout=20,
+            )
+        reader = ClientFactory(mesh.etcd.endpoint).new()
+        try:
+            assert is_signed((await reader.get(REVOKED_SESSIONS_KEY.encode())).value)
+        finally:
+            await reader.close()
+        async with balancer.direct_channel(ocr_address, "ocr") as channel:
+            stub = ocr_pb2_grpc.OcrServiceStub(channel)
+
+            async def revoked() -> bool:
+                try:
+                    await stub.GetInfo(
+                        ocr_pb2.GetInfoRequest(), metadata=bearer(login.tokens.access_token), timeout=5
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return errors.error_reason(errors.from_call_error(exc)) == "TOKEN_REVOKED"
+                return False
+
+            await eventually(revoked, 5, interval=0.2)
 
     # The client address auth throttles on: x-forwarded-for is believed from a gateway or BFF
     # certificate only, whatever address the caller has (all of them are 127.0.0.1 here).
