@@ -256,7 +256,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", type=Path, default=IMAGE, help="throughput image (%(default)s)")
     parser.add_argument("--variants", default="", help=f"comma-separated subset of: {names}")
     parser.add_argument(
-        "--cache", type=Path, default=Path(".ocrmesh/quantized"), help="folder for the int8 models"
+        "--cache",
+        type=Path,
+        default=Path(".ocrmesh/models"),
+        help="folder for the int8 models (default: serve ocr's --model-cache, which then reuses them)",
     )
     parser.add_argument("--calibration-pages", type=int, default=32, help="synthetic calibration pages")
     parser.add_argument("--seed", type=int, default=20261207, help="seed of the calibration pages")
