@@ -114,6 +114,11 @@ def gateway_cluster(service: str) -> dict[str, Any]:
         "eds_cluster_config": {"eds_config": _ADS},
         "connect_timeout": "1s",
         "lb_policy": "LEAST_REQUEST",
+        # No panic routing: by default Envoy ignores health once under half the hosts are healthy
+        # and spreads calls over all of them. Here an unhealthy host is dead, frozen or an impostor
+        # whose certificate fails verification, so calls go only to healthy hosts, and with none
+        # Envoy answers UNAVAILABLE at once ("no healthy upstream"), which callers retry.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
         "typed_extension_protocol_options": _H2,
         "circuit_breakers": {
             "thresholds": [

@@ -223,6 +223,9 @@ async def test_gateway_reaches_the_mesh_over_mtls_and_only_trusts_what_the_ca_na
             assert ssl.get("fail_verify_san", 0) >= 1 and ssl.get("fail_verify_error", 0) >= 1, ssl
             hosts = await asyncio.to_thread(cluster_hosts, gateway.admin, "ocr")
             assert all(hosts[i.address] for i in impostors), hosts  # flagged unhealthy
+            # Two of three hosts unhealthy, yet no panic routing over all three (which once let
+            # every try of a call land on impostors): calls went to the healthy host alone.
+            assert await asyncio.to_thread(_panics, gateway.admin, "ocr") == 0
         finally:
             for impostor in impostors:
                 await impostor.server.stop(0)
@@ -256,6 +259,12 @@ def _ssl_stats(admin: str, cluster: str) -> dict[str, int]:
     """Envoy's TLS counters of one cluster's upstream connections, by their last name part."""
     stats = admin_json(admin, f"/stats?format=json&filter=^cluster\\.{cluster}\\.ssl\\.")["stats"]
     return {s["name"].rsplit(".", 1)[-1]: int(s["value"]) for s in stats if "value" in s}
+
+
+def _panics(admin: str, cluster: str) -> int:
+    """How often Envoy balanced over unhealthy hosts because too few were healthy (panic mode)."""
+    stats = admin_json(admin, f"/stats?format=json&filter=^cluster\\.{cluster}\\.lb_healthy_panic$")["stats"]
+    return sum(int(s["value"]) for s in stats if "value" in s)
 
 
 def _serial(folder: Path) -> int:
