@@ -169,7 +169,12 @@ async def _info(ns: argparse.Namespace) -> int:
         ("version", info.version),
         ("device / provider", f"{info.device} / {info.execution_provider}"),
         ("models", ", ".join(info.models)),
-        ("workers", f"{info.workers} x {info.threads_per_worker} thread"),
+        (
+            "workers",
+            f"{info.workers} x {info.threads_per_worker} thread "
+            f"({info.lone_request_threads} for a request alone on the machine; "
+            f"{info.counters.widened} did)",
+        ),
         (
             "queue",
             f"{info.queue_depth} waiting ({info.queued_bytes / 2**20:.1f} of "

@@ -11,6 +11,7 @@ from typing import ClassVar
 from mesh.config import ConfigError, setting
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from ocr_svc.admission import AdmissionPolicy
+from ocr_svc.idle_cores import lone_threads, usable_cores
 from ocr_svc.refusal_pacing import PacingPolicy
 
 
@@ -34,6 +35,17 @@ class OcrConfig:
     instance_id: str = setting("", help="instance id in responses and the registry (default: random)")
     workers: int = setting(0, help="engine worker processes (0: one per core)")
     threads_per_worker: int = setting(1, help="ONNX Runtime intra-op threads per worker")
+    lone_request_threads: str = setting(
+        "auto",
+        help="ONNX Runtime threads a request's model runs use while it is the only job running on "
+        "the machine (every worker of every instance sharing --idle-cores-file idle); others use "
+        "--threads-per-worker. auto: every usable core; off: never more; or a number",
+    )
+    idle_cores_file: str = setting(
+        "",
+        help="lock file the workers of every instance on this machine mark themselves busy in "
+        "(default: /dev/shm/ocrmesh-idle-cores-UID.lock); instances sharing cores must share it",
+    )
     device: str = setting("auto", help="execution device", choices=("auto", "cpu", "cuda"))
     cuda_device_id: int = setting(0, help="GPU index for --device cuda")
     model_precision: str = setting(
@@ -129,6 +141,10 @@ class OcrConfig:
             raise ConfigError("--int8-calibration-pages must be at least 1")
         if self.threads_per_worker < 1:
             raise ConfigError("--threads-per-worker must be at least 1")
+        if self.lone_request_threads not in ("auto", "off") and not (
+            self.lone_request_threads.isdigit() and int(self.lone_request_threads) >= 1
+        ):
+            raise ConfigError("--lone-request-threads must be auto, off or a number of threads (1 or more)")
         if self.queue_depth < -1:
             raise ConfigError("--queue-depth must be -1 (no cap) or 0 and more")
         if self.max_queue_wait_s <= 0 or self.max_queued_mb < 1 or self.max_queued_mpx < 1:
@@ -149,6 +165,11 @@ class OcrConfig:
     @property
     def worker_count(self) -> int:
         return self.workers or default_workers()
+
+    @property
+    def lone_threads(self) -> int:
+        """Threads of the wide sessions (equal to --threads-per-worker: none are made)."""
+        return lone_threads(self.lone_request_threads, self.threads_per_worker, usable_cores())
 
     @property
     def heavy_job_limit(self) -> int:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ocr_svc.idle_cores import IdleCores, default_lock_file
 from ocr_svc.job import DEFAULT_MIN_SCORE, JobOptions, Reading
 from ocr_svc.model_files import swap_models
 from ocr_svc.pipeline_settings import PipelineSettings
 from ocr_svc.subnormal_weights import flush_engine_sessions
+from ocr_svc.thread_choice import ThreadTally, install
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,12 @@ class EngineSettings:
     model_cache: str = ".ocrmesh/models"
     int8_calibration_pages: int = 32
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    # Intra-op threads of each model's wide twin, run when a job is the only one busy on the
+    # machine (ocr_svc/thread_choice.py); equal to `threads`: no twins, every run uses `threads`.
+    lone_threads: int = 1
+    # The machine-wide lock file the workers of every instance mark themselves busy in
+    # (ocr_svc/idle_cores.py); empty: the default one.
+    idle_cores_file: str = ""
 
 
 @dataclass
@@ -62,6 +72,7 @@ class EngineInfo:
     models: list[str] = field(default_factory=list)
     warmup_ms: float = 0.0
     subnormal_weights_zeroed: int = 0
+    lone_threads: int = 1  # threads a lone job's model runs use (1 thread per worker otherwise)
 
 
 def _ort_params(settings: EngineSettings, use_cuda: bool) -> dict[str, Any]:
@@ -159,7 +170,20 @@ class Engine:
             flushed = flush_engine_sessions(Models.of(self._ocr))
             zeroed = sum(f.subnormal_weights for f in flushed if f.reloaded)
         swapped = swap_models(Models.of(self._ocr), model_files) if model_files else []
+        self.tally = ThreadTally(settings.threads, settings.threads)
+        self.cores: IdleCores | None = None
+        if device == "cpu" and settings.lone_threads > settings.threads:
+            path = Path(settings.idle_cores_file) if settings.idle_cores_file else default_lock_file()
+            self.cores = IdleCores(path)
+            self.tally.wide_threads = settings.lone_threads
+        if device == "cpu":
+            install(Models.of(self._ocr), settings.lone_threads, self.cores, self.tally)
+        if self.cores is not None:
+            self.tally.forced = True
+            self.run(_warmup_image(), JobOptions())  # the wide twins' first runs
+        self.tally.forced = False
         self.run(_warmup_image(), JobOptions())  # loads det, cls and rec sessions
+        self.tally.forced = None
         providers = _session_providers(self._ocr)
         provider = providers[0] if providers else CPU_EP
         if device == "cuda" and provider != CUDA_EP:
@@ -177,7 +201,18 @@ class Engine:
             models=[*_model_names(self._ocr), *swapped],
             warmup_ms=(time.perf_counter() - started) * 1000,
             subnormal_weights_zeroed=zeroed,
+            lone_threads=self.tally.wide_threads,
         )
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[ThreadTally]:
+        """One job's span: marked busy machine-wide (with wide twins), and its model runs tallied."""
+        self.tally.reset()
+        if self.cores is None:
+            yield self.tally
+            return
+        with self.cores.job():
+            yield self.tally
 
     def run(self, image: np.ndarray, options: JobOptions) -> Reading:
         """OCR one BGR image; boxes are in the coordinates of `image`."""

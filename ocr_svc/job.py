@@ -88,6 +88,27 @@ class PageSpan:
 
 
 @dataclass(frozen=True)
+class ThreadUse:
+    """The ONNX Runtime threads one job's model runs used: `threads` is the most any run used
+    (more than the worker's own when the job ran alone on the machine), and how many of its
+    `model_runs` ran on those wide sessions."""
+
+    threads: int
+    model_runs: int
+    wide_runs: int
+
+    def merged(self, other: ThreadUse | None) -> ThreadUse:
+        """Two jobs of one request (a PDF's pages) as one."""
+        if other is None:
+            return self
+        return ThreadUse(
+            max(self.threads, other.threads),
+            self.model_runs + other.model_runs,
+            self.wide_runs + other.wide_runs,
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """One OCR job as the worker receives it; `header` was checked against the limits in force
     when the job was queued."""
@@ -110,6 +131,7 @@ class JobResult:
     decode_ms: float
     worker_pid: int
     pages: tuple[PageSpan, ...] = ()  # a PDF's pages, in order; empty for an image
+    threads: ThreadUse | None = None  # what its model runs used (None: not counted)
 
 
 @dataclass(frozen=True)
@@ -159,3 +181,4 @@ class Recognition:
     timing: Timing
     worker_pid: int
     pages: tuple[PageSpan, ...] = ()  # a PDF's pages, in order; empty for an image
+    threads: ThreadUse | None = None  # what its model runs used, over all its jobs

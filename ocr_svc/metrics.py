@@ -41,6 +41,8 @@ COUNTER_HELP = {
     "worker_restarts": "Worker processes replaced after a crash, a kill or a stuck job",
     "worker_recycles": "Worker processes replaced on purpose (--recycle-after-jobs or --max-worker-rss-mb)",
     "retried": "Jobs retried on another worker after the worker running them died",
+    "widened": "Jobs with at least one model run on the wide ONNX Runtime sessions: they ran alone on"
+    " the machine (--lone-request-threads)",
     "failed": "Jobs that ended in an error other than a refusal (a worker died twice, an engine error)",
 }
 

@@ -254,15 +254,30 @@ class Recognizer:
         if len(results) == 1:
             result = results[0]
             return Recognition(
-                result.reading.lines, result.width, result.height, timing, result.worker_pid, result.pages
+                result.reading.lines,
+                result.width,
+                result.height,
+                timing,
+                result.worker_pid,
+                result.pages,
+                result.threads,
             )
         lines: list[Line] = []
         spans: list[PageSpan] = []
         for result in results:  # one page each, in page order
             spans.extend(dataclasses.replace(span, first_line=len(lines)) for span in result.pages)
             lines.extend(result.reading.lines)
+        threads = None
+        for result in results:
+            threads = result.threads.merged(threads) if result.threads else threads
         return Recognition(
-            tuple(lines), results[0].width, results[0].height, timing, results[0].worker_pid, tuple(spans)
+            tuple(lines),
+            results[0].width,
+            results[0].height,
+            timing,
+            results[0].worker_pid,
+            tuple(spans),
+            threads,
         )
 
     def _tickets(

@@ -60,6 +60,8 @@ class OcrInstance:
             engine=EngineSettings(
                 device=config.device,
                 threads=config.threads_per_worker,
+                lone_threads=config.lone_threads,
+                idle_cores_file=config.idle_cores_file,
                 cuda_device_id=config.cuda_device_id,
                 min_score=config.min_score,
                 max_side=config.max_side,
@@ -144,6 +146,7 @@ class OcrInstance:
             tuple(info.models),
             c.worker_count,
             c.threads_per_worker,
+            info.lone_threads,
         )
         self.recognizer.serving = True
         await self.health.set(True)
@@ -281,6 +284,7 @@ async def serve(config: OcrConfig) -> int:
     print(
         f"OCR service {instance.instance_id} listening on {instance.address} "
         f"({config.worker_count} workers x {config.threads_per_worker} thread, "
+        f"{info.lone_request_threads} alone on the machine, "
         f"{info.execution_provider}); metrics {instance.metrics_url or 'off'}"
         + ("; access tokens required" if config.require_auth else ""),
         flush=True,

@@ -37,6 +37,7 @@ class InstanceFacts:
     models: tuple[str, ...]
     workers: int
     threads_per_worker: int
+    lone_request_threads: int = 0
 
 
 def job_options(options: ocr_pb2.RecognizeOptions) -> JobOptions:
@@ -96,6 +97,9 @@ def to_result(rec: Recognition, facts: InstanceFacts) -> ocr_pb2.OcrResult:
             models=list(facts.models),
             worker_pid=rec.worker_pid,
             version=__version__,
+            threads=rec.threads.threads if rec.threads else 0,
+            model_runs=rec.threads.model_runs if rec.threads else 0,
+            wide_model_runs=rec.threads.wide_runs if rec.threads else 0,
         ),
     )
 
@@ -305,6 +309,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
             models=list(self.facts.models),
             workers=self.facts.workers,
             threads_per_worker=self.facts.threads_per_worker,
+            lone_request_threads=self.facts.lone_request_threads,
             queue_capacity=max(0, r.queue.policy.max_queued),
             queue_depth=len(r.queue),
             queued_requests=len(r.queue),
@@ -338,6 +343,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):  # type: ignore[misc]
                 rejected_queue_full=c.rejected_queue_full,
                 refusals_held=c.refusals_held,
                 admitted_after_hold=c.admitted_after_hold,
+                widened=c.widened,
             ),
             worker_infos=[
                 ocr_pb2.WorkerInfo(

@@ -45,6 +45,14 @@ def _memory_trimmer() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 def handle(engine: Engine, limits: Limits, job: Job) -> JobAnswer:
     """Run one job; the answer to send back. The job's header was checked when it was queued, so
     the image is decoded without being inspected again; `limits` only words decoding errors."""
+    with engine.job() as tally:
+        answer = _handle(engine, limits, job)
+    if isinstance(answer, JobResult):
+        answer = dataclasses.replace(answer, threads=tally.use())
+    return answer
+
+
+def _handle(engine: Engine, limits: Limits, job: Job) -> JobAnswer:
     started = time.perf_counter()
     if job.header.format == "PDF":
         return _handle_pdf(engine, limits, job, started)

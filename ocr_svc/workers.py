@@ -66,6 +66,7 @@ class Counters:
     worker_recycles: int = 0
     retried: int = 0
     failed: int = 0
+    widened: int = 0  # jobs with at least one model run on the wide sessions (ran alone)
 
 
 @dataclass
@@ -363,6 +364,8 @@ class WorkerPool:
             self.ewma_service_s = service_ewma(self.ewma_service_s, service_s, self.service_samples)
             self.service_samples += 1
             self.counters.completed += 1
+            if reply.threads is not None and reply.threads.wide_runs:
+                self.counters.widened += 1
         if ticket.abandoned:
             return
         if isinstance(reply, JobResult):

@@ -17,6 +17,7 @@ from ocrmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from mesh import balancer, errors
 from mesh.ocr_client import UNARY_LIMIT_BYTES, OcrClient
+from ocr_svc.idle_cores import usable_cores
 from tests.corpus import CORPUS, ROOT
 from tests.integration import prometheus_text
 from tests.integration.ocr_fixtures import OcrProcess, running_ocr
@@ -71,6 +72,8 @@ async def test_get_info_and_health(service: OcrProcess) -> None:
     assert info.workers == 2 and len(info.worker_infos) == 2
     assert all(w.pid > 0 and w.rss_bytes > 0 for w in info.worker_infos)
     assert info.execution_provider == "CPUExecutionProvider"
+    # --lone-request-threads auto: a request alone on the machine may use every usable core.
+    assert info.lone_request_threads == max(info.threads_per_worker, usable_cores())
     assert info.queue_capacity == 0  # no count cap by default
     assert info.max_queue_wait_ms == pytest.approx(60_000) and info.max_queued_bytes == 256 * 2**20
     assert info.service_ms > 0 and info.predicted_wait_ms >= 0

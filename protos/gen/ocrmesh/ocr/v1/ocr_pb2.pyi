@@ -243,7 +243,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., det_ms: _Optional[float] = ..., cls_ms: _Optional[float] = ..., rec_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class ServedBy(_message.Message):
-    __slots__ = ("instance_id", "device", "execution_provider", "models", "worker_pid", "version", "device_kind")
+    __slots__ = ("instance_id", "device", "execution_provider", "models", "worker_pid", "version", "device_kind", "threads", "model_runs", "wide_model_runs")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,9 @@ class ServedBy(_message.Message):
     WORKER_PID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_KIND_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_RUNS_FIELD_NUMBER: _ClassVar[int]
+    WIDE_MODEL_RUNS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     device: str
     execution_provider: str
@@ -258,14 +261,17 @@ class ServedBy(_message.Message):
     worker_pid: int
     version: str
     device_kind: Device
-    def __init__(self, instance_id: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., worker_pid: _Optional[int] = ..., version: _Optional[str] = ..., device_kind: _Optional[_Union[Device, str]] = ...) -> None: ...
+    threads: int
+    model_runs: int
+    wide_model_runs: int
+    def __init__(self, instance_id: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., worker_pid: _Optional[int] = ..., version: _Optional[str] = ..., device_kind: _Optional[_Union[Device, str]] = ..., threads: _Optional[int] = ..., model_runs: _Optional[int] = ..., wide_model_runs: _Optional[int] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("instance_id", "version", "device", "execution_provider", "models", "workers", "threads_per_worker", "queue_capacity", "queue_depth", "in_flight", "limits", "counters", "worker_infos", "uptime_seconds", "serving", "predicted_wait_ms", "max_queue_wait_ms", "queued_bytes", "max_queued_bytes", "service_ms", "queued_requests", "device_kind")
+    __slots__ = ("instance_id", "version", "device", "execution_provider", "models", "workers", "threads_per_worker", "queue_capacity", "queue_depth", "in_flight", "limits", "counters", "worker_infos", "uptime_seconds", "serving", "predicted_wait_ms", "max_queue_wait_ms", "queued_bytes", "max_queued_bytes", "service_ms", "queued_requests", "device_kind", "lone_request_threads")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +294,7 @@ class GetInfoResponse(_message.Message):
     SERVICE_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_KIND_FIELD_NUMBER: _ClassVar[int]
+    LONE_REQUEST_THREADS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     version: str
     device: str
@@ -310,7 +317,8 @@ class GetInfoResponse(_message.Message):
     service_ms: float
     queued_requests: int
     device_kind: Device
-    def __init__(self, instance_id: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., worker_infos: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., serving: _Optional[bool] = ..., predicted_wait_ms: _Optional[float] = ..., max_queue_wait_ms: _Optional[float] = ..., queued_bytes: _Optional[int] = ..., max_queued_bytes: _Optional[int] = ..., service_ms: _Optional[float] = ..., queued_requests: _Optional[int] = ..., device_kind: _Optional[_Union[Device, str]] = ...) -> None: ...
+    lone_request_threads: int
+    def __init__(self, instance_id: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., worker_infos: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., serving: _Optional[bool] = ..., predicted_wait_ms: _Optional[float] = ..., max_queue_wait_ms: _Optional[float] = ..., queued_bytes: _Optional[int] = ..., max_queued_bytes: _Optional[int] = ..., service_ms: _Optional[float] = ..., queued_requests: _Optional[int] = ..., device_kind: _Optional[_Union[Device, str]] = ..., lone_request_threads: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_image_bytes", "max_image_pixels", "formats", "max_side", "image_formats", "max_pdf_pages")
@@ -329,7 +337,7 @@ class Limits(_message.Message):
     def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., max_side: _Optional[int] = ..., image_formats: _Optional[_Iterable[_Union[ImageFormat, str]]] = ..., max_pdf_pages: _Optional[int] = ...) -> None: ...
 
 class Counters(_message.Message):
-    __slots__ = ("accepted", "completed", "rejected_busy", "rejected_invalid", "dropped_expired", "dropped_cancelled", "worker_restarts", "retried", "failed", "rejected_deadline_unreachable", "rejected_queue_wait", "rejected_queue_memory", "rejected_queue_full", "refusals_held", "admitted_after_hold")
+    __slots__ = ("accepted", "completed", "rejected_busy", "rejected_invalid", "dropped_expired", "dropped_cancelled", "worker_restarts", "retried", "failed", "rejected_deadline_unreachable", "rejected_queue_wait", "rejected_queue_memory", "rejected_queue_full", "refusals_held", "admitted_after_hold", "widened")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_BUSY_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +353,7 @@ class Counters(_message.Message):
     REJECTED_QUEUE_FULL_FIELD_NUMBER: _ClassVar[int]
     REFUSALS_HELD_FIELD_NUMBER: _ClassVar[int]
     ADMITTED_AFTER_HOLD_FIELD_NUMBER: _ClassVar[int]
+    WIDENED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     completed: int
     rejected_busy: int
@@ -360,7 +369,8 @@ class Counters(_message.Message):
     rejected_queue_full: int
     refusals_held: int
     admitted_after_hold: int
-    def __init__(self, accepted: _Optional[int] = ..., completed: _Optional[int] = ..., rejected_busy: _Optional[int] = ..., rejected_invalid: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., dropped_cancelled: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., retried: _Optional[int] = ..., failed: _Optional[int] = ..., rejected_deadline_unreachable: _Optional[int] = ..., rejected_queue_wait: _Optional[int] = ..., rejected_queue_memory: _Optional[int] = ..., rejected_queue_full: _Optional[int] = ..., refusals_held: _Optional[int] = ..., admitted_after_hold: _Optional[int] = ...) -> None: ...
+    widened: int
+    def __init__(self, accepted: _Optional[int] = ..., completed: _Optional[int] = ..., rejected_busy: _Optional[int] = ..., rejected_invalid: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., dropped_cancelled: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., retried: _Optional[int] = ..., failed: _Optional[int] = ..., rejected_deadline_unreachable: _Optional[int] = ..., rejected_queue_wait: _Optional[int] = ..., rejected_queue_memory: _Optional[int] = ..., rejected_queue_full: _Optional[int] = ..., refusals_held: _Optional[int] = ..., admitted_after_hold: _Optional[int] = ..., widened: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
     __slots__ = ("pid", "jobs_done", "rss_bytes", "state", "worker_state")
