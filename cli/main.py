@@ -68,6 +68,11 @@ BENCH = [
         "bench.studies.admission_bench",
     ),
     Command(
+        "lone-request",
+        "--lone-request-threads auto vs off: OK/s and p50 at -c 1..8, alternating",
+        "bench.studies.lone_request_bench",
+    ),
+    Command(
         "mtls", "mutual TLS vs plaintext: GetInfo p50 per hop, Recognize OK/s", "bench.studies.mtls_bench"
     ),
     Command(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,15 +202,18 @@ class Engine:
             lone_threads=self.tally.wide_threads,
         )
 
-    @contextlib.contextmanager
-    def job(self) -> Iterator[ThreadTally]:
-        """One job's span: marked busy machine-wide (with wide twins), and its model runs tallied."""
+    def begin_job(self) -> ThreadTally:
+        """A job starts: marked busy machine-wide (with wide twins; still marked after a lingering
+        `end_job`), and its model runs tallied from zero."""
         self.tally.reset()
-        if self.cores is None:
-            yield self.tally
-            return
-        with self.cores.job():
-            yield self.tally
+        if self.cores is not None:
+            self.cores.start_job()
+        return self.tally
+
+    def end_job(self) -> None:
+        """No job for now: the cores this worker kept busy are idle for others."""
+        if self.cores is not None:
+            self.cores.end_job()
 
     def run(self, image: np.ndarray, options: JobOptions) -> Reading:
         """OCR one BGR image; boxes are in the coordinates of `image`."""

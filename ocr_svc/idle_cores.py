@@ -79,10 +79,11 @@ class IdleCores:
             os.close(fd)  # drops this process's locks on the file
 
     def start_job(self) -> None:
-        """Mark this process busy. Waits only while another worker holds the byte exclusively,
-        which it does for the two system calls of one check."""
-        fcntl.lockf(self._fd, fcntl.LOCK_SH, *LOCK_BYTE)
-        self._busy = True
+        """Mark this process busy (a no-op when it still is). Waits only while another worker
+        holds the byte exclusively, which it does for the two system calls of one check."""
+        if not self._busy:
+            fcntl.lockf(self._fd, fcntl.LOCK_SH, *LOCK_BYTE)
+            self._busy = True
 
     def end_job(self) -> None:
         if self._busy:

@@ -118,6 +118,9 @@ class Job:
     options: JobOptions
     header: ImageHeader
     page: int = 0  # a PDF's page to read (1-based); 0: every page (or the image)
+    # Work was waiting behind this job when it was sent: the worker stays marked busy after it
+    # until its next job comes (ocr_svc/idle_cores.py), so a queue never looks like idle cores.
+    more_queued: bool = False
 
 
 @dataclass(frozen=True)

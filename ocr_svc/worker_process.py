@@ -15,6 +15,9 @@ from ocr_svc.engine import Engine, EngineInfo, EngineSettings, EngineStartError
 from ocr_svc.guardrails import ImageRejected, Limits, decode
 from ocr_svc.job import Job, JobAnswer, JobError, JobRejected, JobResult, Line, PageSpan, Reading
 
+# How long a worker whose job had work queued behind it stays marked busy waiting for its next job.
+QUEUED_LINGER_S = 0.25
+
 
 @dataclasses.dataclass(frozen=True)
 class WorkerReady:
@@ -43,10 +46,11 @@ def _memory_trimmer() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 
 def handle(engine: Engine, limits: Limits, job: Job) -> JobAnswer:
-    """Run one job; the answer to send back. The job's header was checked when it was queued, so
-    the image is decoded without being inspected again; `limits` only words decoding errors."""
-    with engine.job() as tally:
-        answer = _handle(engine, limits, job)
+    """Run one job, marked busy from its start (the caller ends that: `engine.end_job`); the answer
+    to send back. The job's header was checked when it was queued, so the image is decoded without
+    being inspected again; `limits` only words decoding errors."""
+    tally = engine.begin_job()
+    answer = _handle(engine, limits, job)
     if isinstance(answer, JobResult):
         answer = dataclasses.replace(answer, threads=tally.use())
     return answer
@@ -133,3 +137,7 @@ def worker_main(conn: Connection, settings: EngineSettings, limits: Limits, log_
         conn.send(reply)
         if trim is not None:
             trim(0)
+        # With work queued behind it, the next job is on its way: stay busy until it comes, or
+        # another worker would see idle cores in the gap and widen for a model run.
+        if not (job.more_queued and conn.poll(QUEUED_LINGER_S)):
+            engine.end_job()

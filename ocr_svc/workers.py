@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -329,7 +330,8 @@ class WorkerPool:
         pages = ticket.header.frames if ticket.header.format == "PDF" and not ticket.page else 1
         limit_s = self.settings.job_timeout_s * max(1, pages)
         try:
-            await self._call(conn.send, ticket.job())
+            job = dataclasses.replace(ticket.job(), more_queued=len(self.queue) > 0)
+            await self._call(conn.send, job)
             receiving = asyncio.ensure_future(self._call(conn.recv))
             try:
                 reply: JobAnswer = await asyncio.wait_for(asyncio.shield(receiving), timeout=limit_s)
