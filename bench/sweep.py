@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.durations import parse_duration
 from bench.machine_facts import machine
+from bench.process_cpu import CpuMeter, CpuUse
 from bench.process_rss import RssSampler
 from bench.sweep_metrics import scrape_all, server_summary
 from bench.sweep_paths import (
@@ -327,7 +328,10 @@ class Sweep:
                 )
             before = await scrape_all(metrics)
             load_before = os.getloadavg()[0]
-            result = await run_path_load(mesh, cell.path, duration_s=c.duration_s, name=cell.key, **common)
+            with CpuMeter(mesh.pids()) as cpu:
+                result = await run_path_load(
+                    mesh, cell.path, duration_s=c.duration_s, name=cell.key, **common
+                )
             load_after = os.getloadavg()[0]
             after = await scrape_all(metrics)
         return {
@@ -356,9 +360,22 @@ class Sweep:
             },
             # The machine's 1-minute load average around the measured load (other work shows here).
             "load_1m": [round(load_before, 2), round(load_after, 2)],
+            "cpu": cpu_record(cpu.use),
             "mix": {kind: summarize(r) for kind, r in result.by_kind.items()} if result.by_kind else None,
             "ghz": without_details(result.report),
         }
+
+
+def cpu_record(use: CpuUse | None) -> dict[str, Any] | None:
+    """A cell's CPU: cores (CPU seconds per second of the measured load) used by each process tree,
+    by the client (the load generator with the sweep's samplers) and by the whole machine."""
+    if use is None:
+        return None
+    return {
+        "seconds": round(use.seconds, 2),
+        "cores": {name: round(cores, 4) for name, cores in use.cores.items()},
+        "machine_cores": round(use.machine_cores, 3),
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

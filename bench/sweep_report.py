@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.process_cpu import CLIENT
 from bench.sweep_plan import PATHS
 
 MIB = 2**20
@@ -16,7 +17,7 @@ CSV_COLUMNS = (
     "key", "ocr", "auth", "path", "concurrency", "calls", "ok", "ok_per_s", "avg_ms", "avg_ok_ms",
     "p50_ok_ms", "p95_ok_ms", "p99_ok_ms", "failure_rate", "resource_exhausted", "other_failures",
     "server_queue_ms", "server_compute_ms", "server_rejected", "share", "peak_rss_mib", "peak_rss_ocr_mib",
-    "load_1m",
+    "load_1m", "ocr_cores", "ocr_cpu_per_request_s", "client_cores", "mesh_other_cores", "machine_cores",
 )  # fmt: skip
 
 
@@ -89,6 +90,25 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": float(rss.get("total_peak", 0.0)),
         "peak_rss_ocr_mib": max(ocr_rss, default=0.0),
         "load_1m": max(record["load_1m"]) if record.get("load_1m") else None,  # not in older records
+        **cpu_columns(record.get("cpu"), totals.get("completed", 0.0)),
+    }
+
+
+def cpu_columns(cpu: Mapping[str, Any] | None, completed: float) -> dict[str, float | None]:
+    """Cores used during the cell's load: the OCR instances' trees (service and workers), their CPU
+    seconds per completed request, the client (load generator and samplers), the rest of the mesh
+    (etcd, auth, gateway, BFF) and the whole machine; None in records from before CPU was measured."""
+    if not cpu:
+        return dict.fromkeys(CSV_COLUMNS[-5:])
+    cores: Mapping[str, float] = cpu.get("cores") or {}
+    ocr = sum(v for name, v in cores.items() if name.startswith("ocr"))
+    client = float(cores.get(CLIENT, 0.0))
+    return {
+        "ocr_cores": ocr,
+        "ocr_cpu_per_request_s": ocr * float(cpu.get("seconds", 0.0)) / completed if completed else None,
+        "client_cores": client,
+        "mesh_other_cores": sum(cores.values()) - ocr - client,
+        "machine_cores": float(cpu.get("machine_cores", 0.0)),
     }
 
 
@@ -259,6 +279,7 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
             f"| {r['server_compute_ms']:.0f} | {r['server_rejected']} | {r['share'] or '-'} "
             f"| {r['peak_rss_mib']:.0f} | {per} |"
         )
+    out += cpu_section(table, meta)
     mixed = [rec for rec in records if rec.get("mix")]
     if mixed:
         out += [
@@ -279,6 +300,43 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     out.append("")
     return "\n".join(out)
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def cpu_section(table: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list[str]:
+    """Where the machine's CPU went during each cell's load (absent for records without it)."""
+    if all(r.get("machine_cores") is None for r in table):
+        return []
+    out = [
+        "",
+        "## CPU",
+        "",
+        "Cores used during each cell's measured load (CPU seconds per second, from the processes' own "
+        "counters): the OCR instances with their workers, their CPU per completed request, the client "
+        "(this process: load generator and samplers), the rest of the mesh (etcd, auth, gateway, BFF), and "
+        f"the whole machine ({meta.get('cpus', '?')} CPUs). `other work` is the machine less all of ours: "
+        "CPU the OCR workers could not have. A cell whose OCR cores drop while its CPU per request holds "
+        "lost throughput to the machine, not to its own load.",
+        "",
+        "| path | OCR | auth | clients | OK/s | OCR (cores) | OCR CPU per request (s) | client (cores) "
+        "| rest of mesh (cores) | machine (cores) | other work (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        ours = [r.get(k) for k in ("ocr_cores", "client_cores", "mesh_other_cores")]
+        machine = r.get("machine_cores")
+        known = [float(v) for v in ours if v is not None]
+        other = None if machine is None or len(known) < len(ours) else max(0.0, machine - sum(known))
+        out.append(
+            f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | {_f(r['ok_per_s'])} "
+            f"| {_cores(r.get('ocr_cores'))} | {_cores(r.get('ocr_cpu_per_request_s'))} "
+            f"| {_cores(r.get('client_cores'))} | {_cores(r.get('mesh_other_cores'))} "
+            f"| {_cores(machine)} | {_cores(other)} |"
+        )
+    return out
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:

@@ -125,3 +125,27 @@ def test_report_from_recorded_json_writes_csv_markdown_and_plots(tmp_path: Path)
         assert png.startswith(b"\x89PNG") and 5_000 < len(png) < 300_000
     assert json.loads(written["json"].read_text())["rows"][2]["path"] == "gateway"
     assert [r["concurrency"] for r in rows(records) if r["path"] == "gateway"] == [1, 4]
+
+
+def test_report_says_where_the_cpu_went_and_leaves_it_out_for_older_records(tmp_path: Path) -> None:
+    measured = record("direct", 1, 16, ghz([1.0] * 20, total_s=20.0))
+    # 20 s of load: the OCR trees used 0.9 cores (18 CPU s for the 8 requests their counters saw),
+    # the client 0.05, etcd and auth 0.03 together, and the machine 1.98 of its 2 cores.
+    measured["cpu"] = {
+        "seconds": 20.0,
+        "cores": {"ocr-1": 0.9, "etcd": 0.02, "auth-1": 0.01, "client": 0.05},
+        "machine_cores": 1.98,
+    }
+    older = record("direct", 1, 4, ghz([1.0] * 20, total_s=20.0))
+    found = {r["key"]: r for r in rows([measured, older])}
+    cpu = found["ocr1-auth1-direct-c16"]
+    assert abs(cpu["ocr_cores"] - 0.9) < 1e-9 and abs(cpu["client_cores"] - 0.05) < 1e-9
+    assert abs(cpu["mesh_other_cores"] - 0.03) < 1e-9
+    assert abs(cpu["ocr_cpu_per_request_s"] - 0.9 * 20.0 / 8) < 1e-9  # 6 + 2 completed
+    assert found["ocr1-auth1-direct-c4"]["machine_cores"] is None
+    text = write_report(tmp_path, [measured, older], {"cpus": 2})["md"].read_text()
+    assert "## CPU" in text
+    assert "| direct | 1 | 1 | 16 | 1.00 | 0.90 | 2.25 | 0.05 | 0.03 | 1.98 | 1.00 |" in text
+    assert "| direct | 1 | 1 | 4 | 1.00 | - | - | - | - | - | - |" in text
+    (tmp_path / "old").mkdir()
+    assert "## CPU" not in write_report(tmp_path / "old", [older], {"cpus": 2})["md"].read_text()
