@@ -144,6 +144,7 @@ async def test_one_caller_gets_only_a_few_unfinished_uploads(mesh: Mesh) -> None
     async def never_finishing() -> AsyncIterator[ocr_pb2.RecognizeStreamRequest]:
         header = ocr_pb2.RecognizeStreamHeader(filename="big.jpg", total_bytes=19 * MIB)
         yield ocr_pb2.RecognizeStreamRequest(header=header)
+        await asyncio.sleep(0.2)  # lets a refusal arrive before the chunk is written (see below)
         yield ocr_pb2.RecognizeStreamRequest(chunk=b"\xff\xd8\xff" + bytes(MIB))
         await hold.wait()
 
@@ -156,17 +157,37 @@ async def test_one_caller_gets_only_a_few_unfinished_uploads(mesh: Mesh) -> None
                 )
                 for _ in range(16)
             ]
-            await asyncio.sleep(3.0)
+            # The refusals come at once; on a busy machine "at once" can take seconds, so wait for
+            # twelve (bounded) rather than a fixed time. The four held uploads cannot end before `hold`.
+            for _ in range(300):
+                if sum(c.done() for c in calls) >= 12:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # room for a wrongly refused 13th to show
             refused = [c for c in calls if c.done()]
-            reasons = {errors.error_reason(errors.from_call_error(c.exception())) for c in refused}
+            reasons = {_refusal_reason(c.exception()) for c in refused}
             hold.set()
             await asyncio.gather(*calls, return_exceptions=True)
     print(
         f"OCR server: +{rss.added / MIB:.1f} MiB; refused {len(refused)} of 16 uploads; legit OK {legit.ok}"
     )
     legit.check()
-    assert len(refused) == 12 and reasons == {"UPLOADS_PER_CALLER"}
+    assert len(refused) == 12 and "UPLOADS_PER_CALLER" in reasons, reasons
+    assert reasons <= {"UPLOADS_PER_CALLER", CLIENT_WRITE_RACE}, reasons
     assert rss.added < OCR_SERVER_ATTACK_CEILING
+
+
+CLIENT_WRITE_RACE = "client write raced the refusal"
+
+
+def _refusal_reason(exc: BaseException | None) -> str:
+    """The server's ErrorInfo reason, or CLIENT_WRITE_RACE for grpcio's asyncio client reporting
+    INTERNAL "Failed execute_batch" when it writes after the server has ended the call: it replaces
+    the server's status with its own (grpc/grpc#36066; fix proposed in grpc/grpc#43486)."""
+    assert isinstance(exc, grpc.aio.AioRpcError), exc
+    if exc.code() == grpc.StatusCode.INTERNAL and "execute_batch" in (exc.debug_error_string() or ""):
+        return CLIENT_WRITE_RACE
+    return errors.error_reason(errors.from_call_error(exc))
 
 
 def test_anonymous_huge_posts_to_the_bff_are_refused_without_being_read(mesh: Mesh) -> None:
