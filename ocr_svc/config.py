@@ -41,6 +41,13 @@ class OcrConfig:
         "the machine (every worker of every instance sharing --idle-cores-file idle); others use "
         "--threads-per-worker. auto: every usable core; off: never more; or a number",
     )
+    lone_request_max_others: int = setting(
+        -1,
+        help="a lone request widens only while at most this many other tasks are runnable on the "
+        "machine (/proc/loadavg), so it never contends with other work; -1: cores minus "
+        "--lone-request-threads, plus one; a large number stops the check (e.g. in a container "
+        "that sees the host's count)",
+    )
     idle_cores_file: str = setting(
         "",
         help="lock file the workers of every instance on this machine mark themselves busy in "
@@ -145,6 +152,8 @@ class OcrConfig:
             self.lone_request_threads.isdigit() and int(self.lone_request_threads) >= 1
         ):
             raise ConfigError("--lone-request-threads must be auto, off or a number of threads (1 or more)")
+        if self.lone_request_max_others < -1:
+            raise ConfigError("--lone-request-max-others must be -1 (auto) or 0 and more")
         if self.queue_depth < -1:
             raise ConfigError("--queue-depth must be -1 (no cap) or 0 and more")
         if self.max_queue_wait_s <= 0 or self.max_queued_mb < 1 or self.max_queued_mpx < 1:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ocr_svc.idle_cores import IdleCores, default_lock_file
+from ocr_svc.idle_cores import IdleCores, default_lock_file, default_max_others, usable_cores
 from ocr_svc.job import DEFAULT_MIN_SCORE, JobOptions, Reading
 from ocr_svc.model_files import swap_models
 from ocr_svc.pipeline_settings import PipelineSettings
@@ -58,6 +58,9 @@ class EngineSettings:
     # The machine-wide lock file the workers of every instance mark themselves busy in
     # (ocr_svc/idle_cores.py); empty: the default one.
     idle_cores_file: str = ""
+    # A wide run also needs at most this many other runnable tasks on the machine (/proc/loadavg);
+    # -1: `default_max_others`; a large number: the run queue is not looked at.
+    lone_max_others: int = -1
 
 
 @dataclass
@@ -172,7 +175,10 @@ class Engine:
         self.cores: IdleCores | None = None
         if device == "cpu" and settings.lone_threads > settings.threads:
             path = Path(settings.idle_cores_file) if settings.idle_cores_file else default_lock_file()
-            self.cores = IdleCores(path)
+            others = settings.lone_max_others
+            if others < 0:
+                others = default_max_others(usable_cores(), settings.lone_threads)
+            self.cores = IdleCores(path, others)
             self.tally.wide_threads = settings.lone_threads
         if device == "cpu":
             install(Models.of(self._ocr), settings.lone_threads, self.cores, self.tally)

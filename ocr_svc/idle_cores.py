@@ -64,12 +64,39 @@ def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return max(1, min(cores, -(-int(quota) // int(period))))
 
 
+def runnable_tasks(loadavg: Path = Path("/proc/loadavg")) -> int | None:
+    """Tasks running or ready to run on the machine now, the caller included (the kernel's count,
+    the fourth field of /proc/loadavg); None where there is none."""
+    try:
+        return int(loadavg.read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def default_max_others(cores: int, wide: int) -> int:
+    """Other runnable tasks a wide run tolerates by default: the cores its extra threads leave free,
+    plus one for the server's own threads (answering, dispatching); 1 when all cores are taken."""
+    return max(0, cores - wide) + 1
+
+
+def cores_free(runnable: int | None, max_others: int) -> bool:
+    """Whether the machine's run queue leaves room for a wide run (pure): at most `max_others`
+    tasks besides the asking one; True when the count is unknown."""
+    return runnable is None or runnable - 1 <= max_others
+
+
 class IdleCores:
     """This worker's view of the machine-wide lock: mark a job busy, ask whether it runs alone."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, max_others: int | None = None, loadavg: Path = Path("/proc/loadavg")
+    ) -> None:
+        """`max_others`: also require the run queue to show at most that many other runnable tasks
+        (see `cores_free`); None: OCR jobs alone decide."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_others = max_others
+        self._loadavg = loadavg
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._busy = False
 
@@ -89,6 +116,14 @@ class IdleCores:
         if self._busy:
             fcntl.lockf(self._fd, fcntl.LOCK_UN, *LOCK_BYTE)
             self._busy = False
+
+    def may_widen(self) -> bool:
+        """True when this job is the only OCR job on the machine and the cores are really idle:
+        a wide run on cores that other work keeps busy is slower than one thread (measured: 2
+        threads took twice as long as 1 on the detector at a load average of 4 on 2 cores)."""
+        if not self.alone():
+            return False
+        return self.max_others is None or cores_free(runnable_tasks(self._loadavg), self.max_others)
 
     def alone(self) -> bool:
         """True when no other process on the machine is running a job now (this one must be)."""

@@ -62,6 +62,7 @@ class OcrInstance:
                 threads=config.threads_per_worker,
                 lone_threads=config.lone_threads,
                 idle_cores_file=config.idle_cores_file,
+                lone_max_others=config.lone_request_max_others,
                 cuda_device_id=config.cuda_device_id,
                 min_score=config.min_score,
                 max_side=config.max_side,

@@ -95,7 +95,7 @@ class ThreadChoice:
         return self.narrow.run(output_names, input_feed, run_options)
 
     def _alone(self) -> bool:
-        return self._cores is not None and self._cores.alone()
+        return self._cores is not None and self._cores.may_widen()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.narrow, name)

@@ -20,6 +20,9 @@ from tests.integration.ocr_fixtures import OcrProcess, running_ocr
 PHOTO = CORPUS / "real" / "rapidocr_ch_en_num.jpg"
 # Each job sleeps this long in its worker, busy, before its models run: jobs sent together overlap.
 DELAY_MS = "1500"
+# Whether the machine's run queue leaves the cores idle depends on what else runs (a test suite in
+# parallel): tests/unit/test_idle_cores.py covers that check; here OCR jobs alone decide.
+NO_RUN_QUEUE = ("--lone-request-max-others", "100000")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,15 @@ def lock_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, lock_file: Path) -> Iterator[OcrProcess]:
-    args = ("--workers", "2", "--lone-request-threads", "2", "--idle-cores-file", str(lock_file))
+    args = (
+        "--workers",
+        "2",
+        "--lone-request-threads",
+        "2",
+        "--idle-cores-file",
+        str(lock_file),
+        *NO_RUN_QUEUE,
+    )
     with running_ocr(tmp_path_factory.mktemp("ocr"), *args, "--debug-delay-ms", DELAY_MS) as svc:
         yield svc
 
@@ -92,7 +103,15 @@ async def test_two_instances_sharing_the_machine_keep_each_other_narrow(
     service: OcrProcess, lock_file: Path, tmp_path: Path
 ) -> None:
     """The `ocrmesh up` layout: a second instance with its own worker, the same lock file."""
-    args = ("--workers", "1", "--idle-cores-file", str(lock_file), "--debug-delay-ms", DELAY_MS)
+    args = (
+        "--workers",
+        "1",
+        "--idle-cores-file",
+        str(lock_file),
+        "--debug-delay-ms",
+        DELAY_MS,
+        *NO_RUN_QUEUE,
+    )
     with running_ocr(tmp_path, *args) as other:
         first, second = await asyncio.gather(_recognize(service.address), _recognize(other.address))
     for used in (first[0].served_by, second[0].served_by):

@@ -12,7 +12,15 @@ import pytest
 
 from mesh.config import ConfigError
 from ocr_svc.config import OcrConfig
-from ocr_svc.idle_cores import IdleCores, default_lock_file, lone_threads, usable_cores
+from ocr_svc.idle_cores import (
+    IdleCores,
+    cores_free,
+    default_lock_file,
+    default_max_others,
+    lone_threads,
+    runnable_tasks,
+    usable_cores,
+)
 
 
 def _busy_worker(path: str, started: Event, finish: Event) -> None:
@@ -129,3 +137,36 @@ def test_auto_counts_the_cores_a_cgroup_quota_allows(
         path.write_text(cpu_max)
     affinity = len(os.sched_getaffinity(0))
     assert usable_cores(path) == (min(expected, affinity) if expected else affinity)
+
+
+def test_a_busy_run_queue_keeps_a_lone_job_narrow(lock_file: Path, tmp_path: Path) -> None:
+    """Alone among OCR jobs is not enough: other work on the cores (the kernel's runnable count)
+    keeps the job on one thread."""
+    loadavg = tmp_path / "loadavg"
+    cores = IdleCores(lock_file, max_others=1, loadavg=loadavg)
+    with cores.job():
+        loadavg.write_text("3.10 2.50 1.90 4/312 99999\n")  # this job and 3 others runnable
+        assert cores.alone() and not cores.may_widen()
+        loadavg.write_text("0.90 0.70 0.50 2/312 99999\n")  # this job and the server
+        assert cores.may_widen()
+    assert not cores.may_widen()  # no job: never
+    unbounded = IdleCores(lock_file, max_others=None, loadavg=loadavg)
+    loadavg.write_text("9.00 9.00 9.00 40/312 99999\n")
+    with unbounded.job():
+        assert unbounded.may_widen()  # the run queue is not looked at
+    cores.close()
+    unbounded.close()
+
+
+def test_run_queue_reading_and_the_default_slack(tmp_path: Path) -> None:
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.00 0.01 0.05 7/250 4242\n")
+    assert runnable_tasks(loadavg) == 7
+    assert runnable_tasks(tmp_path / "missing") is None
+    here = runnable_tasks()
+    assert here is None or here >= 1  # this test is running
+    assert cores_free(None, 0)  # unknown: the OCR jobs alone decide
+    assert cores_free(2, 1) and not cores_free(3, 1)
+    assert default_max_others(cores=2, wide=2) == 1
+    assert default_max_others(cores=8, wide=4) == 5
+    assert default_max_others(cores=2, wide=4) == 1
