@@ -45,8 +45,8 @@ class OcrConfig:
         -1,
         help="a lone request widens only while at most this many other tasks are runnable on the "
         "machine (/proc/loadavg), so it never contends with other work; -1: cores minus "
-        "--lone-request-threads, plus one; a large number stops the check (e.g. in a container "
-        "that sees the host's count)",
+        "--lone-request-threads (0 when it takes every core); a large number stops the check "
+        "(e.g. in a container that sees the host's count)",
     )
     idle_cores_file: str = setting(
         "",

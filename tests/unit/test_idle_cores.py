@@ -167,6 +167,6 @@ def test_run_queue_reading_and_the_default_slack(tmp_path: Path) -> None:
     assert here is None or here >= 1  # this test is running
     assert cores_free(None, 0)  # unknown: the OCR jobs alone decide
     assert cores_free(2, 1) and not cores_free(3, 1)
-    assert default_max_others(cores=2, wide=2) == 1
-    assert default_max_others(cores=8, wide=4) == 5
-    assert default_max_others(cores=2, wide=4) == 1
+    assert default_max_others(cores=2, wide=2) == 0  # every core taken: nothing else may run
+    assert default_max_others(cores=8, wide=4) == 4
+    assert default_max_others(cores=2, wide=4) == 0
