@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,9 +64,8 @@ class CpuMeter:
             for proc in process_tree(pid):
                 if (seconds := cpu_seconds(proc)) is not None:
                     found[(name, proc.pid)] = seconds
-        if not any(pid == me.pid for _, pid in found):
-            with contextlib.suppress(psutil.Error):
-                found[(CLIENT, me.pid)] = float(sum(me.cpu_times()[:2]))
+        if not any(pid == me.pid for _, pid in found) and (mine := cpu_seconds(me)) is not None:
+            found[(CLIENT, me.pid)] = mine
         return found
 
     def __enter__(self) -> CpuMeter:

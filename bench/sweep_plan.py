@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,18 @@ def parse_counts(text: str, flag: str, *, minimum: int = 1) -> tuple[int, ...]:
     if low:
         raise PlanError(f"{flag}: {low[0]} is below {minimum}")
     return tuple(sorted(set(values)))
+
+
+def counts_type(flag: str) -> Callable[[str], list[int]]:
+    """`parse_counts` as an argparse `type` for `flag` (its error becomes argparse's message)."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            return list(parse_counts(text, flag))
+        except PlanError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def parse_paths(text: str) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from bench.machine_facts import machine
 from bench.mesh_calls import mesh_call_factory
 from bench.report_files import run_study
 from bench.studies.gateway_bench import DEFAULT_IMAGE, RECOGNIZE, login, service
+from bench.sweep_plan import counts_type
 from etcd.launcher import EtcdProcess
 from mesh.processes import kill_tree
 
@@ -184,16 +185,6 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be at least 1")
-    return values
-
-
 def _paths(text: str) -> list[str]:
     values = [x.strip() for x in text.split(",") if x.strip()]
     if not values or set(values) - set(PATHS):
@@ -206,7 +197,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image for the Recognize calls")
     parser.add_argument("--runs", type=int, default=5, help="runs per path and concurrency (default 5)")
     parser.add_argument(
-        "-c", "--concurrency", type=_counts, default=[4, 8], help="comma-separated levels (default 4,8)"
+        "-c",
+        "--concurrency",
+        type=counts_type("--concurrency"),
+        default=[4, 8],
+        help="comma-separated levels (default 4,8)",
     )
     parser.add_argument("--paths", type=_paths, default=list(PATHS), help="direct,gateway (default both)")
     parser.add_argument("--seconds", type=float, default=30.0, help="load seconds per run (default 30)")

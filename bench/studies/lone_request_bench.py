@@ -28,6 +28,7 @@ from bench.loadgen import LoadOptions, run_load
 from bench.machine_facts import cpu_model
 from bench.report_files import run_study
 from bench.studies.gateway_bench import DEFAULT_IMAGE, RECOGNIZE, service
+from bench.sweep_plan import counts_type
 from mesh import balancer
 from mesh.ocr_client import OcrClient
 
@@ -184,17 +185,12 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _counts(text: str) -> list[int]:
-    values = [int(x) for x in text.split(",") if x.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("a comma-separated list of positive client counts")
-    return values
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0] if __doc__ else None
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image every call sends")
-    parser.add_argument("-c", "--concurrency", type=_counts, default=[1, 2, 4, 8], help="client counts")
+    parser.add_argument(
+        "-c", "--concurrency", type=counts_type("--concurrency"), default=[1, 2, 4, 8], help="client counts"
+    )
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=4, help="rounds (the arms' order flips each)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per OCR instance")

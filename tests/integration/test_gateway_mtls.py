@@ -255,16 +255,21 @@ async def test_gateway_reaches_the_mesh_over_mtls_and_only_trusts_what_the_ca_na
     assert "JWKS" in ocr.log_text() and "not signed by an auth identity" in ocr.log_text()
 
 
-def _ssl_stats(admin: str, cluster: str) -> dict[str, int]:
-    """Envoy's TLS counters of one cluster's upstream connections, by their last name part."""
-    stats = admin_json(admin, f"/stats?format=json&filter=^cluster\\.{cluster}\\.ssl\\.")["stats"]
+def _cluster_stats(admin: str, cluster: str, pattern: str) -> dict[str, int]:
+    """Envoy's counters of one cluster whose name after `cluster.<name>.` matches the regex
+    `pattern`, by their last name part."""
+    stats = admin_json(admin, f"/stats?format=json&filter=^cluster\\.{cluster}\\.{pattern}")["stats"]
     return {s["name"].rsplit(".", 1)[-1]: int(s["value"]) for s in stats if "value" in s}
+
+
+def _ssl_stats(admin: str, cluster: str) -> dict[str, int]:
+    """Envoy's TLS counters of one cluster's upstream connections."""
+    return _cluster_stats(admin, cluster, "ssl\\.")
 
 
 def _panics(admin: str, cluster: str) -> int:
     """How often Envoy balanced over unhealthy hosts because too few were healthy (panic mode)."""
-    stats = admin_json(admin, f"/stats?format=json&filter=^cluster\\.{cluster}\\.lb_healthy_panic$")["stats"]
-    return sum(int(s["value"]) for s in stats if "value" in s)
+    return _cluster_stats(admin, cluster, "lb_healthy_panic$").get("lb_healthy_panic", 0)
 
 
 def _serial(folder: Path) -> int:

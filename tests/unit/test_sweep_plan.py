@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -18,6 +19,7 @@ from bench.sweep_plan import (
     PlanError,
     Settings,
     cell_file,
+    counts_type,
     estimate_remaining_s,
     parse_counts,
     parse_mix,
@@ -37,6 +39,10 @@ def test_flags_parse_sorted_and_distinct_with_errors_that_show_an_example() -> N
         parse_counts("0,1", "--ocr")
     with pytest.raises(PlanError, match="like 1,2,4"):
         parse_counts("one", "--concurrency")
+    as_flag = counts_type("--concurrency")  # the benches' -c: argparse's error, the same rules
+    assert as_flag("8,1,1") == [1, 8]
+    with pytest.raises(argparse.ArgumentTypeError, match="--concurrency: 0 is below 1"):
+        as_flag("0,2")
     assert parse_paths("gateway, direct") == ("direct", "gateway")
     with pytest.raises(PlanError, match="direct,gateway,bff"):
         parse_paths("direct,envoy")
