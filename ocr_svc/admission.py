@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -73,7 +74,8 @@ class AdmissionPolicy:
     """What the queue may hold and how long a request may be asked to wait.
 
     A request is admitted when its predicted completion (wait for a worker + its own service
-    time, times `safety` plus `slack_s`) fits its deadline, its predicted wait fits
+    time, times `safety` plus `slack_s`, plus `spread_weight` times the typical miss of one job's
+    time over the jobs it waits through, see `completion_s`) fits its deadline, its predicted wait fits
     `max_queue_wait_s`, and the waiting images stay within `max_queued_bytes` and
     `max_queued_pixels` (the memory they hold). `max_queued` is an optional hard cap on the
     count (-1: none), for operators who want one.
@@ -85,6 +87,7 @@ class AdmissionPolicy:
     max_queued: int = -1
     safety: float = 1.1
     slack_s: float = 0.1
+    spread_weight: float = 2.0
     # Workers one flow (a PDF's pages) leaves to other callers while there are any: running or
     # waiting, or an image started or answered within `reserve_s`. Alone, a flow may use every worker.
     reserve_workers: int = 1
@@ -130,6 +133,17 @@ def predicted_wait_s(busy_elapsed: Sequence[float], queued: int, workers: int, s
     return hi
 
 
+def completion_s(wait_s: float, service_s: float, spread_s: float, policy: AdmissionPolicy) -> float:
+    """When a request admitted now would be answered, with margins: `safety` and `slack_s` for a
+    machine that slows down as a whole, and `spread_weight` x `spread_s` x sqrt(jobs) for the
+    jobs' own scatter (the jobs ahead on one worker plus its own: their misses add like
+    independent errors). A quiet worker with steady jobs gets little more than `safety`; a
+    shared, noisy one is asked for more room before it promises a deadline."""
+    base = wait_s + service_s
+    jobs = base / service_s if service_s > 0 else 1.0
+    return base * policy.safety + policy.slack_s + policy.spread_weight * spread_s * math.sqrt(jobs)
+
+
 def retry_hint_s(wait_s: float, cap_s: float) -> float:
     """The RetryInfo delay of a refusal: the predicted wait, at least 50 ms, at most `cap_s`."""
     return min(max(cap_s, 0.05), max(0.05, wait_s))
@@ -142,6 +156,7 @@ def admit(
     time_remaining: float | None,
     queued: int,
     policy: AdmissionPolicy,
+    spread_s: float = 0.0,
 ) -> Refusal | None:
     """None to admit, else why not: the cheap checks, made before the image is looked at."""
     hint = retry_hint_s(wait_s, policy.max_queue_wait_s)
@@ -155,8 +170,7 @@ def admit(
     if time_remaining is not None and wait_s > 0:
         # An idle worker always takes the request: only waiting can be refused for the deadline
         # (a deadline shorter than one job is the caller's to choose; it gets DEADLINE_EXCEEDED).
-        completion = (wait_s + service_s) * policy.safety + policy.slack_s
-        if completion > time_remaining:
+        if completion_s(wait_s, service_s, spread_s, policy) > time_remaining:
             return Refusal(DEADLINE_UNREACHABLE, hint, wait_s)
     return None
 

@@ -109,6 +109,7 @@ class Recognizer:
         refusal = admit(
             wait_s=wait,
             service_s=self.pool.ewma_service_s,
+            spread_s=self.pool.service_spread_s,
             time_remaining=left,
             queued=self.waiting(),
             policy=self.queue.policy,
@@ -140,6 +141,7 @@ class Recognizer:
             metadata={
                 "predicted_wait_ms": str(round(wait * 1000)),
                 "service_ms": str(round(self.pool.ewma_service_s * 1000)),
+                "service_spread_ms": str(round(self.pool.service_spread_s * 1000)),
             },
         )
 

@@ -34,6 +34,14 @@ def service_ewma(current: float, sample: float, samples: int, weight: float = 0.
     return sample if samples == 0 else current + (sample - current) * weight
 
 
+def spread_ewma(spread: float, estimate: float, sample: float, samples: int, weight: float = 0.2) -> float:
+    """The typical miss of the estimate (an EWMA of |sample - estimate|, as TCP keeps RTTVAR beside
+    SRTT); `estimate` is the service-time estimate before `sample` came in."""
+    if samples == 0:
+        return 0.0
+    return spread + (abs(sample - estimate) - spread) * weight
+
+
 class WorkerDied(Exception):
     """The worker process ended (crash, kill, OOM) or was killed for being stuck."""
 
@@ -120,6 +128,7 @@ class WorkerPool:
     counters: Counters = field(default_factory=Counters)
     busy: int = 0
     ewma_service_s: float = 1.0  # seconds a worker spends on one job; the first job sets it
+    service_spread_s: float = 0.0  # how far one job's time typically lies from ewma_service_s
     service_samples: int = 0
 
     def __post_init__(self) -> None:
@@ -362,6 +371,9 @@ class WorkerPool:
             # Per image: a PDF's pages are that many images' work, and must not inflate the estimate.
             service_s = (time.monotonic() - (ticket.started_at or time.monotonic())) / max(
                 1, len(reply.pages)
+            )
+            self.service_spread_s = spread_ewma(
+                self.service_spread_s, self.ewma_service_s, service_s, self.service_samples
             )
             self.ewma_service_s = service_ewma(self.ewma_service_s, service_s, self.service_samples)
             self.service_samples += 1

@@ -17,6 +17,7 @@ from ocr_svc.admission import (
     AdmissionQueue,
     Ticket,
     admit,
+    completion_s,
     fits_memory,
     flow_may_start,
     predicted_wait_s,
@@ -25,7 +26,7 @@ from ocr_svc.admission import (
 from ocr_svc.guardrails import ImageHeader
 from ocr_svc.job import JobOptions
 from ocr_svc.refusal_pacing import PacingPolicy, RefusalPacer
-from ocr_svc.workers import service_ewma
+from ocr_svc.workers import service_ewma, spread_ewma
 
 
 def _ticket(deadline: float | None = None, size: int = 1, pixels: int = 0) -> Ticket:
@@ -82,6 +83,26 @@ def test_admit_refuses_what_cannot_finish_before_the_deadline_and_says_when_to_c
     full = admit(wait_s=0.5, service_s=1.0, time_remaining=None, queued=2, policy=capped)
     assert full is not None and full.reason == QUEUE_FULL
     assert admit(wait_s=0.5, service_s=1.0, time_remaining=None, queued=1, policy=capped) is None
+
+
+def test_completion_asks_for_more_room_when_jobs_scatter() -> None:
+    policy = AdmissionPolicy()
+    steady = completion_s(wait_s=15.0, service_s=1.0, spread_s=0.0, policy=policy)
+    assert steady == pytest.approx(16.0 * 1.1 + 0.1)
+    # 16 jobs on the way (15 ahead on the worker, then its own) each missing by about 0.1 s.
+    noisy = completion_s(wait_s=15.0, service_s=1.0, spread_s=0.1, policy=policy)
+    assert noisy == pytest.approx(steady + 2.0 * 0.1 * 4.0)
+    # The same request fits a 18 s deadline on a steady worker and is refused on a noisy one.
+    fits = admit(wait_s=15.0, service_s=1.0, time_remaining=18.0, queued=15, policy=policy)
+    assert fits is None
+    refused = admit(wait_s=15.0, service_s=1.0, time_remaining=18.0, queued=15, policy=policy, spread_s=0.1)
+    assert refused is not None and refused.reason == DEADLINE_UNREACHABLE
+
+
+def test_spread_follows_the_misses_of_the_estimate() -> None:
+    assert spread_ewma(0.0, 1.0, 0.3, samples=0) == 0.0  # the first job sets the estimate, no miss yet
+    assert spread_ewma(0.0, 1.0, 1.5, samples=1) == pytest.approx(0.1)  # missed by 0.5, a fifth of it
+    assert spread_ewma(0.1, 1.0, 1.0, samples=9) == pytest.approx(0.08)  # a hit shrinks it
 
 
 def test_retry_hint_is_bounded() -> None:
