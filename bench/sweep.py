@@ -38,7 +38,7 @@ from bench.sweep_paths import (
     run_path_load,
 )
 from bench.sweep_plan import (
-    Cell,
+    CellRound,
     PlanError,
     Settings,
     cell_file,
@@ -49,7 +49,9 @@ from bench.sweep_plan import (
     parse_paths,
     pending,
     plan,
+    record_round,
     recorded,
+    schedule,
 )
 from bench.sweep_report import MIB, load_records, summarize, without_details, write_report
 from bench.web_session import BffSessions
@@ -68,6 +70,7 @@ examples:
   {PROG}        the default: --ocr 1,2 --auth 1 --concurrency 1,4,16,64 --path direct,gateway
   {PROG} --ocr 1,2 --auth 1,2 --concurrency 1,2,4,8,16,32,64 --duration 20s --path direct,gateway,bff
   {PROG} --mix login=1,ocr=9 --ocr 2 --concurrency 4,16
+  {PROG} --ocr 1,2 --concurrency 4,16,64 --rounds 3     each cell 3 times, side by side
   {PROG} --report-only --out docs/benchmarks/sweep-2026-11-25     rebuild the report from recorded cells
 
 Each mesh (OCR x auth instances) is started once on free loopback ports (a running `make up` is
@@ -75,6 +78,14 @@ not touched), every cell on it is warmed up and measured, then the mesh is stopp
 recorded in --out with the same image, duration, warm-up, workers and mix are skipped: run the
 same command again to resume. Paths whose way in is not in this build yet (gateway, bff) are
 skipped with a note and stay pending.
+
+--rounds N measures every cell of a mesh N times, round by round on the same running mesh: round 1
+in plan order (rising concurrency), round 2 reversed, round 3 as round 1, ... so load that drifts
+during a round and a cell's place in it weigh on every cell alike. Each (cell, round) is its own
+file (round 1 keeps the one-round name, KEY.json; round N is KEY.rN.json), so rerunning with a
+higher --rounds adds rounds to a recorded sweep. The report gives each cell's median over rounds
+with min-max, and the OK/s of each cell relative to the 4-client cell of its mesh and path, taken
+within each round (paired), then the median and min-max over rounds.
 """
 
 
@@ -93,6 +104,7 @@ class SweepConfig:
     data_dir: Path
     workers: int = 1
     mix: dict[str, int] = field(default_factory=dict)
+    rounds: int = 1
     progress: bool = True
     command: str = ""
 
@@ -142,6 +154,7 @@ def meta(config: SweepConfig, elapsed_s: float, notes: Sequence[str]) -> dict[st
         "workers": config.workers,
         "mix": config.mix,
         "mix_users": MIX_USERS if config.mix.get("login") else 0,
+        "rounds": config.rounds,
         "matrix": {
             "ocr": list(config.ocr),
             "auth": list(config.auth),
@@ -155,7 +168,7 @@ def meta(config: SweepConfig, elapsed_s: float, notes: Sequence[str]) -> dict[st
 
 
 class Sweep:
-    """Runs the pending cells mesh by mesh, recording each cell as soon as it is measured."""
+    """Runs the pending (cell, round)s mesh by mesh, recording each as soon as it is measured."""
 
     def __init__(self, config: SweepConfig, console: Console) -> None:
         self.config = config
@@ -164,7 +177,7 @@ class Sweep:
         self.settings = config.settings(self.image)
         self.notes: list[str] = []
         self.pace = Pace()
-        self.todo: list[Cell] = []
+        self.todo: list[CellRound] = []
         self.running_mesh: tuple[int, int] | None = None
         self.resumed = False
         self.cell_started = 0.0
@@ -186,13 +199,14 @@ class Sweep:
 
     async def run(self) -> int:
         c = self.config
-        cells = plan(c.ocr, c.auth, c.paths, c.concurrency)
+        units = schedule(plan(c.ocr, c.auth, c.paths, c.concurrency), c.rounds)
         done = recorded(c.out, self.settings)
-        self.todo = pending(cells, done)
+        self.todo = pending(units, done)
         self.resumed = bool(done)
-        if done:
+        if len(units) > len(self.todo):
+            what = "cells" if c.rounds == 1 else f"cell rounds ({len(units) // c.rounds} cells x {c.rounds})"
             self.console.print(
-                f"{len(cells) - len(self.todo)} of {len(cells)} cells already recorded in {c.out}"
+                f"{len(units) - len(self.todo)} of {len(units)} {what} already recorded in {c.out}"
             )
         columns = (
             TextColumn("[bold]{task.description}"),
@@ -203,12 +217,12 @@ class Sweep:
         )
         with Progress(*columns, console=self.console, disable=not c.progress) as progress:
             overall = progress.add_task(
-                "sweep", total=len(cells), completed=len(cells) - len(self.todo), eta=""
+                "sweep", total=len(units), completed=len(units) - len(self.todo), eta=""
             )
             ticker = asyncio.create_task(self._tick(progress, overall))
             try:
-                for mesh_cells in [list(g) for _, g in groupby(list(self.todo), key=lambda cell: cell.mesh)]:
-                    await self._run_mesh(mesh_cells, progress, overall)
+                for mesh_units in [list(g) for _, g in groupby(list(self.todo), key=lambda unit: unit.mesh)]:
+                    await self._run_mesh(mesh_units, progress, overall)
             finally:
                 ticker.cancel()
         return 0
@@ -219,9 +233,9 @@ class Sweep:
             progress.update(task, eta=f"ETA {int(left // 60)}m{int(left % 60):02d}s" if self.todo else "")
             await asyncio.sleep(0.5)
 
-    async def _run_mesh(self, cells: list[Cell], progress: Progress, overall: Any) -> None:
+    async def _run_mesh(self, units: list[CellRound], progress: Progress, overall: Any) -> None:
         c = self.config
-        ocr, auth = cells[0].mesh
+        ocr, auth = units[0].mesh
         data_dir = c.data_dir / f"ocr{ocr}-auth{auth}"
         shutil.rmtree(data_dir, ignore_errors=True)  # a fresh etcd and user table for every mesh
         say: Callable[[str], None] = lambda text: progress.console.print(f"[dim]{text}[/]")  # noqa: E731
@@ -247,7 +261,7 @@ class Sweep:
             account, mix_accounts = await self._accounts(mesh)
             sessions = bff_sessions(mesh, account)
             try:
-                await self._run_cells(mesh, cells, account, mix_accounts, sessions, progress, overall)
+                await self._run_cells(mesh, units, account, mix_accounts, sessions, progress, overall)
             finally:
                 if sessions is not None:
                     await sessions.close()
@@ -256,7 +270,7 @@ class Sweep:
     async def _run_cells(
         self,
         mesh: LocalMesh,
-        cells: list[Cell],
+        units: list[CellRound],
         account: Account | None,
         mix_accounts: list[Account],
         sessions: BffSessions | None,
@@ -264,26 +278,28 @@ class Sweep:
         overall: Any,
     ) -> None:
         c = self.config
-        for cell in cells:
-            progress.update(overall, description=cell.key)
+        for unit in units:
+            cell = unit.cell
+            label = cell.key if c.rounds == 1 else f"{cell.key} round {unit.round}/{c.rounds}"
+            progress.update(overall, description=label)
             self.cell_started = time.monotonic()
             try:
-                record = await self._measure(mesh, cell, account, mix_accounts, sessions)
+                record = await self._measure(mesh, unit, account, mix_accounts, sessions)
             except PathUnavailable as exc:
                 self._note(f"{cell.path}: skipped ({exc})")
-                self.todo.remove(cell)
+                self.todo.remove(unit)
                 self.cell_started = 0.0
                 continue
-            path = cell_file(c.out, cell)
+            path = cell_file(c.out, cell, unit.round)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
             self.pace.cells.append(time.monotonic() - self.cell_started)
             self.cell_started = 0.0
-            self.todo.remove(cell)
+            self.todo.remove(unit)
             progress.advance(overall)
             s = record["summary"]
             progress.console.print(
-                f"{cell.key}: {s['ok_per_s']:.2f} OK/s, p95 {s['p95_ok_ms'] / 1e3:.2f}s, failed "
+                f"{label}: {s['ok_per_s']:.2f} OK/s, p95 {s['p95_ok_ms'] / 1e3:.2f}s, failed "
                 f"{100 * s['failure_rate']:.1f}%, peak RSS {record['rss_mib']['total_peak']:.0f} MiB"
             )
 
@@ -304,12 +320,13 @@ class Sweep:
     async def _measure(
         self,
         mesh: LocalMesh,
-        cell: Cell,
+        unit: CellRound,
         account: Account | None,
         mix_accounts: list[Account],
         sessions: BffSessions | None,
     ) -> dict[str, Any]:
         c = self.config
+        cell = unit.cell
         metadata = await bearer_metadata(mesh, account)
         common: dict[str, Any] = {
             "concurrency": cell.concurrency,
@@ -342,6 +359,8 @@ class Sweep:
                 "path": cell.path,
                 "concurrency": cell.concurrency,
             },
+            # Round N of --rounds; odd rounds run the mesh's cells in plan order, even rounds reversed.
+            "round": unit.round,
             "settings": self.settings.fingerprint(),
             "settings_detail": {
                 "image": c.image.name,
@@ -393,6 +412,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", default="3s", help="unmeasured load before each cell (default 3s)")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image every call sends")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each cell N times, round by round on the same mesh, odd rounds in plan order and "
+        "even rounds reversed; the report gives medians with min-max and paired ratios (default 1)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="worker processes per OCR instance (default 1)"
     )
     parser.add_argument(
@@ -423,6 +449,8 @@ def config_from(ns: argparse.Namespace, argv: Sequence[str] | None = None) -> Sw
         raise PlanError("--duration must be above 0 (for example 20s)")
     if ns.workers < 1:
         raise PlanError("--workers must be at least 1")
+    if ns.rounds < 1:
+        raise PlanError("--rounds must be at least 1 (for example --rounds 3)")
     mix = parse_mix(ns.mix) if ns.mix else {}
     auth = parse_counts(ns.auth, "--auth", minimum=0)
     if mix.get("login") and 0 in auth:
@@ -441,6 +469,7 @@ def config_from(ns: argparse.Namespace, argv: Sequence[str] | None = None) -> Sw
         data_dir=ns.data_dir.resolve(),
         workers=ns.workers,
         mix=mix,
+        rounds=ns.rounds,
         progress=not ns.no_progress,
         command="ocrmesh " + shlex.join(args) if args else PROG,
     )
@@ -458,8 +487,13 @@ def report(config: SweepConfig, elapsed_s: float, notes: Sequence[str], console:
         before = json.loads(previous.read_text(encoding="utf-8")).get("meta", {})
         kept = ("date", "elapsed_s", "notes", "command", "matrix")
         found |= {key: before[key] for key in kept if key in before}
+    found["rounds"] = max(record_round(r) for r in records)  # what is recorded, whatever --rounds said
     written = write_report(config.out, records, found)
-    console.print(f"report: {written['md']} ({len(records)} cells; CSV, JSON and PNG plots beside it)")
+    cells = len({r["cell"]["key"] for r in records})
+    console.print(
+        f"report: {written['md']} ({cells} cells, {found['rounds']} round(s); "
+        "CSV, JSON and PNG plots beside it)"
+    )
     return 0
 
 

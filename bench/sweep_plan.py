@@ -1,4 +1,4 @@
-"""The sweep's cells (OCR x auth instances x path x concurrency), their order, resume and ETA."""
+"""The sweep's cells (OCR x auth instances x path x concurrency), their rounds and order, resume and ETA."""
 
 from __future__ import annotations
 
@@ -120,31 +120,68 @@ def image_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def cell_file(folder: Path, cell: Cell) -> Path:
-    return folder / "cells" / f"{cell.key}{CELL_SUFFIX}"
+@dataclass(frozen=True)
+class CellRound:
+    """One measurement to make: a cell in one round (rounds count from 1)."""
+
+    cell: Cell
+    round: int = 1
+
+    @property
+    def key(self) -> str:
+        """The cell's key, with ".r2" etc. after it from round 2 on (round 1 is the cell's own key)."""
+        return self.cell.key if self.round == 1 else f"{self.cell.key}.r{self.round}"
+
+    @property
+    def mesh(self) -> tuple[int, int]:
+        return self.cell.mesh
 
 
-def recorded(folder: Path, settings: Settings) -> dict[str, dict[str, Any]]:
-    """Cells already measured in `folder` with these settings, by key (unreadable files are redone)."""
-    found: dict[str, dict[str, Any]] = {}
+def schedule(cells: Sequence[Cell], rounds: int) -> list[CellRound]:
+    """Each mesh's cells round by round: odd rounds in plan order, even rounds reversed, so a cell's
+    place in its round (and load that drifts during a round) weighs on every cell alike. Meshes stay
+    contiguous, so each mesh still starts once."""
+    out: list[CellRound] = []
+    for mesh in dict.fromkeys(cell.mesh for cell in cells):
+        mine = [cell for cell in cells if cell.mesh == mesh]
+        for r in range(1, rounds + 1):
+            out += [CellRound(cell, r) for cell in (mine if r % 2 else mine[::-1])]
+    return out
+
+
+def cell_file(folder: Path, cell: Cell, round_: int = 1) -> Path:
+    """cells/KEY.json for round 1 (as before rounds existed), cells/KEY.rN.json for round N."""
+    return folder / "cells" / f"{CellRound(cell, round_).key}{CELL_SUFFIX}"
+
+
+def record_round(record: Mapping[str, Any]) -> int:
+    """The round a recorded cell was measured in (records from before rounds are round 1)."""
+    return int(record.get("round") or 1)
+
+
+def recorded(folder: Path, settings: Settings) -> dict[tuple[str, int], dict[str, Any]]:
+    """Cells already measured in `folder` with these settings, by (cell key, round); unreadable files
+    are redone."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
     for path in sorted((folder / "cells").glob(f"*{CELL_SUFFIX}")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if isinstance(record, dict) and record.get("settings") == settings.fingerprint():
-            found[str(record.get("cell", {}).get("key", path.stem))] = record
+            key = str(record.get("cell", {}).get("key", path.stem.split(".")[0]))
+            found[key, record_round(record)] = record
     return found
 
 
-def pending(cells: Iterable[Cell], done: Mapping[str, Any]) -> list[Cell]:
-    """The cells still to run, in plan order."""
-    return [cell for cell in cells if cell.key not in done]
+def pending(units: Iterable[CellRound], done: Mapping[tuple[str, int], Any]) -> list[CellRound]:
+    """The (cell, round) measurements still to make, in schedule order."""
+    return [unit for unit in units if (unit.cell.key, unit.round) not in done]
 
 
 def estimate_remaining_s(
-    todo: Sequence[Cell], cell_s: float, mesh_start_s: float, running_mesh: tuple[int, int] | None
+    todo: Sequence[CellRound], cell_s: float, mesh_start_s: float, running_mesh: tuple[int, int] | None
 ) -> float:
-    """Seconds left: each cell's warm-up + load + overhead, and one start per mesh not yet up."""
-    meshes = {cell.mesh for cell in todo} - ({running_mesh} if running_mesh else set())
+    """Seconds left: each (cell, round)'s warm-up + load + overhead, and one start per mesh not yet up."""
+    meshes = {unit.mesh for unit in todo} - ({running_mesh} if running_mesh else set())
     return len(todo) * cell_s + len(meshes) * mesh_start_s

@@ -1,4 +1,6 @@
-"""Sweep results from the recorded cells: summary rows, CSV, JSON, a markdown report and PNG plots."""
+"""Sweep results from the recorded cells: summary rows, CSV, JSON, a markdown report and PNG plots.
+
+With several rounds per cell, tables and plots show each cell's median (bench/sweep_rounds.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.process_cpu import CLIENT
-from bench.sweep_plan import PATHS
+from bench.sweep_plan import PATHS, record_round
+from bench.sweep_rounds import ORDER, RATIO_COLUMNS, cell_rows, ratio_section, ratios, rounds_in
 
 MIB = 2**20
 CSV_COLUMNS = (
@@ -19,6 +22,8 @@ CSV_COLUMNS = (
     "server_queue_ms", "server_compute_ms", "server_rejected", "share", "peak_rss_mib", "peak_rss_ocr_mib",
     "load_1m", "ocr_cores", "ocr_cpu_per_request_s", "client_cores", "mesh_other_cores", "machine_cores",
 )  # fmt: skip
+CELL_COLUMNS = (*CSV_COLUMNS, "seconds", "rounds", "ok_per_s_min", "ok_per_s_max")  # sweep.csv
+ROUND_COLUMNS = (*CSV_COLUMNS, "seconds", "round")  # sweep-rounds.csv, one row per (cell, round)
 
 
 def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def without_details(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One flat table row (the CSV's columns) from a recorded cell."""
+    """One flat table row (a (cell, round)'s columns) from a recorded cell."""
     cell, summary = record["cell"], record["summary"]
     server = record.get("server") or {}
     totals = server.get("totals") or {}
@@ -91,6 +96,8 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
         "peak_rss_ocr_mib": max(ocr_rss, default=0.0),
         "load_1m": max(record["load_1m"]) if record.get("load_1m") else None,  # not in older records
         **cpu_columns(record.get("cpu"), totals.get("completed", 0.0)),
+        "seconds": float(summary.get("seconds") or 0.0),
+        "round": record_round(record),
     }
 
 
@@ -113,14 +120,17 @@ def cpu_columns(cpu: Mapping[str, Any] | None, completed: float) -> dict[str, fl
 
 
 def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per recorded (cell, round), by path, instances, concurrency, round."""
     order = {p: i for i, p in enumerate(PATHS)}
     found = [row(r) for r in records]
-    return sorted(found, key=lambda r: (order.get(r["path"], 9), r["ocr"], r["auth"], r["concurrency"]))
+    return sorted(
+        found, key=lambda r: (order.get(r["path"], 9), r["ocr"], r["auth"], r["concurrency"], r["round"])
+    )
 
 
-def to_csv(table: Sequence[Mapping[str, Any]]) -> str:
+def to_csv(table: Sequence[Mapping[str, Any]], columns: Sequence[str] = CELL_COLUMNS) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for r in table:
         writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -162,6 +172,11 @@ def plot(table: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[P
             first = points[0]
             style = styles.get(str(first["path"]), "-")
             colour = colours[(first["ocr"], first["auth"])]
+            if field == "ok_per_s" and any(p.get("rounds", 1) > 1 for p in points):
+                low = [(p["ok_per_s"] - p["ok_per_s_min"]) * scale for p in points]
+                high = [(p["ok_per_s_max"] - p["ok_per_s"]) * scale for p in points]
+                ax.errorbar(xs, ys, yerr=[low, high], fmt="o" + style, color=colour, capsize=3, label=label)
+                continue
             ax.plot(xs, ys, style, color=colour, marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["concurrency"] for r in table}))
@@ -183,7 +198,8 @@ def plot(table: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[P
             scale = 1e-3 if field.endswith("_ms") else 100.0 if field == "failure_rate" else 1.0
             draw(ax, field, scale)
             ax.set_ylabel(ylabel)
-            ax.set_ylim(bottom=0, top=max(1.0, *(r[field] * scale for r in table)) * 1.08)
+            tops = (r.get(f"{field}_max", r[field]) * scale for r in table)
+            ax.set_ylim(bottom=0, top=max(1.0, *tops) * 1.08)
             if field == "other_failures":
                 ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes[0][0].legend(fontsize="small")
@@ -205,9 +221,16 @@ def _f(value: float, digits: int = 2) -> str:
 
 
 def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plots: Sequence[str]) -> str:
-    """The report: what ran, client-side and server-side tables, plots, and how to read them."""
-    table = rows(records)
-    by_key = {r["cell"]["key"]: r for r in records}
+    """The report: what ran, client-side and server-side tables, paired ratios, plots, how to read them."""
+    per_round = rows(records)
+    table = cell_rows(per_round)
+    rounds = rounds_in(per_round)
+    several = rounds > 1
+    rss_by_key: dict[str, dict[str, float]] = {}
+    for rec in records:
+        peaks = rss_by_key.setdefault(rec["cell"]["key"], {})
+        for name, mib in ((rec.get("rss_mib") or {}).get("by_process") or {}).items():
+            peaks[name] = max(peaks.get(name, 0.0), float(mib))
     out = [
         f"# Sweep {meta.get('date', '')}",
         "",
@@ -228,6 +251,14 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         f"load per cell, {meta.get('workers', 1)} worker process(es) per OCR instance, "
         f"{meta.get('elapsed_s', 0) / 60:.1f} min in all.",
         "",
+        f"Rounds: {rounds}"
+        + (
+            f", {ORDER}. Tables and plots give each cell's median over its rounds "
+            "(OK/s with its min-max; calls and failures summed; peak RSS the highest)."
+            if several
+            else "."
+        ),
+        "",
     ]
     if meta.get("mix"):
         mix = ", ".join(f"{kind}={weight}" for kind, weight in sorted(meta["mix"].items()))
@@ -246,18 +277,24 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         "It counts runnable threads, the mesh's own included, so a value well above the CPU count in a "
         "light cell points to other work on the machine.",
         "",
-        "| path | OCR | auth | clients | calls | OK/s | mean OK (s) | p50 OK (s) | p95 OK (s) | p99 OK (s) "
+        "| path | OCR | auth | clients | "
+        + ("rounds | calls | OK/s (median) | OK/s min-max |" if several else "calls | OK/s |")
+        + " mean OK (s) | p50 OK (s) | p95 OK (s) | p99 OK (s) "
         "| mean all, ghz (s) | failed | RESOURCE_EXHAUSTED | other failures | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if several else ""),
     ]
     for r in table:
+        spread = f"{r['rounds']} | {r['calls']} | {_f(r['ok_per_s'])} " if several else ""
+        spread += f"| {_f(r['ok_per_s_min'])}-{_f(r['ok_per_s_max'])} " if several else ""
         out.append(
-            f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | {r['calls']} "
-            f"| {_f(r['ok_per_s'])} | {_f(r['avg_ok_ms'] / 1e3)} | {_f(r['p50_ok_ms'] / 1e3)} "
+            f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | "
+            + (spread if several else f"{r['calls']} | {_f(r['ok_per_s'])} ")
+            + f"| {_f(r['avg_ok_ms'] / 1e3)} | {_f(r['p50_ok_ms'] / 1e3)} "
             f"| {_f(r['p95_ok_ms'] / 1e3)} "
             f"| {_f(r['p99_ok_ms'] / 1e3)} | {_f(r['avg_ms'] / 1e3)} | {100 * r['failure_rate']:.1f}% "
             f"| {r['resource_exhausted']} | {r['other_failures']} | {_load(r['load_1m'])} |"
         )
+    out += ratio_section(ratios(per_round))
     out += [
         "",
         "## Server side",
@@ -272,7 +309,7 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
-        rss = (by_key[r["key"]].get("rss_mib") or {}).get("by_process") or {}
+        rss = rss_by_key.get(r["key"]) or {}
         per = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(rss.items()))
         out.append(
             f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | {r['server_queue_ms']:.0f} "
@@ -289,10 +326,11 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
             "| cell | kind | calls | OK/s | mean OK (s) | p95 OK (s) | failed |",
             "|---|---|---|---|---|---|---|",
         ]
-        for rec in sorted(mixed, key=lambda rec: rec["cell"]["key"]):
+        for rec in sorted(mixed, key=lambda rec: (rec["cell"]["key"], record_round(rec))):
+            name = rec["cell"]["key"] + (f" round {record_round(rec)}" if several else "")
             for kind, s in sorted(rec["mix"].items()):
                 out.append(
-                    f"| {rec['cell']['key']} | {kind} | {s['calls']} | {_f(s['ok_per_s'])} "
+                    f"| {name} | {kind} | {s['calls']} | {_f(s['ok_per_s'])} "
                     f"| {_f(s['avg_ok_ms'] / 1e3)} | {_f(s['p95_ok_ms'] / 1e3)} "
                     f"| {100 * s['failure_rate']:.1f}% |"
                 )
@@ -353,13 +391,26 @@ def load_records(folder: Path) -> list[dict[str, Any]]:
 def write_report(
     folder: Path, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
 ) -> dict[str, Path]:
-    """sweep.csv, sweep.json, the PNG plots and sweep.md in `folder`; returns what was written."""
-    table = rows(records)
-    written = {"csv": folder / "sweep.csv", "json": folder / "sweep.json", "md": folder / "sweep.md"}
+    """sweep.csv (one row per cell), sweep-ratios.csv, sweep.json, the PNG plots and sweep.md in
+    `folder`, and with several rounds sweep-rounds.csv (one row per cell and round); returns what was
+    written."""
+    per_round = rows(records)
+    table = cell_rows(per_round)
+    paired = ratios(per_round)
+    written = {
+        "csv": folder / "sweep.csv",
+        "ratios": folder / "sweep-ratios.csv",
+        "json": folder / "sweep.json",
+        "md": folder / "sweep.md",
+    }
     written["csv"].write_text(to_csv(table), encoding="utf-8")
-    written["json"].write_text(
-        json.dumps({"meta": dict(meta), "rows": table}, indent=2) + "\n", encoding="utf-8"
-    )
+    written["ratios"].write_text(to_csv(paired, RATIO_COLUMNS), encoding="utf-8")
+    found: dict[str, Any] = {"meta": dict(meta), "rows": table, "ratios": paired}
+    if rounds_in(per_round) > 1:
+        written["rounds"] = folder / "sweep-rounds.csv"
+        written["rounds"].write_text(to_csv(per_round, ROUND_COLUMNS), encoding="utf-8")
+        found["round_rows"] = per_round
+    written["json"].write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
     pngs = (
         plot(table, folder, f"ocrmesh sweep {meta.get('date', '')}, {meta.get('image', '')}") if table else []
     )

@@ -1,4 +1,5 @@
-"""Sweep planning: flag parsing, cell order (one start per mesh), resume from recorded cells, ETA, mix."""
+"""Sweep planning: flag parsing, cell and round order (one start per mesh), resume from recorded cells and
+rounds, ETA, mix."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bench.loadgen import LoadOptions, run_load
 from bench.mix import MixRecorder, mixed_factory, mixed_request, sequence
 from bench.sweep_plan import (
     Cell,
+    CellRound,
     PlanError,
     Settings,
     cell_file,
@@ -27,6 +29,7 @@ from bench.sweep_plan import (
     pending,
     plan,
     recorded,
+    schedule,
 )
 
 SETTINGS = Settings(image_sha256="ab" * 32, duration_s=20.0, warmup_s=3.0, workers=1)
@@ -69,11 +72,62 @@ def test_plan_groups_cells_by_mesh_then_path_then_rising_concurrency() -> None:
     assert len(plan((1, 2), (1, 2), ("direct", "gateway", "bff"), (1, 2, 4, 8, 16, 32, 64))) == 2 * 2 * 3 * 7
 
 
-def _record(folder: Path, cell: Cell, settings: Settings) -> Path:
-    path = cell_file(folder, cell)
+def _record(folder: Path, cell: Cell, settings: Settings, round_: int | None = None) -> Path:
+    path = cell_file(folder, cell, round_ or 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"cell": {"key": cell.key}, "settings": settings.fingerprint()}))
+    record: dict[str, Any] = {"cell": {"key": cell.key}, "settings": settings.fingerprint()}
+    if round_ is not None:  # records from before rounds have no "round": they are round 1
+        record["round"] = round_
+    path.write_text(json.dumps(record))
     return path
+
+
+def test_rounds_run_each_mesh_round_by_round_alternating_the_order() -> None:
+    cells = plan((1, 2), (1,), ("direct", "gateway"), (4, 64))
+    order = [(u.cell.key, u.round) for u in schedule(cells, 3)]
+    one = ["ocr1-auth1-direct-c4", "ocr1-auth1-direct-c64", "ocr1-auth1-gateway-c4", "ocr1-auth1-gateway-c64"]
+    two = [key.replace("ocr1", "ocr2") for key in one]
+    assert order == [
+        *[(k, 1) for k in one],
+        *[(k, 2) for k in reversed(one)],
+        *[(k, 3) for k in one],
+        *[(k, 1) for k in two],
+        *[(k, 2) for k in reversed(two)],
+        *[(k, 3) for k in two],
+    ]
+    # each mesh's units are contiguous (one start per mesh); one round is the plan itself
+    meshes = [u.mesh for u in schedule(cells, 3)]
+    assert meshes == sorted(meshes)
+    assert [u.cell for u in schedule(cells, 1)] == cells
+    # over an even number of rounds every cell sits at every place of its round equally often
+    places: dict[str, list[int]] = {}
+    for i, unit in enumerate(schedule(cells[:4], 4)):
+        places.setdefault(unit.cell.key, []).append(i % 4)
+    assert all(sum(p) == 6 for p in places.values()), places
+
+
+def test_round_files_keep_the_one_round_name_for_round_1(tmp_path: Path) -> None:
+    cell = Cell(2, 1, "gateway", 16)
+    assert cell_file(tmp_path, cell) == tmp_path / "cells" / "ocr2-auth1-gateway-c16.json"
+    assert cell_file(tmp_path, cell, 1) == cell_file(tmp_path, cell)
+    assert cell_file(tmp_path, cell, 3).name == "ocr2-auth1-gateway-c16.r3.json"
+    assert CellRound(cell, 3).key == "ocr2-auth1-gateway-c16.r3"
+
+
+def test_resume_with_rounds_skips_recorded_cell_rounds_and_keeps_schedule_order(tmp_path: Path) -> None:
+    cells = plan((1,), (1,), ("direct",), (4, 16, 64))
+    _record(tmp_path, cells[0], SETTINGS)  # a one-round sweep's file, from before rounds: round 1
+    _record(tmp_path, cells[1], SETTINGS, 1)
+    _record(tmp_path, cells[2], SETTINGS, 2)
+    other = Settings(image_sha256="cd" * 32, duration_s=20.0, warmup_s=3.0, workers=1)
+    _record(tmp_path, cells[1], other, 2)  # another image: measured again
+    done = recorded(tmp_path, SETTINGS)
+    assert set(done) == {(cells[0].key, 1), (cells[1].key, 1), (cells[2].key, 2)}
+    todo = pending(schedule(cells, 2), done)
+    assert [(u.cell.concurrency, u.round) for u in todo] == [(64, 1), (16, 2), (4, 2)]
+    assert estimate_remaining_s(todo, 25.0, 30.0, (1, 1)) == 3 * 25.0
+    # the same folder with --rounds 1 is complete but for c64, whatever round 2 holds
+    assert [(u.cell.concurrency, u.round) for u in pending(schedule(cells, 1), done)] == [(64, 1)]
 
 
 def test_resume_skips_cells_recorded_with_the_same_settings_only(tmp_path: Path) -> None:
@@ -83,17 +137,20 @@ def test_resume_skips_cells_recorded_with_the_same_settings_only(tmp_path: Path)
     _record(tmp_path, cells[1], other)  # a shorter run: not comparable, measured again
     cell_file(tmp_path, cells[2]).write_text("{not json")  # a torn write: measured again
     done = recorded(tmp_path, SETTINGS)
-    assert set(done) == {cells[0].key}
-    assert pending(cells, done) == cells[1:]
+    assert set(done) == {(cells[0].key, 1)}
+    assert [u.cell for u in pending(schedule(cells, 1), done)] == cells[1:]
     assert SETTINGS.fingerprint() != other.fingerprint()
     with_mix = Settings(image_sha256="ab" * 32, duration_s=20.0, warmup_s=3.0, workers=1, mix=(("login", 1),))
     assert with_mix.fingerprint() != SETTINGS.fingerprint()
 
 
 def test_eta_counts_cells_and_the_mesh_starts_still_ahead() -> None:
-    cells = plan((1, 2), (1,), ("direct",), (1, 4))
-    assert estimate_remaining_s(cells, 25.0, 30.0, None) == 4 * 25.0 + 2 * 30.0
-    assert estimate_remaining_s(cells, 25.0, 30.0, (1, 1)) == 4 * 25.0 + 30.0
+    units = schedule(plan((1, 2), (1,), ("direct",), (1, 4)), 1)
+    assert estimate_remaining_s(units, 25.0, 30.0, None) == 4 * 25.0 + 2 * 30.0
+    assert estimate_remaining_s(units, 25.0, 30.0, (1, 1)) == 4 * 25.0 + 30.0
+    assert estimate_remaining_s(schedule(plan((1,), (1,), ("direct",), (1, 4)), 3), 25.0, 30.0, None) == (
+        6 * 25.0 + 30.0
+    )
     assert estimate_remaining_s([], 25.0, 30.0, None) == 0.0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from bench.report import CallResult, build_report, ghz_options, go_error
 from bench.sweep_metrics import parse_samples, server_summary
 from bench.sweep_report import load_records, rows, summarize, without_details, write_report
+from bench.sweep_rounds import base_clients
 
 SECOND = 1_000_000_000
 
@@ -149,3 +150,59 @@ def test_report_says_where_the_cpu_went_and_leaves_it_out_for_older_records(tmp_
     assert "| direct | 1 | 1 | 4 | 1.00 | - | - | - | - | - | - |" in text
     (tmp_path / "old").mkdir()
     assert "## CPU" not in write_report(tmp_path / "old", [older], {"cpus": 2})["md"].read_text()
+
+
+def test_rounds_give_each_cell_its_median_and_the_paired_ratio_to_the_4_client_cell(tmp_path: Path) -> None:
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    measured = {  # (clients, round): (OK calls, rejected, seconds)
+        (1, 1): (10, 0, 10.0),
+        (4, 1): (20, 0, 10.0),
+        (4, 2): (16, 0, 10.0),
+        (4, 3): (18, 0, 10.0),
+        (16, 1): (21, 0, 10.0),
+        (16, 2): (16, 2, 16.0),  # a slow round: 1.0 OK/s against 1.6 at 4 clients in the same round
+        (16, 3): (19, 0, 10.0),
+    }
+    for (clients, round_), (ok, rejected, seconds) in measured.items():
+        rec = record("direct", 1, clients, ghz([0.5 * clients] * ok, rejected=rejected, total_s=seconds))
+        rec["round"] = round_
+        name = rec["cell"]["key"] + ("" if round_ == 1 else f".r{round_}")
+        (cells / f"{name}.json").write_text(json.dumps(rec))
+    written = write_report(tmp_path, load_records(tmp_path), {"cpus": 2})
+
+    by_cell = {r["key"]: r for r in csv.DictReader(io.StringIO(written["csv"].read_text()))}
+    c16 = by_cell["ocr1-auth1-direct-c16"]
+    assert (c16["rounds"], c16["calls"], c16["ok"], c16["resource_exhausted"]) == ("3", "58", "56", "2")
+    assert (c16["ok_per_s"], c16["ok_per_s_min"], c16["ok_per_s_max"]) == ("1.9000", "1.0000", "2.1000")
+    assert c16["failure_rate"] == f"{2 / 58:.4f}" and by_cell["ocr1-auth1-direct-c1"]["rounds"] == "1"
+    per_round = list(csv.DictReader(io.StringIO(written["rounds"].read_text())))
+    assert [(r["concurrency"], r["round"]) for r in per_round][:4] == [
+        ("1", "1"),
+        ("4", "1"),
+        ("4", "2"),
+        ("4", "3"),
+    ]
+
+    paired = {int(r["concurrency"]): r for r in csv.DictReader(io.StringIO(written["ratios"].read_text()))}
+    assert {r["base_concurrency"] for r in paired.values()} == {"4"}  # 4 clients, not the lowest (1)
+    # round by round: 2.1/2.0, 1.0/1.6, 1.9/1.8 -> median 1.05, min 0.625, max 1.0556
+    assert (paired[16]["rounds"], paired[16]["ratio_median"]) == ("3", "1.0500")
+    assert (paired[16]["ratio_min"], paired[16]["ratio_max"]) == ("0.6250", "1.0556")
+    # pooled: 56 OK in 36 s against 54 OK in 30 s
+    assert paired[16]["pooled"] == f"{(56 / 36) / (54 / 30):.4f}" and paired[16]["failed"] == "2"
+    assert (paired[4]["ratio_median"], paired[4]["pooled"]) == ("1.0000", "1.0000")
+    assert (paired[1]["rounds"], paired[1]["ratio_median"]) == ("1", "0.5000")  # paired in round 1 only
+
+    text = written["md"].read_text()
+    assert "Rounds: 3, each mesh's cells round by round" in text
+    assert "## Paired throughput ratios (OK/s against the 4-client cell)" in text
+    assert "| direct | 1 | 1 | 16 | 4 | 3 | 1.90 | 1.050 | 0.625-1.056 | 0.864 | 2 |" in text
+    assert "| direct | 1 | 1 | 16 | 3 | 58 | 1.90 | 1.00-2.10 | 8.00 |" in text
+    assert json.loads(written["json"].read_text())["ratios"][2]["ratio_min"] == 0.625
+
+
+def test_ratio_base_is_4_clients_else_the_lowest_above_else_the_lowest() -> None:
+    assert base_clients([1, 4, 64]) == 4
+    assert base_clients([2, 8, 16]) == 8
+    assert base_clients([1, 2]) == 1
