@@ -415,6 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=1,
+        metavar="N",
         help="measure each cell N times, round by round on the same mesh, odd rounds in plan order and "
         "even rounds reversed; the report gives medians with min-max and paired ratios (default 1)",
     )
