@@ -76,6 +76,11 @@ BENCH = [
         "mtls", "mutual TLS vs plaintext: GetInfo p50 per hop, Recognize OK/s", "bench.studies.mtls_bench"
     ),
     Command(
+        "hardening",
+        "issue 17's protections on vs off: Recognize OK/s ratio per sweep cell, alternating",
+        "bench.studies.hardening_bench",
+    ),
+    Command(
         "chaos",
         "kill -9 one of two OCR instances mid-load, direct and via the gateway",
         "bench.studies.chaos_bench",

@@ -120,7 +120,15 @@ def _loopback_networks(host: str) -> str:
     return ",".join(networks)
 
 
-def gateway_child(etcd: str, host: str, port: int, admin_port: int, xds_port: int, data_dir: Path) -> Child:
+def gateway_child(
+    etcd: str,
+    host: str,
+    port: int,
+    admin_port: int,
+    xds_port: int,
+    data_dir: Path,
+    extra_args: tuple[str, ...] = (),
+) -> Child:
     """The xDS control plane + Envoy (`ocrmesh serve gateway`); ready JSON has address, admin, xds."""
     ready = data_dir / "run" / "gateway.json"
     argv = _serve_argv(
@@ -130,6 +138,7 @@ def gateway_child(etcd: str, host: str, port: int, admin_port: int, xds_port: in
         "--port", str(port),
         "--admin-port", str(admin_port),
         "--xds-port", str(xds_port),
+        *extra_args,
     )  # fmt: skip
     return Child("gateway", argv, ready, data_dir / "logs" / "gateway.log")
 
@@ -193,6 +202,7 @@ class LocalMesh:
         data_dir: Path = Path(".ocrmesh"),
         ports: MeshPorts | None = None,
         ocr_args: tuple[str, ...] = (),
+        gateway_args: tuple[str, ...] = (),
         say: Say | None = None,
         start_timeout_s: float = 300.0,
         own_sessions: bool = True,
@@ -209,6 +219,7 @@ class LocalMesh:
         self.data_dir = data_dir
         self.ports = ports or MeshPorts()
         self.ocr_args = ocr_args
+        self.gateway_args = gateway_args  # benchmarks only (`ocrmesh up` passes none)
         self.say: Say = say or (lambda _text: None)
         self.start_timeout_s = start_timeout_s
         self.own_sessions = own_sessions  # False for benchmarks: see Child.own_session
@@ -248,7 +259,9 @@ class LocalMesh:
             for i, port in enumerate(ocr_ports(p.ocr, self.ocr))
         ]
         if self.want_gateway:
-            children.append(gateway_child(etcd, host, p.gateway, p.gateway_admin, p.xds, data))
+            children.append(
+                gateway_child(etcd, host, p.gateway, p.gateway_admin, p.xds, data, self.gateway_args)
+            )
         if self.want_bff:
             children.append(bff_child(etcd, host, p.bff, data))
         for child in children:

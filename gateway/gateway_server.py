@@ -41,6 +41,7 @@ def profile_of(config: GatewayConfig, port: int, identity_dir: str = "") -> Prof
         access_log=config.access_log,
         cors_origins=tuple(o.strip() for o in config.cors_origins.split(",") if o.strip()),
         identity_dir=identity_dir,
+        hardened=not config.bench_unhardened,
     )
 
 
@@ -142,6 +143,7 @@ async def serve(config: GatewayConfig) -> int:
                 delta=config.xds_delta,
                 max_heap_bytes=config.max_heap_mb * 2**20,
                 xds_tls=xds_tls,
+                overload=not config.bench_unhardened,
             )
             envoy = EnvoyProcess(
                 Path(workdir), bootstrap, binary=config.envoy or None, log_level=config.envoy_log_level
@@ -175,6 +177,13 @@ async def _run(
         return 1
     address = f"{config.host}:{port}"
     info: dict[str, Any] = {"address": address, "admin": envoy.admin_url, "xds": xds_address, "node": node_id}
+    info["hardened"] = not config.bench_unhardened
+    if config.bench_unhardened:
+        log.warning(
+            "UNHARDENED for the hardening benchmark only (--bench-unhardened): no overload manager, "
+            "no upstream keepalive, no per-route buffer limits, tokens also from ?access_token=, full "
+            "paths logged; never run it like this"
+        )
     write_ready_file(config.ready_file, info)
     scheme = "TLS" if config.tls_cert else "plaintext"
     print(

@@ -44,6 +44,11 @@ class Profile:
     identity_dir: str = ""
     """The gateway's mesh identity folder on its host, for a control plane that does not hold the
     gateway's identity (`ocrmesh serve xds`): Envoy's upstream Secrets then name these files."""
+    hardened: bool = True
+    """False only for the hardening benchmark (`ocrmesh bench hardening`, `ocrmesh serve gateway
+    --bench-unhardened`): the listener, routes and clusters as before issue 17 (no upstream HTTP/2
+    keepalive, every route keeping the upload limit for retries, tokens also from `?access_token=`,
+    the full path logged, no x-forwarded-for from the gateway)."""
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -106,8 +106,15 @@ def load_assignment(service: str, endpoints: tuple[Endpoint, ...]) -> dict[str, 
     return {"cluster_name": service, "endpoints": localities}
 
 
-def gateway_cluster(service: str) -> dict[str, Any]:
-    """An EDS cluster for Envoy: HTTP/2, least request, breakers, outlier detection, gRPC health checks."""
+_H2_WITHOUT_KEEPALIVE = {
+    name: {**options, "explicit_http_config": {"http2_protocol_options": {}}} for name, options in _H2.items()
+}
+"""Upstream HTTP/2 as before issue 17 (no PINGs): the hardening benchmark's unhardened gateway only."""
+
+
+def gateway_cluster(service: str, hardened: bool = True) -> dict[str, Any]:
+    """An EDS cluster for Envoy: HTTP/2, least request, breakers, outlier detection, gRPC health checks
+    (`hardened` False, for the hardening benchmark only: no upstream keepalive)."""
     cluster: dict[str, Any] = {
         "name": service,
         "type": "EDS",
@@ -119,7 +126,7 @@ def gateway_cluster(service: str) -> dict[str, Any]:
         # whose certificate fails verification, so calls go only to healthy hosts, and with none
         # Envoy answers UNAVAILABLE at once ("no healthy upstream"), which callers retry.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
-        "typed_extension_protocol_options": _H2,
+        "typed_extension_protocol_options": _H2 if hardened else _H2_WITHOUT_KEEPALIVE,
         "circuit_breakers": {
             "thresholds": [
                 {
@@ -202,8 +209,8 @@ def _route(prefix: str, cluster: str, retry_on: str, buffer_bytes: int) -> dict[
 
 def _kept_bytes(profile: Profile, cluster: str, token_required: bool) -> int:
     """Request bytes kept for retries: the upload limit on OCR routes (jwt_authn checks their token
-    before any body is read), a small message's worth elsewhere."""
-    if cluster == OCR_SERVICE and token_required:
+    before any body is read), a small message's worth elsewhere (unhardened: the limit everywhere)."""
+    if (cluster == OCR_SERVICE and token_required) or not profile.hardened:
         return profile.max_request_bytes
     return min(SMALL_REQUEST_BYTES, profile.max_request_bytes)
 
@@ -240,10 +247,11 @@ def _cors_policy(origins: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def jwt_filter(state: MeshState) -> dict[str, Any]:
-    """jwt_authn: tokens checked against the inline JWKS from etcd on OCR routes only."""
+def jwt_filter(state: MeshState, hardened: bool = True) -> dict[str, Any]:
+    """jwt_authn: tokens checked against the inline JWKS from etcd on OCR routes only (`hardened`
+    False, for the hardening benchmark only: from Envoy's default places, `?access_token=` too)."""
     jwks = state.jwks or NO_JWKS_YET
-    return {
+    jwt: dict[str, Any] = {
         "@type": rs.typed("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"),
         "providers": {
             JWT_PROVIDER: {
@@ -264,12 +272,16 @@ def jwt_filter(state: MeshState) -> dict[str, Any]:
         ],
         "bypass_cors_preflight": True,
     }
+    if not hardened:
+        del jwt["providers"][JWT_PROVIDER]["from_headers"]
+    return jwt
 
 
-def _access_log() -> list[dict[str, Any]]:
+def _access_log(hardened: bool = True) -> list[dict[str, Any]]:
     fields = {
         "time": "%START_TIME%",
-        "method": "%PATH(NQ)%",  # without the query string: nothing secret in a URL is logged
+        # Without the query string: nothing secret in a URL is logged (unhardened: the full path).
+        "method": "%PATH(NQ)%" if hardened else "%REQ(:PATH)%",
         "grpc_status": "%GRPC_STATUS_NUMBER%",
         "http_status": "%RESPONSE_CODE%",
         "flags": "%RESPONSE_FLAGS%",
@@ -356,8 +368,8 @@ def gateway_listener(profile: Profile, state: MeshState) -> dict[str, Any]:
         # The gateway is the edge: it appends the address its client connected from to
         # x-forwarded-for, and auth (believing only its trusted proxies) reads the last entry, so
         # login throttles key on the real client, not on Envoy. Whatever a client put there itself
-        # stays before it and counts for nothing.
-        "use_remote_address": True,
+        # stays before it and counts for nothing. (Off only in the hardening benchmark's unhardened arm.)
+        "use_remote_address": profile.hardened,
         "rds": {"route_config_name": ROUTES_NAME, "config_source": _ADS},
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "stream_idle_timeout": "300s",
@@ -371,7 +383,7 @@ def gateway_listener(profile: Profile, state: MeshState) -> dict[str, Any]:
                 "name": "envoy.filters.http.grpc_web",
                 "typed_config": {"@type": rs.typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")},
             },
-            {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_filter(state)},
+            {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_filter(state, profile.hardened)},
             {
                 "name": "envoy.filters.http.local_ratelimit",
                 "typed_config": {
@@ -394,7 +406,7 @@ def gateway_listener(profile: Profile, state: MeshState) -> dict[str, Any]:
         ],
     }
     if profile.access_log:
-        hcm["access_log"] = _access_log()
+        hcm["access_log"] = _access_log(profile.hardened)
     chain: dict[str, Any] = {
         "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
     }
@@ -563,7 +575,11 @@ def _fixed_resources(
             [proxyless_listener(s) for s in services],
             [proxyless_routes(s) for s in services],
         )
-    return [gateway_cluster(s) for s in services], [gateway_listener(profile, state)], [route_config(profile)]
+    return (
+        [gateway_cluster(s, profile.hardened) for s in services],
+        [gateway_listener(profile, state)],
+        [route_config(profile)],
+    )
 
 
 def _parsed(type_url: str, items: list[dict[str, Any]]) -> dict[str, Message]:

@@ -94,6 +94,7 @@ class JwksSource:
         """Begin polling in the background (does not wait for etcd)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"jwks source {self.key}")
+        if self._revocations is None and self.verifier.check_sessions:
             self._revocations = asyncio.create_task(
                 poll_key(
                     self._factory,

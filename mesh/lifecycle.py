@@ -20,19 +20,25 @@ from mesh.interceptors import AccessLogInterceptor
 
 log = logging.getLogger(__name__)
 
+MAX_STREAMS_PER_CONNECTION = 512
+"""grpc.max_concurrent_streams of every server (new_server)."""
+
 
 def new_server(
     max_receive_bytes: int = 4 * 1024 * 1024,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     callers: Mapping[str, Collection[str]] | None = None,
+    cap_streams: bool = True,
 ) -> grpc.aio.Server:
     """A grpc.aio server with our interceptors and sane options.
 
     With a mesh identity in use, `callers` maps gRPC service names to the mesh services allowed
     to call them (see mesh/caller_policy.py; services not listed: any mesh workload).
+    `cap_streams` False (the hardening benchmark only) leaves grpc's default streams per connection.
     """
     identity = mesh_transport.identity()
     policy = [] if identity is None else [CallerPolicyInterceptor(identity.trust_domain, callers or {})]
+    stream_cap = [("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)] if cap_streams else []
     return grpc.aio.server(
         interceptors=[AccessLogInterceptor(), *policy, *interceptors],
         options=[
@@ -46,7 +52,7 @@ def new_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 1000),
             # Streams one connection may hold open at once: each may hold a flow-control window
             # of unread body. Above what a balancing client sends over its one channel.
-            ("grpc.max_concurrent_streams", 512),
+            *stream_cap,
         ],
     )
 

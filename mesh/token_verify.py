@@ -144,8 +144,12 @@ class TokenVerifier:
         leeway_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         cache_size: int = 4096,
+        check_sessions: bool = True,
     ) -> None:
         self.issuer = issuer
+        # False only for the hardening benchmark (`ocrmesh bench hardening`, via `ocrmesh serve ocr
+        # --bench-unhardened`): revoked sessions are then neither followed nor checked.
+        self.check_sessions = check_sessions
         self.audience = audience
         self.leeway_s = leeway_s
         self._clock = clock
@@ -237,6 +241,8 @@ class TokenVerifier:
         return claims
 
     def _check_session(self, claims: Claims) -> None:
+        if not self.check_sessions:
+            return
         sid = claims.get("sid")
         if isinstance(sid, str) and sid in self._revoked:
             raise TokenRevoked("this session has ended (logged out or revoked): log in again")

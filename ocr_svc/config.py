@@ -111,6 +111,12 @@ class OcrConfig:
     stream_upload_s: float = setting(
         300.0, help="RecognizeStream: end an upload not finished in this long, whatever its deadline"
     )
+    bench_unhardened: bool = setting(
+        False,
+        help="FOR THE HARDENING BENCHMARK ONLY (`ocrmesh bench hardening`): turn off the per-call "
+        "abuse protections of issue 17 (revoked-session polling and checks, the cap of streams per "
+        "connection) to measure what they cost; logs a warning; never use it in a deployment",
+    )
     metrics_port: int = setting(0, help="Prometheus /metrics port (0: a free one, -1: off)")
     ready_file: Path | None = setting(None, help="write {address, metrics} JSON here once serving")
     etcd: str = setting(

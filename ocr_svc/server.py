@@ -92,14 +92,23 @@ class OcrInstance:
         interceptors: list[grpc.aio.ServerInterceptor] = [
             RequestCountInterceptor(SERVICE_NAME, self.metrics.count_request)
         ]
+        hardened = not config.bench_unhardened
+        if not hardened:
+            log.warning(
+                "UNHARDENED for the hardening benchmark only (--bench-unhardened): revoked sessions "
+                "are not checked and streams per connection are not capped; never run it like this"
+            )
         if config.require_auth:
-            verifier = TokenVerifier(issuer=config.auth_issuer, audience=config.auth_audience)
+            verifier = TokenVerifier(
+                issuer=config.auth_issuer, audience=config.auth_audience, check_sessions=hardened
+            )
             self.jwks = JwksSource(config.etcd, verifier)
             interceptors.append(JwksAuthInterceptor(self.jwks))
         self.server = lifecycle.new_server(
             max_receive_bytes=config.max_image_bytes + 2**20,
             interceptors=interceptors,
             callers={SERVICE_NAME: OCR_CALLERS},
+            cap_streams=hardened,
         )
         self.health = lifecycle.Health(self.server, [SERVICE_NAME])
         self.servicer = OcrServicer(
@@ -178,6 +187,7 @@ class OcrInstance:
                 "execution_provider": info.execution_provider,
                 "device": info.device,
                 "require_auth": c.require_auth,
+                "hardened": not c.bench_unhardened,
             },
         )
         log.info(
