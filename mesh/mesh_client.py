@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from mesh import errors
 from mesh.balancer import Deserializer, EndpointChannels, Serializer
 from mesh.discovery import Changes, Discovery
+from mesh.kept_status import KeptStatusCall
 from mesh.logs import request_id
 from mesh.ocr_client import Metadata, OcrClient
 from mesh.picking import (
@@ -308,15 +309,14 @@ class MeshClient:
     ) -> M:
         """A client-streaming call; the messages are held so that a retry can send them again."""
         bodies = [r.SerializeToString() for r in requests]
-        reply: M = await self._call(
-            self._channels.stream_unary,
-            method,
-            lambda: iter(bodies),
-            response_type.FromString,
-            timeout,
-            metadata,
-            idempotent,
-        )
+
+        def attempt(address: str, left: float | None, meta: Metadata) -> KeptStatusCall:
+            callable_ = self._channels.stream_unary(address, method, None, response_type.FromString)
+            # A refusal before the upload ends must be retried or reported as the server sent it,
+            # not as grpcio's INTERNAL "Failed execute_batch" (grpc/grpc#36066; mesh/kept_status.py).
+            return KeptStatusCall(callable_(iter(bodies), timeout=left, metadata=meta))
+
+        reply: M = await self._invoke(method, attempt, timeout, metadata, idempotent)
         return reply
 
     async def stream_stream(
@@ -337,7 +337,7 @@ class MeshClient:
 
         def attempt(address: str, left: float | None, meta: Metadata) -> Awaitable[None]:
             callable_ = self._channels.stream_stream(address, method, None, response_type.FromString)
-            return _Replies(callable_(iter(bodies), timeout=left, metadata=meta), on_reply)
+            return _Replies(KeptStatusCall(callable_(iter(bodies), timeout=left, metadata=meta)), on_reply)
 
         await self._invoke(method, attempt, timeout, metadata, idempotent)
 
@@ -542,19 +542,15 @@ class MeshClient:
 class _Replies:
     """Awaiting it hands every reply of a streaming call to `on_reply`; its trailer stays readable."""
 
-    def __init__(self, call: Any, on_reply: Callable[[Any], Awaitable[None]]) -> None:
+    def __init__(self, call: KeptStatusCall, on_reply: Callable[[Any], Awaitable[None]]) -> None:
         self.call = call
         self.on_reply = on_reply
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self._drain().__await__()
-
-    async def _drain(self) -> None:
-        async for reply in self.call:
-            await self.on_reply(reply)
+        return self.call.each_reply(self.on_reply).__await__()
 
     def trailing_metadata(self) -> Awaitable[Any]:
-        return self.call.trailing_metadata()  # type: ignore[no-any-return]
+        return self.call.trailing_metadata()
 
 
 async def _reported_wait_s(call: object) -> float | None:

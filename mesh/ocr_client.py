@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 from ocrmesh.ocr.v1 import ocr_pb2
 
 from mesh.balancer import multicallable
+from mesh.kept_status import KeptStatusCall
 
 CHUNK_BYTES = 1024 * 1024
 # Above this, use RecognizeStream so no server or proxy needs a bigger message limit.
@@ -72,20 +73,12 @@ class ChannelCaller:
         self.channel = channel
         self._callables: dict[tuple[str, str], Any] = {}
 
-    async def _call(
-        self,
-        kind: str,
-        method: str,
-        payload: Any,
-        response_type: type[Message],
-        timeout: float | None,
-        metadata: Metadata,
-    ) -> Any:
+    def _callable(self, kind: str, method: str, response_type: type[Message]) -> Any:
         found = self._callables.get((kind, method))
         if found is None:
             found = multicallable(self.channel, kind, method, _serialize, response_type.FromString)
             self._callables[(kind, method)] = found
-        return await found(payload, timeout=timeout, metadata=metadata)
+        return found
 
     async def unary(
         self,
@@ -96,7 +89,8 @@ class ChannelCaller:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> M:
-        reply: M = await self._call("unary_unary", method, request, response_type, timeout, metadata)
+        callable_ = self._callable("unary_unary", method, response_type)
+        reply: M = await callable_(request, timeout=timeout, metadata=metadata)
         return reply
 
     async def stream_unary(
@@ -108,7 +102,10 @@ class ChannelCaller:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> M:
-        reply: M = await self._call("stream_unary", method, iter(requests), response_type, timeout, metadata)
+        # KeptStatusCall: a refusal before the upload ends reaches the caller as the server sent it,
+        # not as grpcio's INTERNAL "Failed execute_batch" (grpc/grpc#36066; see mesh/kept_status.py).
+        callable_ = self._callable("stream_unary", method, response_type)
+        reply: M = await KeptStatusCall(callable_(iter(requests), timeout=timeout, metadata=metadata))
         return reply
 
     async def stream_stream(
@@ -121,12 +118,10 @@ class ChannelCaller:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> None:
-        found = self._callables.get(("stream_stream", method))
-        if found is None:
-            found = multicallable(self.channel, "stream_stream", method, _serialize, response_type.FromString)
-            self._callables[("stream_stream", method)] = found
-        async for reply in found(iter(requests), timeout=timeout, metadata=metadata):
-            await on_reply(reply)
+        callable_ = self._callable("stream_stream", method, response_type)
+        await KeptStatusCall(callable_(iter(requests), timeout=timeout, metadata=metadata)).each_reply(
+            on_reply
+        )
 
 
 def chunks(
