@@ -37,6 +37,7 @@ AdmittedSink = Callable[[int], Awaitable[None]]
 PageSink = Callable[[PageSpan, tuple[Line, ...]], Awaitable[None]]
 # How close to its deadline a cancelled call counts as expired (see `recognize`).
 EXPIRY_SLACK_S = 0.25
+HOLD_RECHECK_MIN_S = 0.05  # a held call looks for room at most this often
 
 
 def _bad_image(exc: ImageRejected | JobRejected) -> errors.RichError:
@@ -164,7 +165,7 @@ class Recognizer:
         The cheap checks come before the image is looked at, so a refusal costs next to nothing.
         """
         header: ImageHeader | None = None
-        held = False
+        held_until: float | None = None  # a paced refusal: when its hold ends
         while True:
             now = time.monotonic()
             left = None if deadline is None else deadline - now
@@ -174,7 +175,7 @@ class Recognizer:
                 refusal = self._refusal(data, header, now, left)
             if refusal is None:
                 assert header is not None
-                if held:
+                if held_until is not None:
                     self.counters.admitted_after_hold += 1
                 return header
             if wait_for_room and refusal.reason != DEADLINE_UNREACHABLE:
@@ -186,15 +187,20 @@ class Recognizer:
                     )
                 await asyncio.sleep(delay)
                 continue
-            hold = 0.0 if held else self.pacer.hold_s(now, left)
-            if hold <= 0:
+            if held_until is None:
+                hold = self.pacer.hold_s(now, left)
+                if hold > 0:
+                    held_until = now + hold
+                    self.counters.refusals_held += 1
+            if held_until is None or now >= held_until:
                 self._count_refusal(refusal.reason)
                 raise self.busy_error(refusal, left)
-            held = True
-            self.counters.refusals_held += 1
+            # Look again as jobs end (about every job's time per worker), so a held call takes
+            # room as soon as it opens instead of at the end of its hold.
+            step = max(HOLD_RECHECK_MIN_S, self.pool.ewma_service_s / max(1, self.pool.settings.size))
             self.pacer.held += 1
             try:
-                await asyncio.sleep(hold)
+                await asyncio.sleep(min(held_until - now, step))
             finally:
                 self.pacer.held -= 1
 

@@ -92,6 +92,32 @@ async def test_unreachable_deadlines_are_refused_and_expired_or_cancelled_work_n
     assert after.dropped_cancelled - before.dropped_cancelled == 1
 
 
+async def test_a_paced_refusal_takes_room_as_soon_as_it_opens(tmp_path: Path) -> None:
+    # One worker, one waiting slot, one refusal a run answered at once (rate 0, burst 1), holds of
+    # up to 30 s: the second refused call is held, and is admitted when the slot frees (a few
+    # seconds), not when its hold ends.
+    args = ("--workers", "1", "--queue-depth", "1", "--debug-delay-ms", "1500")
+    with running_ocr(tmp_path, *args, "--refusal-rate", "0", "--refusal-hold-s", "30") as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            running = asyncio.ensure_future(client.recognize(PHOTO, timeout=60))
+            await asyncio.sleep(0.3)
+            waiting = asyncio.ensure_future(client.recognize(PHOTO, timeout=60))
+            await asyncio.sleep(0.3)  # one running, one waiting: the queue is full
+            refused, elapsed = await _timed(client.recognize(PHOTO, timeout=60))
+            assert isinstance(refused, grpc.aio.AioRpcError) and elapsed < 10
+            assert errors.error_reason(errors.from_call_error(refused)) == "QUEUE_FULL"
+            held, elapsed = await _timed(client.recognize(PHOTO, timeout=60))
+            assert isinstance(held, ocr_pb2.OcrResult), held
+            assert "正品促销" in held.text
+            assert elapsed < 20, f"held {elapsed:.1f}s: the room that opened was not taken"
+            for call in (running, waiting):
+                assert "正品促销" in (await call).text
+            info = await client.info()
+    assert info.counters.refusals_held == 1 and info.counters.admitted_after_hold == 1
+    assert info.counters.rejected_queue_full == 1
+
+
 async def test_killed_worker_is_replaced_and_its_request_retried(tmp_path: Path) -> None:
     with running_ocr(tmp_path, "--workers", "2", "--debug-delay-ms", "2000") as svc:
         async with balancer.direct_channel(svc.address) as channel:
