@@ -76,11 +76,11 @@ class OcrConfig:
     max_queued_mb: int = setting(256, help="memory the waiting images may hold, in MiB of uploads")
     max_queued_mpx: int = setting(2000, help="pixels the waiting images may hold, in megapixels")
     refusal_rate: float = setting(
-        20.0,
+        5.0,
         help="refusals per second answered at once; past that each refusal is held "
         "up to --refusal-hold-s (paces clients that retry at once)",
     )
-    refusal_hold_s: float = setting(1.0, help="longest hold of a paced refusal (0: never hold)")
+    refusal_hold_s: float = setting(2.0, help="longest hold of a paced refusal (0: never hold)")
     handoff_margin_jobs: float = setting(
         3.0,
         help="with --etcd: forward a new call to a sibling instance whose predicted wait is shorter "

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 class PacingPolicy:
     """Refusals per second let out at once (`rate_per_s`, `burst`), and how long others wait."""
 
-    rate_per_s: float = 20.0
-    burst: float = 20.0
-    max_hold_s: float = 1.0
+    rate_per_s: float = 5.0
+    burst: float = 5.0
+    max_hold_s: float = 2.0
     max_held: int = 1024  # beyond this many held calls, refuse at once (holding costs memory)
     margin_s: float = 0.05  # answer this long before the caller's deadline
 
