@@ -37,6 +37,7 @@ from bench.studies.hardening_percall import core_share, measure_per_call
 from bench.sweep import DEFAULT_IMAGE
 from bench.sweep_paths import Account, bearer_metadata, new_accounts, register, run_path_load
 from bench.sweep_plan import counts_type
+from bench.sweep_report import summarize
 from deploy.supervisor import LocalMesh, MeshPorts
 from mesh import __version__
 
@@ -57,26 +58,18 @@ NOT_SWITCHED = (
 )
 
 
-def _p95_s(report: dict[str, Any]) -> float:
-    for entry in report.get("latencyDistribution") or []:
-        if int(entry["percentage"]) == 95:
-            return float(entry["latency"]) / 1e9
-    return 0.0
-
-
 def run_summary(report: dict[str, Any], peak_rss: int) -> dict[str, Any]:
-    """One arm's run of one cell: OK/s, failures (every status but OK), p95 of OK calls, peak RSS."""
-    codes = {str(k): int(v) for k, v in (report.get("statusCodeDistribution") or {}).items()}
-    ok = codes.get("OK", 0)
-    seconds = float(report["total"]) / 1e9
+    """One arm's run of one cell: OK/s, failures (every status but OK), p95 of OK calls, peak RSS
+    (the sweep's own `summarize` reads the ghz report)."""
+    s = summarize(report)
     return {
-        "calls": int(report["count"]),
-        "ok": ok,
-        "seconds": seconds,
-        "ok_per_s": ok / seconds if seconds else 0.0,
-        "failures": sum(n for code, n in codes.items() if code != "OK"),
-        "status_codes": codes,
-        "p95_s": _p95_s(report),
+        "calls": s["calls"],
+        "ok": s["ok"],
+        "seconds": s["seconds"],
+        "ok_per_s": s["ok_per_s"],
+        "failures": s["calls"] - s["ok"],
+        "status_codes": {str(k): int(v) for k, v in s["status_codes"].items()},
+        "p95_s": s["p95_ok_ms"] / 1e3,
         "peak_rss_mib": peak_rss / 2**20,
     }
 
