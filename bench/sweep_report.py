@@ -19,7 +19,8 @@ MIB = 2**20
 CSV_COLUMNS = (
     "key", "ocr", "auth", "path", "concurrency", "calls", "ok", "ok_per_s", "avg_ms", "avg_ok_ms",
     "p50_ok_ms", "p95_ok_ms", "p99_ok_ms", "failure_rate", "resource_exhausted", "other_failures",
-    "server_queue_ms", "server_compute_ms", "server_rejected", "share", "peak_rss_mib", "peak_rss_ocr_mib",
+    "server_queue_ms", "server_compute_ms", "server_rejected", "server_widened", "server_wide_share",
+    "share", "peak_rss_mib", "peak_rss_ocr_mib",
     "load_1m", "ocr_cores", "ocr_cpu_per_request_s", "client_cores", "mesh_other_cores", "machine_cores",
 )  # fmt: skip
 CELL_COLUMNS = (*CSV_COLUMNS, "seconds", "rounds", "ok_per_s_min", "ok_per_s_max")  # sweep.csv
@@ -91,6 +92,8 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
         "server_queue_ms": totals.get("queue_ms", 0.0),
         "server_compute_ms": totals.get("compute_ms", 0.0),
         "server_rejected": int(totals.get("rejected_busy", 0)),
+        "server_widened": int(totals.get("widened", 0)),
+        "server_wide_share": wide_share(totals),
         "share": " ".join(f"{name}:{d.get('share', 0.0):.2f}" for name, d in sorted(instances.items())),
         "peak_rss_mib": float(rss.get("total_peak", 0.0)),
         "peak_rss_ocr_mib": max(ocr_rss, default=0.0),
@@ -99,6 +102,18 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
         "seconds": float(summary.get("seconds") or 0.0),
         "round": record_round(record),
     }
+
+
+def wide_share(totals: Mapping[str, Any]) -> float | None:
+    """The share of the cell's model runs that ran on the wide sessions (None in older records)."""
+    runs = float(totals.get("model_runs") or 0.0)
+    return float(totals.get("wide_model_runs") or 0.0) / runs if runs else None
+
+
+def wide_text(row: Mapping[str, Any]) -> str:
+    share = row.get("server_wide_share")
+    jobs = row.get("server_widened") or 0
+    return f"{jobs:.0f}" if share is None else f"{jobs:.0f} ({100 * float(share):.0f} %)"
 
 
 def cpu_columns(cpu: Mapping[str, Any] | None, completed: float) -> dict[str, float | None]:
@@ -301,19 +316,23 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         "",
         "From the OCR instances' Prometheus counters, scraped before and after each cell's load: mean time a "
         "request waited in the admission queue vs the time a worker spent on it, requests rejected at once "
-        "(queue full), each instance's share of completed requests; peak RSS of each process tree "
+        "(queue full), jobs with a model run on the wide sessions (alone on the machine, "
+        "--lone-request-threads) and the share of all model runs that ran wide, each instance's share of "
+        "completed requests; peak RSS of each process tree "
         "(sampled every 0.1 s during warm-up and load).",
         "",
-        "| path | OCR | auth | clients | queue (ms) | compute (ms) | rejected | share of requests "
+        "| path | OCR | auth | clients | queue (ms) | compute (ms) | rejected | ran wide: jobs (model runs) "
+        "| share of requests "
         "| peak RSS all (MiB) | peak RSS per process (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         rss = rss_by_key.get(r["key"]) or {}
         per = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(rss.items()))
         out.append(
             f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | {r['server_queue_ms']:.0f} "
-            f"| {r['server_compute_ms']:.0f} | {r['server_rejected']} | {r['share'] or '-'} "
+            f"| {r['server_compute_ms']:.0f} | {r['server_rejected']} | {wide_text(r)} "
+            f"| {r['share'] or '-'} "
             f"| {r['peak_rss_mib']:.0f} | {per} |"
         )
     out += cpu_section(table, meta)

@@ -8,7 +8,9 @@ from typing import Any
 
 BASE_CLIENTS = 4
 NAMES = ("key", "ocr", "auth", "path", "concurrency")
-SUMMED = ("calls", "ok", "seconds", "resource_exhausted", "other_failures", "server_rejected")
+SUMMED = (
+    "calls", "ok", "seconds", "resource_exhausted", "other_failures", "server_rejected", "server_widened",
+)  # fmt: skip
 HIGHEST = ("peak_rss_mib", "peak_rss_ocr_mib", "load_1m")
 ORDER = (
     "each mesh's cells round by round on the running mesh: odd rounds in plan order (path, then "

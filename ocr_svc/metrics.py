@@ -43,6 +43,9 @@ COUNTER_HELP = {
     "retried": "Jobs retried on another worker after the worker running them died",
     "widened": "Jobs with at least one model run on the wide ONNX Runtime sessions: they ran alone on"
     " the machine (--lone-request-threads)",
+    "model_runs": "ONNX Runtime model runs of completed jobs (detector, classifier and recogniser batches)",
+    "wide_model_runs": "Model runs on the wide sessions (--lone-request-threads): the share of model_runs"
+    " that ran alone on the machine",
     "failed": "Jobs that ended in an error other than a refusal (a worker died twice, an engine error)",
 }
 

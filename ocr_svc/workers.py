@@ -76,6 +76,8 @@ class Counters:
     retried: int = 0
     failed: int = 0
     widened: int = 0  # jobs with at least one model run on the wide sessions (ran alone)
+    model_runs: int = 0  # ONNX model runs of completed jobs (det, cls and rec batches)
+    wide_model_runs: int = 0  # of those, runs on the wide sessions
 
 
 @dataclass
@@ -378,8 +380,11 @@ class WorkerPool:
             self.ewma_service_s = service_ewma(self.ewma_service_s, service_s, self.service_samples)
             self.service_samples += 1
             self.counters.completed += 1
-            if reply.threads is not None and reply.threads.wide_runs:
-                self.counters.widened += 1
+            if reply.threads is not None:
+                self.counters.model_runs += reply.threads.model_runs
+                self.counters.wide_model_runs += reply.threads.wide_runs
+                if reply.threads.wide_runs:
+                    self.counters.widened += 1
         if ticket.abandoned:
             return
         if isinstance(reply, JobResult):

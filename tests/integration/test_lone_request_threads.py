@@ -58,6 +58,7 @@ async def test_a_lone_request_runs_every_model_on_the_wide_sessions(service: Ocr
         info = await OcrClient(channel).info()
     assert (info.threads_per_worker, info.lone_request_threads) == (1, 2)
     before = info.counters.widened
+    runs_before = await asyncio.to_thread(prometheus_text.scrape, service.metrics)
     [result] = await _recognize(service.address)
     used = result.served_by
     assert "正品促销" in result.text
@@ -69,6 +70,9 @@ async def test_a_lone_request_runs_every_model_on_the_wide_sessions(service: Ocr
     assert info.counters.widened == before + 1
     metrics = await asyncio.to_thread(prometheus_text.scrape, service.metrics)
     assert metrics.value("ocrmesh_ocr_widened_total") == info.counters.widened
+    for name, runs in (("model_runs", used.model_runs), ("wide_model_runs", used.wide_model_runs)):
+        total = f"ocrmesh_ocr_{name}_total"
+        assert metrics.value(total) - runs_before.value(total) == runs  # the job's runs, all wide
 
 
 async def test_requests_running_together_go_back_to_one_thread(service: OcrProcess) -> None:

@@ -10,7 +10,15 @@ from typing import Any
 
 from bench.report import CallResult, build_report, ghz_options, go_error
 from bench.sweep_metrics import parse_samples, server_summary
-from bench.sweep_report import load_records, rows, summarize, without_details, write_report
+from bench.sweep_report import (
+    load_records,
+    rows,
+    summarize,
+    wide_share,
+    wide_text,
+    without_details,
+    write_report,
+)
 from bench.sweep_rounds import base_clients
 
 SECOND = 1_000_000_000
@@ -206,3 +214,10 @@ def test_ratio_base_is_4_clients_else_the_lowest_above_else_the_lowest() -> None
     assert base_clients([1, 4, 64]) == 4
     assert base_clients([2, 8, 16]) == 8
     assert base_clients([1, 2]) == 1
+
+
+def test_the_share_of_model_runs_that_ran_wide() -> None:
+    assert wide_share({"model_runs": 40.0, "wide_model_runs": 30.0}) == 0.75
+    assert wide_share({"widened": 3.0}) is None  # a record from before the counters
+    assert wide_text({"server_widened": 12, "server_wide_share": 0.75}) == "12 (75 %)"
+    assert wide_text({"server_widened": 12, "server_wide_share": None}) == "12"
