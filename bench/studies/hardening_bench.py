@@ -7,7 +7,10 @@ polling or checks, no cap of streams per connection; Envoy without overload mana
 keepalive, per-route buffer limits, header-only tokens, query-free access log or x-forwarded-for).
 For every sweep cell (path x clients) each round measures both arms, alternating which goes first,
 with the sweep's well-behaved clients (RetryInfo honoured) and its default image. The checks that
-cannot be switched off are timed in-process per call (bench/studies/hardening_percall.py).
+cannot be switched off are timed in-process per call (bench/studies/hardening_percall.py). The
+Recognize cells scatter too much per round to show a 3 % bound, so an edge probe
+(bench/studies/hardening_edge.py) measures the mesh CPU the hardening adds per call on calls that
+every hardened layer handles and no worker runs, and sets it against the CPU of a Recognize call.
 """
 
 from __future__ import annotations
@@ -31,8 +34,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.durations import parse_duration
 from bench.machine_facts import cpu_model
+from bench.process_cpu import CLIENT, CpuMeter, CpuUse
 from bench.process_rss import RssSampler
 from bench.report_files import run_study, table
+from bench.studies.hardening_edge import (
+    add_edge_arguments,
+    edge_report,
+    markdown_edge,
+    measure_edge,
+    probe_payload,
+)
 from bench.studies.hardening_percall import core_share, measure_per_call
 from bench.sweep import DEFAULT_IMAGE
 from bench.sweep_paths import Account, bearer_metadata, new_accounts, register, run_path_load
@@ -58,9 +69,14 @@ NOT_SWITCHED = (
 )
 
 
-def run_summary(report: dict[str, Any], peak_rss: int) -> dict[str, Any]:
-    """One arm's run of one cell: OK/s, failures (every status but OK), p95 of OK calls, peak RSS
-    (the sweep's own `summarize` reads the ghz report)."""
+def mesh_cpu_s(use: CpuUse) -> float:
+    """CPU seconds of every measured process tree but the client (the load generator) over the span."""
+    return sum(cores for name, cores in use.cores.items() if name != CLIENT) * use.seconds
+
+
+def run_summary(report: dict[str, Any], peak_rss: int, cpu_s: float) -> dict[str, Any]:
+    """One arm's run of one cell: OK/s, failures (every status but OK), p95 of OK calls, peak RSS,
+    the mesh's CPU seconds (the sweep's own `summarize` reads the ghz report)."""
     s = summarize(report)
     return {
         "calls": s["calls"],
@@ -71,11 +87,13 @@ def run_summary(report: dict[str, Any], peak_rss: int) -> dict[str, Any]:
         "status_codes": {str(k): int(v) for k, v in s["status_codes"].items()},
         "p95_s": s["p95_ok_ms"] / 1e3,
         "peak_rss_mib": peak_rss / 2**20,
+        "mesh_cpu_s": cpu_s,
     }
 
 
 def cell_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per-round hardened/unhardened OK/s ratios, their median and range, and the pooled ratio."""
+    """Per-round hardened/unhardened OK/s ratios, their median and range, the pooled ratio, and the
+    mesh's CPU seconds per OK call (both arms pooled)."""
     hard, soft = runs["hardened"], runs["unhardened"]
     ratios = [
         h["ok_per_s"] / s["ok_per_s"] if s["ok_per_s"] else 0.0 for h, s in zip(hard, soft, strict=True)
@@ -86,12 +104,16 @@ def cell_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         return sum(r["ok"] for r in arm) / seconds if seconds else 0.0
 
     unhardened = pooled(soft)
+    ok = sum(r["ok"] for arm in ARMS for r in runs[arm])
     return {
         "ratios": ratios,
         "median_ratio": statistics.median(ratios) if ratios else 0.0,
         "min_ratio": min(ratios, default=0.0),
         "max_ratio": max(ratios, default=0.0),
         "pooled_ratio": pooled(hard) / unhardened if unhardened else 0.0,
+        "mesh_cpu_s_per_ok": sum(r.get("mesh_cpu_s", 0.0) for arm in ARMS for r in runs[arm]) / ok
+        if ok
+        else 0.0,
         "arms": {
             arm: {
                 "ok_per_s": pooled(runs[arm]),
@@ -156,11 +178,13 @@ async def _start(meshes: dict[str, LocalMesh]) -> None:
 
 async def measure(ns: argparse.Namespace, workdir: Path, console: Console) -> dict[str, Any]:
     image = await asyncio.to_thread(ns.image.read_bytes)
-    cells = [(path, c) for path in ns.path for c in ns.concurrency]
+    payload = probe_payload(len(image))
+    cells = [] if ns.edge_only else [(path, c) for path in ns.path for c in ns.concurrency]
     meshes = {arm: _mesh(ns, workdir, arm) for arm in ARMS}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         f"{path}-c{c}": {arm: [] for arm in ARMS} for path, c in cells
     }
+    edge_runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     console.print(f"starting two meshes (hardened, unhardened) in {workdir} ...")
     try:
         await _start(meshes)
@@ -177,7 +201,24 @@ async def measure(ns: argparse.Namespace, workdir: Path, console: Console) -> di
             console=console,
             disable=not ns.progress,
         ) as progress:
-            bar = progress.add_task("hardening", total=ns.rounds * len(cells) * len(ARMS))
+            edge_total = ns.edge_rounds * len(ns.path) * len(ARMS)
+            bar = progress.add_task("hardening", total=ns.rounds * len(cells) * len(ARMS) + edge_total)
+
+            def advance(description: str) -> None:
+                progress.update(bar, description=description, advance=1)
+
+            if ns.edge_rounds > 0:
+                edge_runs = await measure_edge(
+                    meshes,
+                    accounts,
+                    ns.path,
+                    rounds=ns.edge_rounds,
+                    duration_s=ns.edge_duration_s,
+                    concurrency=ns.edge_concurrency,
+                    payload=payload,
+                    filename=ns.image.name,
+                    advance=advance,
+                )
             for round_ in range(ns.rounds):
                 order = ARMS if round_ % 2 == 0 else ARMS[::-1]
                 for path, c in cells:
@@ -195,11 +236,12 @@ async def measure(ns: argparse.Namespace, workdir: Path, console: Console) -> di
                             await run_path_load(
                                 mesh, path, duration_s=ns.warmup_s, name=f"{key} warm-up", **common
                             )
-                        with RssSampler(mesh.pids()) as rss:
+                        with RssSampler(mesh.pids()) as rss, CpuMeter(mesh.pids()) as cpu:
                             result = await run_path_load(
                                 mesh, path, duration_s=ns.duration_s, name=f"{key} {arm}", **common
                             )
-                        runs[key][arm].append(run_summary(result.report, rss.peak))
+                        assert cpu.use is not None
+                        runs[key][arm].append(run_summary(result.report, rss.peak, mesh_cpu_s(cpu.use)))
                         progress.advance(bar)
     finally:
         await asyncio.gather(*(m.stop() for m in meshes.values()))
@@ -219,7 +261,9 @@ async def measure(ns: argparse.Namespace, workdir: Path, console: Console) -> di
         "paths": list(ns.path),
         "concurrency": list(ns.concurrency),
         "arm_facts": facts,
+        "edge_only": ns.edge_only,
         "cells": summaries,
+        "edge": edge_report(edge_runs, summaries, ns, len(payload)) if edge_runs else None,
         "per_call": per_call,
         "not_switched": list(NOT_SWITCHED),
         "goal_ratio": GOAL_RATIO,
@@ -230,7 +274,9 @@ def _fmt_ratios(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.3f}" for v in values)
 
 
-def markdown(r: dict[str, Any]) -> str:
+def _recognize_section(r: dict[str, Any]) -> list[str]:
+    if not r["cells"]:
+        return ["## Recognize throughput", "", "Not measured (`--edge-only`).", ""]
     rows = []
     for key, cell in r["cells"].items():
         h, u = cell["arms"]["hardened"], cell["arms"]["unhardened"]
@@ -246,9 +292,44 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{h['failures']} / {u['failures']}",
                 f"{h['p95_s_median']:.2f} / {u['p95_s_median']:.2f}",
                 f"{h['peak_rss_mib']:.0f} / {u['peak_rss_mib']:.0f}",
+                f"{cell.get('mesh_cpu_s_per_ok', 0.0):.3f}",
                 met,
             ]
         )
+    return [
+        f"## Recognize throughput, hardened/unhardened (goal >= {r['goal_ratio']})",
+        "",
+        table(
+            [
+                "cell",
+                "hardened OK/s",
+                "unhardened OK/s",
+                "ratio median (min-max)",
+                "pooled ratio",
+                "per round",
+                "failures h / u",
+                "p95 s h / u",
+                "peak RSS MiB h / u",
+                "mesh CPU s per OK call",
+                "goal",
+            ],
+            rows,
+            "lrrrrllllrl",
+        ),
+        "",
+        "OK/s pooled over the rounds; p95 of OK calls, median over rounds; peak RSS of the whole "
+        "mesh (etcd, auth, OCR and its worker, gateway) during the measured runs; mesh CPU: user + "
+        "system CPU seconds of those processes over the measured runs per OK call, both arms pooled; "
+        "failures: every status but OK.",
+        "",
+        "Both meshes stay up through every run, so their background work (the hardened OCR "
+        "instance polling revoked sessions twice a second, Envoy's upstream PINGs every 2 s) falls "
+        "on both arms' runs alike: the ratios measure what the protections cost per call.",
+        "",
+    ]
+
+
+def markdown(r: dict[str, Any]) -> str:
     pc = r["per_call"]
     best_ok = max((c["arms"]["hardened"]["ok_per_s"] for c in r["cells"].values()), default=0.0)
     per_call_rows = [
@@ -274,10 +355,15 @@ def markdown(r: dict[str, Any]) -> str:
             "Two local meshes as the default sweep runs them (etcd, 1 auth, 1 OCR instance with "
             f"{r['workers']} worker, the gateway; tokens required; no mTLS), side by side: **hardened** "
             "(the defaults) and **unhardened** (`ocrmesh serve ocr --bench-unhardened` and `ocrmesh "
-            "serve gateway --bench-unhardened`). Recognize with "
-            f"`{r['image']}`, well-behaved clients (RetryInfo honoured), {r['rounds']} rounds of "
-            f"{r['duration_s']:g} s per arm and cell after {r['warmup_s']:g} s warm-up, the first arm "
-            "alternating by round. Produced by `ocrmesh bench hardening`.",
+            "serve gateway --bench-unhardened`). "
+            + (
+                "Recognize cells not measured (`--edge-only`): the edge probe alone. "
+                if not r["cells"]
+                else f"Recognize with `{r['image']}`, well-behaved clients (RetryInfo honoured), "
+                f"{r['rounds']} rounds of {r['duration_s']:g} s per arm and cell after {r['warmup_s']:g} s "
+                "warm-up, the first arm alternating by round. "
+            )
+            + "Produced by `ocrmesh bench hardening`.",
             "",
             "## What each arm ran",
             "",
@@ -286,40 +372,20 @@ def markdown(r: dict[str, Any]) -> str:
                 facts_rows,
             ),
             "",
-            f"## Recognize throughput, hardened/unhardened (goal >= {r['goal_ratio']})",
-            "",
-            table(
-                [
-                    "cell",
-                    "hardened OK/s",
-                    "unhardened OK/s",
-                    "ratio median (min-max)",
-                    "pooled ratio",
-                    "per round",
-                    "failures h / u",
-                    "p95 s h / u",
-                    "peak RSS MiB h / u",
-                    "goal",
-                ],
-                rows,
-                "lrrrrlllll",
-            ),
-            "",
-            "OK/s pooled over the rounds; p95 of OK calls, median over rounds; peak RSS of the whole "
-            "mesh (etcd, auth, OCR and its worker, gateway) during the measured runs; failures: every "
-            "status but OK.",
-            "",
-            "Both meshes stay up through every run, so their background work (the hardened OCR "
-            "instance polling revoked sessions twice a second, Envoy's upstream PINGs every 2 s) falls "
-            "on both arms' runs alike: the ratios measure what the protections cost per call.",
-            "",
+            *_recognize_section(r),
+            *markdown_edge(r.get("edge")),
             "## Always-on checks, timed in-process per call",
             "",
             table(["check", "on, ns/call", "off, ns/call", "added ns/call"], per_call_rows, "lrrr"),
             "",
-            f"Together {pc['total_added_ns']:.0f} ns per call: at the highest hardened rate above "
-            f"({best_ok:.2f} OK/s) that is {100 * core_share(pc['total_added_ns'], best_ok):.5f} % of "
-            f"one core (best of {pc['repeats']} runs of {pc['calls']} calls; "
+            f"Together {pc['total_added_ns']:.0f} ns per call"
+            + (
+                f": at the highest hardened rate above ({best_ok:.2f} OK/s) that is "
+                f"{100 * core_share(pc['total_added_ns'], best_ok):.5f} % of one core"
+                if best_ok
+                else ""
+            )
+            + f" (best of {pc['repeats']} runs of {pc['calls']} calls; "
             f"{pc['revoked_sessions_held']} revoked sessions held).",
             "",
             "## Not switched off",
@@ -356,6 +422,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--warmup", default="3s", help="unmeasured load before each run (default 3s)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes of each OCR instance")
+    add_edge_arguments(parser)
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar on stderr"
     )
@@ -381,10 +448,23 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     try:
         ns.duration_s, ns.warmup_s = parse_duration(ns.duration), parse_duration(ns.warmup)
+        ns.edge_duration_s = parse_duration(ns.edge_duration)
     except ValueError as exc:
         print(f"hardening bench: {exc}", file=sys.stderr)
         return 2
     if min(ns.rounds, ns.workers) < 1 or ns.duration_s <= 0 or ns.warmup_s < 0:
         print("hardening bench: --rounds and --workers must be positive, --duration too", file=sys.stderr)
+        return 2
+    if ns.edge_rounds < 0 or ns.edge_concurrency < 1 or ns.edge_duration_s <= 0:
+        print(
+            "hardening bench: --edge-rounds must be >= 0, --edge-concurrency and --edge-duration positive",
+            file=sys.stderr,
+        )
+        return 2
+    if ns.edge_only and ns.edge_rounds == 0:
+        print("hardening bench: --edge-only with --edge-rounds 0 measures nothing", file=sys.stderr)
+        return 2
+    if ns.recognize_cpu_s is not None and ns.recognize_cpu_s <= 0:
+        print("hardening bench: --recognize-cpu-s must be positive", file=sys.stderr)
         return 2
     return 0 if run_study("hardening", ns, measure, markdown) is not None else 1
