@@ -29,9 +29,11 @@ from bench.studies.instance_layout import percentile
 from mesh import __version__, balancer
 from mesh.console import output_console
 from mesh.ocr_client import OcrClient
+from ocr_svc.config import OcrConfig
 
 RECOGNIZE = "ocrmesh.ocr.v1.OcrService.Recognize"
 ROOT = Path(__file__).resolve().parents[2]
+PACING = OcrConfig()  # the instance runs with the defaults: the report quotes its refusal pacing
 REFUSALS = (
     "rejected_deadline_unreachable",
     "rejected_queue_wait",
@@ -250,8 +252,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Peak RSS of the instance (server and workers) over all runs: {peak:.0f} MiB.",
         "- A refusal is `DEADLINE_UNREACHABLE` when the predicted wait plus one job does not fit the call's "
         "deadline: at a concurrency whose closed-loop wait exceeds the deadline, those are the calls that "
-        "could not have been answered in time. Refusals past 20/s are held up to 1 s (never past the "
-        "deadline) and admitted if room opens: 'held' counts them.",
+        f"could not have been answered in time. Refusals past {PACING.refusal_rate:g}/s are held up to "
+        f"{PACING.refusal_hold_s:g} s (the instance's defaults; never past the deadline) and admitted if "
+        "room opens: 'held' counts them.",
         "",
     ]
     return "\n".join(lines)
