@@ -6,7 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.studies import admission_bench
+
+pytestmark = pytest.mark.slow  # benchmark smoke run (~40 s): `ocrmesh bench admission` end to end
 
 
 def test_admission_bench_runs_both_client_kinds_and_writes_reports(tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ import pytest
 
 from tests.corpus import CORPUS
 
+# benchmark smoke run (~40-60 s, two meshes): `ocrmesh bench hardening` end to end
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -22,6 +22,10 @@ from tests.corpus import CORPUS
 from tests.integration.etcd_fixtures import eventually
 from tests.integration.identity_fixtures import acting_as
 
+# A soak: three 60 s leaf rotations under load (~110 s). Rotation itself stays in make test
+# (test_gateway_mtls, test_etcd_rbac).
+pytestmark = pytest.mark.slow
+
 IMAGE = CORPUS / "real" / "cnocr_multi-line_en_black.png"
 LIFETIME = dt.timedelta(seconds=60)
 ROTATIONS = 3

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # benchmark smoke run (~17 s): `ocrmesh bench mtls` end to end
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

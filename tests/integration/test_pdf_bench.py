@@ -6,7 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.studies import pdf_bench
+
+pytestmark = pytest.mark.slow  # benchmark smoke run (~25 s): `ocrmesh bench pdf` end to end
 
 
 def test_pdf_bench_reads_the_pdf_in_order_measures_both_callers_and_the_refusals(tmp_path: Path) -> None:

@@ -8,10 +8,15 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.sweep_paths import new_accounts, register
 from deploy.supervisor import LocalMesh, MeshPorts
 from tests.corpus import CORPUS
 from tests.integration.ocr_fixtures import ROOT
+
+# benchmark smoke run (~15 s): the sweep's mixed workload; test_sweep_tiny keeps the sweep in make test
+pytestmark = pytest.mark.slow
 
 
 async def test_mixed_load_logs_in_and_recognizes_through_the_mesh(tmp_path: Path) -> None:
