@@ -43,10 +43,11 @@ class OcrConfig:
     )
     lone_request_max_others: int = setting(
         -1,
-        help="a lone request widens only while at most this many other tasks are runnable on the "
-        "machine (/proc/loadavg), so it never contends with other work; -1: cores minus "
-        "--lone-request-threads (0 when it takes every core); a large number stops the check "
-        "(e.g. in a container that sees the host's count)",
+        help="a lone request widens only while the rest of the machine used at most this many "
+        "cores (plus a quarter) over the last moments (/proc/stat; with no recent window: at most "
+        "this many other runnable tasks, /proc/loadavg), so it never contends with other work; -1: "
+        "cores minus --lone-request-threads (0 when it takes every core); a large number stops the "
+        "check (e.g. in a container that sees the host's count)",
     )
     idle_cores_file: str = setting(
         "",

@@ -16,6 +16,7 @@ from ocr_svc.idle_cores import IdleCores, default_lock_file, default_max_others,
 from ocr_svc.job import DEFAULT_MIN_SCORE, JobOptions, Reading
 from ocr_svc.model_files import swap_models
 from ocr_svc.pipeline_settings import PipelineSettings
+from ocr_svc.recent_load import RecentLoad
 from ocr_svc.subnormal_weights import flush_engine_sessions
 from ocr_svc.thread_choice import ThreadTally, install
 
@@ -58,8 +59,8 @@ class EngineSettings:
     # The machine-wide lock file the workers of every instance mark themselves busy in
     # (ocr_svc/idle_cores.py); empty: the default one.
     idle_cores_file: str = ""
-    # A wide run also needs at most this many other runnable tasks on the machine (/proc/loadavg);
-    # -1: `default_max_others`; a large number: the run queue is not looked at.
+    # A wide run also needs the rest of the machine at most this many cores busy (IdleCores.may_widen);
+    # -1: `default_max_others`; a large number: the rest of the machine is not looked at.
     lone_max_others: int = -1
 
 
@@ -178,7 +179,7 @@ class Engine:
             others = settings.lone_max_others
             if others < 0:
                 others = default_max_others(usable_cores(), settings.lone_threads)
-            self.cores = IdleCores(path, others)
+            self.cores = IdleCores(path, others, recent=RecentLoad())
             self.tally.wide_threads = settings.lone_threads
         if device == "cpu":
             install(Models.of(self._ocr), settings.lone_threads, self.cores, self.tally)

@@ -25,7 +25,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ocr_svc.recent_load import RecentLoad
+
 LOCK_BYTE = (1, 0, os.SEEK_SET)  # length, start, whence: byte 0 of the file
+OTHERS_SLACK_CORES = 0.25
+"""Other work a wide run tolerates beyond `max_others` whole cores, measured over the last moments:
+the gRPC server, Envoy and etcd of a busy mesh use a few percent of a core (0.04 cores measured in
+the sweep's cells), while a neighbour that would slow a wide run down (at 100 % of a core: 1.13x
+slower with 2 threads than with 1) is far above it."""
 
 
 def default_lock_file() -> Path:
@@ -90,14 +97,21 @@ class IdleCores:
     """This worker's view of the machine-wide lock: mark a job busy, ask whether it runs alone."""
 
     def __init__(
-        self, path: Path, max_others: int | None = None, loadavg: Path = Path("/proc/loadavg")
+        self,
+        path: Path,
+        max_others: int | None = None,
+        loadavg: Path = Path("/proc/loadavg"),
+        recent: RecentLoad | None = None,
     ) -> None:
-        """`max_others`: also require the run queue to show at most that many other runnable tasks
-        (see `cores_free`); None: OCR jobs alone decide."""
+        """`max_others`: also require the rest of the machine to leave the cores free: at most that
+        many cores' worth of other work, measured over the last moments by `recent` when it has a
+        fresh window, else at most that many other runnable tasks now (see `cores_free`); None: OCR
+        jobs alone decide."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_others = max_others
         self._loadavg = loadavg
+        self._recent = recent
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._busy = False
 
@@ -124,7 +138,12 @@ class IdleCores:
         threads took twice as long as 1 on the detector at a load average of 4 on 2 cores)."""
         if not self.alone():
             return False
-        return self.max_others is None or cores_free(runnable_tasks(self._loadavg), self.max_others)
+        if self.max_others is None:
+            return True
+        used = self._recent.others_cores() if self._recent is not None else None
+        if used is not None:
+            return used <= self.max_others + OTHERS_SLACK_CORES
+        return cores_free(runnable_tasks(self._loadavg), self.max_others)
 
     def alone(self) -> bool:
         """True when no other process on the machine is running a job now (this one must be)."""
