@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.durations import parse_duration
 from bench.machine_facts import cpu_model
+from bench.paired_arms import paired_ratios, pooled_rate
 from bench.process_cpu import CLIENT, CpuMeter, CpuUse
 from bench.process_rss import RssSampler
 from bench.report_files import run_study, table
@@ -94,29 +95,15 @@ def run_summary(report: dict[str, Any], peak_rss: int, cpu_s: float) -> dict[str
 def cell_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per-round hardened/unhardened OK/s ratios, their median and range, the pooled ratio, and the
     mesh's CPU seconds per OK call (both arms pooled)."""
-    hard, soft = runs["hardened"], runs["unhardened"]
-    ratios = [
-        h["ok_per_s"] / s["ok_per_s"] if s["ok_per_s"] else 0.0 for h, s in zip(hard, soft, strict=True)
-    ]
-
-    def pooled(arm: list[dict[str, Any]]) -> float:
-        seconds = sum(r["seconds"] for r in arm)
-        return sum(r["ok"] for r in arm) / seconds if seconds else 0.0
-
-    unhardened = pooled(soft)
     ok = sum(r["ok"] for arm in ARMS for r in runs[arm])
     return {
-        "ratios": ratios,
-        "median_ratio": statistics.median(ratios) if ratios else 0.0,
-        "min_ratio": min(ratios, default=0.0),
-        "max_ratio": max(ratios, default=0.0),
-        "pooled_ratio": pooled(hard) / unhardened if unhardened else 0.0,
+        **paired_ratios(runs["hardened"], runs["unhardened"], rate="ok_per_s", count="ok"),
         "mesh_cpu_s_per_ok": sum(r.get("mesh_cpu_s", 0.0) for arm in ARMS for r in runs[arm]) / ok
         if ok
         else 0.0,
         "arms": {
             arm: {
-                "ok_per_s": pooled(runs[arm]),
+                "ok_per_s": pooled_rate(runs[arm], "ok"),
                 "failures": sum(r["failures"] for r in runs[arm]),
                 "p95_s_median": statistics.median(r["p95_s"] for r in runs[arm]) if runs[arm] else 0.0,
                 "peak_rss_mib": max((r["peak_rss_mib"] for r in runs[arm]), default=0.0),

@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from bench.paired_arms import paired_ratios, pooled_rate
 from bench.process_cpu import CLIENT, CpuMeter, CpuUse
 from bench.report_files import table
 from bench.sweep_paths import Account, bearer_metadata, run_path_load
@@ -90,15 +91,7 @@ def edge_summary(path: str, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
     their medians and ranges, pooled figures, and per arm its CPU per call, status codes and idle
     background (its CPU while the other arm ran)."""
     hard, soft = runs["hardened"], runs["unhardened"]
-    ratios = [
-        h["calls_per_s"] / s["calls_per_s"] if s["calls_per_s"] else 0.0
-        for h, s in zip(hard, soft, strict=True)
-    ]
     extra = [h["cpu_us_per_call"] - s["cpu_us_per_call"] for h, s in zip(hard, soft, strict=True)]
-
-    def pooled_rate(arm: Sequence[Mapping[str, Any]]) -> float:
-        seconds = sum(r["seconds"] for r in arm)
-        return sum(r["calls"] for r in arm) / seconds if seconds else 0.0
 
     def arm_figures(arm: str, other: str) -> dict[str, Any]:
         mine = runs[arm]
@@ -109,7 +102,7 @@ def edge_summary(path: str, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
                 codes[code] = codes.get(code, 0) + n
         processes = sorted({p for r in mine for p in r["cpu_us_per_call_by_process"]})
         return {
-            "calls_per_s": pooled_rate(mine),
+            "calls_per_s": pooled_rate(mine, "calls"),
             "cpu_us_per_call_median": _median([r["cpu_us_per_call"] for r in mine]),
             "cpu_us_per_call_pooled": 1e6 * sum(r["mesh_cpu_s"] for r in mine) / calls if calls else 0.0,
             "cpu_us_per_call_by_process": {
@@ -119,13 +112,8 @@ def edge_summary(path: str, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
             "status_codes": dict(sorted(codes.items())),
         }
 
-    unhardened_rate = pooled_rate(soft)
     return {
-        "ratios": ratios,
-        "median_ratio": _median(ratios),
-        "min_ratio": min(ratios, default=0.0),
-        "max_ratio": max(ratios, default=0.0),
-        "pooled_ratio": pooled_rate(hard) / unhardened_rate if unhardened_rate else 0.0,
+        **paired_ratios(hard, soft, rate="calls_per_s", count="calls"),
         "extra_us_per_call": extra,
         "extra_us_per_call_median": _median(extra),
         "extra_us_per_call_min": min(extra, default=0.0),
