@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 PROC_STAT = Path("/proc/stat")
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")  # /proc/stat's unit, read once rather than per model run
 MIN_WINDOW_S = 0.25
 """Shortest window measured: /proc/stat counts in ticks of 10 ms per core, so over 0.25 s the
 error is under a tenth of a core. Asked sooner, the last window's figure is given again."""
@@ -41,7 +42,7 @@ def machine_busy_s(stat: Path = PROC_STAT) -> float | None:
         user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in first[1:8])
     except ValueError:
         return None
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / TICKS_PER_S
 
 
 class RecentLoad:
@@ -62,17 +63,18 @@ class RecentLoad:
     def others_cores(self) -> float | None:
         """Cores used by everything but this process over the window ending now; None when there
         is no fresh window (the first call, after a long gap, or no /proc/stat)."""
+        now = self._clock()
+        mark = self._mark
+        if mark is not None and now - mark[0] < MIN_WINDOW_S:
+            return self._last  # the window is still growing: the last full window's figure, no read
         busy = machine_busy_s(self._stat)
         if busy is None:
             return None
-        now, mine = self._clock(), self._own_cpu()
-        mark, self._mark = self._mark, (now, busy, mine)
+        mine = self._own_cpu()
+        self._mark = (now, busy, mine)
         if mark is None:
             return None
         span = now - mark[0]
-        if span < MIN_WINDOW_S:
-            self._mark = mark  # keep the window growing; give the last full window's figure
-            return self._last
         if span > MAX_WINDOW_S:
             self._last = None
             return None
