@@ -387,13 +387,15 @@ class Sweep:
 
 def cpu_record(use: CpuUse | None) -> dict[str, Any] | None:
     """A cell's CPU: cores (CPU seconds per second of the measured load) used by each process tree,
-    by the client (the load generator with the sweep's samplers) and by the whole machine."""
+    by the client (the load generator with the sweep's samplers) and by the whole machine, and the
+    cores the hypervisor stole."""
     if use is None:
         return None
     return {
         "seconds": round(use.seconds, 2),
         "cores": {name: round(cores, 4) for name, cores in use.cores.items()},
         "machine_cores": round(use.machine_cores, 3),
+        "stolen_cores": round(use.stolen_cores, 3),
     }
 
 

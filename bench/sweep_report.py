@@ -22,6 +22,7 @@ CSV_COLUMNS = (
     "server_queue_ms", "server_compute_ms", "server_rejected", "server_widened", "server_wide_share",
     "share", "peak_rss_mib", "peak_rss_ocr_mib",
     "load_1m", "ocr_cores", "ocr_cpu_per_request_s", "client_cores", "mesh_other_cores", "machine_cores",
+    "stolen_cores",
 )  # fmt: skip
 CELL_COLUMNS = (*CSV_COLUMNS, "seconds", "rounds", "ok_per_s_min", "ok_per_s_max")  # sweep.csv
 ROUND_COLUMNS = (*CSV_COLUMNS, "seconds", "round")  # sweep-rounds.csv, one row per (cell, round)
@@ -119,9 +120,10 @@ def wide_text(row: Mapping[str, Any]) -> str:
 def cpu_columns(cpu: Mapping[str, Any] | None, completed: float) -> dict[str, float | None]:
     """Cores used during the cell's load: the OCR instances' trees (service and workers), their CPU
     seconds per completed request, the client (load generator and samplers), the rest of the mesh
-    (etcd, auth, gateway, BFF) and the whole machine; None in records from before CPU was measured."""
+    (etcd, auth, gateway, BFF), the whole machine and the cores the hypervisor stole; None in records
+    from before CPU (or steal) was measured."""
     if not cpu:
-        return dict.fromkeys(CSV_COLUMNS[-5:])
+        return dict.fromkeys(CSV_COLUMNS[-6:])
     cores: Mapping[str, float] = cpu.get("cores") or {}
     ocr = sum(v for name, v in cores.items() if name.startswith("ocr"))
     client = float(cores.get(CLIENT, 0.0))
@@ -131,6 +133,7 @@ def cpu_columns(cpu: Mapping[str, Any] | None, completed: float) -> dict[str, fl
         "client_cores": client,
         "mesh_other_cores": sum(cores.values()) - ocr - client,
         "machine_cores": float(cpu.get("machine_cores", 0.0)),
+        "stolen_cores": float(cpu["stolen_cores"]) if "stolen_cores" in cpu else None,
     }
 
 
@@ -376,11 +379,13 @@ def cpu_section(table: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> 
         "(this process: load generator and samplers), the rest of the mesh (etcd, auth, gateway, BFF), and "
         f"the whole machine ({meta.get('cpus', '?')} CPUs). `other work` is the machine less all of ours: "
         "CPU the OCR workers could not have. A cell whose OCR cores drop while its CPU per request holds "
-        "lost throughput to the machine, not to its own load.",
+        "lost throughput to the machine, not to its own load. `stolen` is the time the hypervisor ran "
+        "something else while this machine's cores had work (/proc/stat steal; 0 on bare metal): a cell "
+        "measured while the host took cores is slower for reasons outside the mesh.",
         "",
         "| path | OCR | auth | clients | OK/s | OCR (cores) | OCR CPU per request (s) | client (cores) "
-        "| rest of mesh (cores) | machine (cores) | other work (cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rest of mesh (cores) | machine (cores) | other work (cores) | stolen (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         ours = [r.get(k) for k in ("ocr_cores", "client_cores", "mesh_other_cores")]
@@ -391,7 +396,7 @@ def cpu_section(table: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> 
             f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | {_f(r['ok_per_s'])} "
             f"| {_cores(r.get('ocr_cores'))} | {_cores(r.get('ocr_cpu_per_request_s'))} "
             f"| {_cores(r.get('client_cores'))} | {_cores(r.get('mesh_other_cores'))} "
-            f"| {_cores(machine)} | {_cores(other)} |"
+            f"| {_cores(machine)} | {_cores(other)} | {_cores(r.get('stolen_cores'))} |"
         )
     return out
 

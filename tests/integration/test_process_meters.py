@@ -3,6 +3,7 @@ peaks of a tree whose child appears after sampling began."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -57,6 +58,7 @@ def test_cpu_meter_counts_a_worker_born_during_the_span_in_its_tree() -> None:
     assert busy_s > 0.1  # the child's sum, started after the meter's first look, is the tree's
     assert busy_s > 10 * idle_s  # a tree that only waited used next to nothing
     assert use.machine_cores * use.seconds >= busy_s * 0.5  # the machine saw that work too
+    assert 0.0 <= use.stolen_cores <= (os.cpu_count() or 1)  # the host's steal: at most every core
     assert use.total() >= use.cores["busy"]
 
 

@@ -144,6 +144,7 @@ def test_report_says_where_the_cpu_went_and_leaves_it_out_for_older_records(tmp_
         "seconds": 20.0,
         "cores": {"ocr-1": 0.9, "etcd": 0.02, "auth-1": 0.01, "client": 0.05},
         "machine_cores": 1.98,
+        "stolen_cores": 0.12,
     }
     older = record("direct", 1, 4, ghz([1.0] * 20, total_s=20.0))
     found = {r["key"]: r for r in rows([measured, older])}
@@ -151,11 +152,12 @@ def test_report_says_where_the_cpu_went_and_leaves_it_out_for_older_records(tmp_
     assert abs(cpu["ocr_cores"] - 0.9) < 1e-9 and abs(cpu["client_cores"] - 0.05) < 1e-9
     assert abs(cpu["mesh_other_cores"] - 0.03) < 1e-9
     assert abs(cpu["ocr_cpu_per_request_s"] - 0.9 * 20.0 / 8) < 1e-9  # 6 + 2 completed
+    assert abs(cpu["stolen_cores"] - 0.12) < 1e-9
     assert found["ocr1-auth1-direct-c4"]["machine_cores"] is None
     text = write_report(tmp_path, [measured, older], {"cpus": 2})["md"].read_text()
     assert "## CPU" in text
-    assert "| direct | 1 | 1 | 16 | 1.00 | 0.90 | 2.25 | 0.05 | 0.03 | 1.98 | 1.00 |" in text
-    assert "| direct | 1 | 1 | 4 | 1.00 | - | - | - | - | - | - |" in text
+    assert "| direct | 1 | 1 | 16 | 1.00 | 0.90 | 2.25 | 0.05 | 0.03 | 1.98 | 1.00 | 0.12 |" in text
+    assert "| direct | 1 | 1 | 4 | 1.00 | - | - | - | - | - | - | - |" in text
     (tmp_path / "old").mkdir()
     assert "## CPU" not in write_report(tmp_path / "old", [older], {"cpus": 2})["md"].read_text()
 
