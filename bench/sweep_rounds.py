@@ -6,6 +6,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench.paired_arms import paired_ratios, pooled_rate
+
 BASE_CLIENTS = 4
 NAMES = ("key", "ocr", "auth", "path", "concurrency")
 SUMMED = (
@@ -73,11 +75,6 @@ def base_clients(concurrencies: Sequence[int]) -> int:
     return min(at_least) if at_least else min(concurrencies)
 
 
-def _rate(runs: Sequence[Mapping[str, Any]]) -> float:
-    seconds = sum(float(r.get("seconds") or 0.0) for r in runs)
-    return sum(int(r["ok"]) for r in runs) / seconds if seconds else 0.0
-
-
 def ratios(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per mesh and path, each cell's OK/s over its base cell's (`base_clients`) in the same round,
     then the median and min-max over the rounds both were measured in; `pooled` is all those rounds'
@@ -92,8 +89,8 @@ def ratios(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for clients in sorted(by_clients):
             mine, theirs = by_clients[clients], by_clients[base]
             paired = sorted(r for r in mine if r in theirs and float(theirs[r]["ok_per_s"]) > 0)
-            each = [float(mine[r]["ok_per_s"]) / float(theirs[r]["ok_per_s"]) for r in paired]
-            base_rate = _rate([theirs[r] for r in paired])
+            bases = [theirs[r] for r in paired]
+            found = paired_ratios([mine[r] for r in paired], bases, "ok_per_s", "ok")
             out.append(
                 {
                     "ocr": ocr,
@@ -103,10 +100,10 @@ def ratios(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "base_concurrency": base,
                     "rounds": len(paired),
                     "ok_per_s_median": statistics.median(float(r["ok_per_s"]) for r in mine.values()),
-                    "ratio_median": statistics.median(each) if each else None,
-                    "ratio_min": min(each, default=None),
-                    "ratio_max": max(each, default=None),
-                    "pooled": _rate([mine[r] for r in paired]) / base_rate if base_rate else None,
+                    "ratio_median": found["median_ratio"] if paired else None,
+                    "ratio_min": found["min_ratio"] if paired else None,
+                    "ratio_max": found["max_ratio"] if paired else None,
+                    "pooled": found["pooled_ratio"] if pooled_rate(bases, "ok") else None,
                     "failed": sum(int(r["calls"]) - int(r["ok"]) for r in mine.values()),
                 }
             )
