@@ -80,6 +80,15 @@ class Counters:
     wide_model_runs: int = 0  # of those, runs on the wide sessions
 
 
+@dataclass(frozen=True)
+class Started:
+    """A warm worker process, not yet given a slot."""
+
+    process: BaseProcess
+    conn: Connection
+    info: EngineInfo
+
+
 @dataclass
 class Slot:
     """One worker position; its process is replaced when it dies or is recycled."""
@@ -92,6 +101,9 @@ class Slot:
     crashes_in_a_row: int = 0
     info: EngineInfo | None = None
     job_started_at: float | None = None  # monotonic time the running job was sent, None when idle
+    # A planned recycle: the replacement warming up while this slot's worker goes on serving.
+    successor: asyncio.Task[Started] | None = None
+    recycle_why: str = ""
 
     @property
     def pid(self) -> int:
@@ -141,6 +153,7 @@ class WorkerPool:
             max_workers=2 * self.settings.size + 2, thread_name_prefix="ocr-pipe"
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced workers finishing their exit
         self._closing = False
         self.heavy_running = 0
         self._heavy_waiters: deque[asyncio.Future[None]] = deque()
@@ -150,9 +163,12 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Spawn every worker and wait until all are warm; raises EngineStartError on failure."""
+        spawns = [asyncio.ensure_future(self._spawn(slot)) for slot in self._slots]
         try:
-            await asyncio.gather(*(self._spawn(slot) for slot in self._slots))
+            await asyncio.gather(*spawns)
         except BaseException:
+            # The others may still be starting: cancelled, they stop their half-started processes.
+            await asyncio.gather(*(cancel_and_wait(spawn) for spawn in spawns))
             await self.close()
             raise
         self.info = self._slots[0].info
@@ -162,7 +178,9 @@ class WorkerPool:
         """Stop feeding workers, ask them to exit, kill any that do not."""
         self._closing = True
         await asyncio.gather(*(cancel_and_wait(task) for task in self._tasks))
+        await asyncio.gather(*(self._drop_successor(s) for s in self._slots))
         await asyncio.gather(*(self._stop_process(s, timeout_s) for s in self._slots))
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     def slots(self) -> list[Slot]:
@@ -177,47 +195,64 @@ class WorkerPool:
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
-    async def _spawn(self, slot: Slot) -> None:
+    async def _start_worker(self, index: int) -> Started:
+        """Start a worker process for slot `index` and wait until its engine is warm; a worker that
+        fails, hangs or is cancelled on the way is stopped (EngineStartError says why)."""
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=worker_main,
             args=(child, self.engine, self.limits, logging.getLevelName(logging.getLogger().level)),
-            name=f"ocr-worker-{slot.index}",
+            name=f"ocr-worker-{index}",
             daemon=True,
         )
-        slot.state = "starting"
         await self._call(proc.start)
         child.close()
-        slot.process, slot.conn, slot.jobs_done = proc, parent, 0
         try:
             message = await asyncio.wait_for(self._call(parent.recv), timeout=self.settings.start_timeout_s)
         except (EOFError, OSError, TimeoutError) as exc:
-            await self._stop_process(slot, 1.0)
+            await self._end_process(proc, parent, 1.0)
             raise EngineStartError(
-                f"worker {slot.index} exited or hung while loading the models ({exc!r}); "
+                f"worker {index} exited or hung while loading the models ({exc!r}); "
                 "check memory and the logs above"
             ) from None
+        except asyncio.CancelledError:
+            await self._end_process(proc, parent, 1.0)
+            raise
         if not isinstance(message, WorkerReady):
-            await self._stop_process(slot, 1.0)
+            await self._end_process(proc, parent, 1.0)
             raise EngineStartError(message.message if isinstance(message, WorkerFailed) else repr(message))
-        slot.info = message.info
+        return Started(proc, parent, message.info)
+
+    async def _spawn(self, slot: Slot) -> None:
+        slot.state = "starting"
+        self._adopt(slot, await self._start_worker(slot.index))
+
+    def _adopt(self, slot: Slot, started: Started) -> None:
+        """Give `slot` the warm worker `started` (its previous process, if any, is the caller's)."""
+        slot.process, slot.conn, slot.info = started.process, started.conn, started.info
+        slot.jobs_done = 0
         slot.state = "idle"
         log.info(
             "worker ready",
             extra={
                 "worker": slot.index,
                 "pid": slot.pid,
-                "provider": slot.info.execution_provider,
-                "warmup_ms": round(slot.info.warmup_ms),
-                "subnormal_weights_zeroed": slot.info.subnormal_weights_zeroed,
+                "provider": started.info.execution_provider,
+                "warmup_ms": round(started.info.warmup_ms),
+                "subnormal_weights_zeroed": started.info.subnormal_weights_zeroed,
             },
         )
 
     async def _stop_process(self, slot: Slot, timeout_s: float) -> None:
         proc, conn = slot.process, slot.conn
         slot.state = "stopped"
-        if proc is None:
-            return
+        slot.process, slot.conn = None, None
+        if proc is not None:
+            await self._end_process(proc, conn, timeout_s)
+
+    async def _end_process(self, proc: BaseProcess, conn: Connection | None, timeout_s: float) -> None:
+        """Ask a worker to exit (it finishes nothing: it is idle or its job is given up), kill it
+        if it has not within `timeout_s`."""
         if conn is not None and proc.is_alive():
             with contextlib.suppress(OSError, ValueError):
                 conn.send(None)
@@ -227,10 +262,10 @@ class WorkerPool:
             await self._call(proc.join, 5.0)
         if conn is not None:
             conn.close()
-        slot.process, slot.conn = None, None
 
     async def _replace(self, slot: Slot, why: str) -> None:
         """Stop the slot's process and start a fresh one, backing off if it keeps failing."""
+        await self._drop_successor(slot)  # the worker died while its successor warmed: start afresh
         await self._stop_process(slot, 5.0)
         while not self._closing:
             delay = min(10.0, 0.5 * (2 ** max(0, slot.crashes_in_a_row - 1)))
@@ -259,8 +294,10 @@ class WorkerPool:
                 self.queue.done(ticket)  # before a replacement: its flow may go on elsewhere
             if died is not None:
                 await self._replace(slot, died)
-            elif ran:
+                continue
+            if ran:
                 await self._maybe_recycle(slot)
+            await self._take_over(slot)
 
     async def _run_ticket(self, slot: Slot, ticket: Ticket) -> tuple[bool, str | None]:
         """Run a taken ticket on `slot` and deliver its answer: (whether it ran to an answer, why
@@ -397,13 +434,65 @@ class WorkerPool:
             ticket.future.set_exception(JobFailed("error", reply.message))
 
     async def _maybe_recycle(self, slot: Slot) -> None:
+        """Replace a worker that has done its share of jobs or grown too big.
+
+        After `recycle_after_jobs` the successor warms up beside the worker, which goes on serving
+        until it is ready (the slot never stops; the instance holds one more worker's memory for
+        those seconds). A worker above `max_worker_rss_bytes` is replaced at once instead: memory is
+        what is short."""
         s = self.settings
-        why = ""
-        if s.recycle_after_jobs and slot.jobs_done >= s.recycle_after_jobs:
-            why = f"recycled after {slot.jobs_done} jobs"
-        elif s.max_worker_rss_bytes and slot.rss_bytes() > s.max_worker_rss_bytes:
-            why = f"recycled at RSS {slot.rss_bytes() // 2**20} MiB"
-        if why:
+        if s.max_worker_rss_bytes and slot.rss_bytes() > s.max_worker_rss_bytes:
             self.counters.worker_recycles += 1
             slot.state = "retiring"
-            await self._replace(slot, why)
+            await self._replace(slot, f"recycled at RSS {slot.rss_bytes() // 2**20} MiB")
+            return
+        if s.recycle_after_jobs and slot.jobs_done >= s.recycle_after_jobs and slot.successor is None:
+            self.counters.worker_recycles += 1
+            slot.recycle_why = f"recycled after {slot.jobs_done} jobs"
+            successor = asyncio.create_task(self._start_worker(slot.index))
+            slot.successor = successor
+            successor.add_done_callback(lambda done: self._successor_ready(slot, done))
+            log.info("warming a successor", extra={"worker": slot.index, "why": slot.recycle_why})
+
+    async def _drop_successor(self, slot: Slot) -> None:
+        """Give up the slot's successor: stopped while it starts, or ended if it is already warm."""
+        successor, slot.successor = slot.successor, None
+        if successor is None:
+            return
+        await cancel_and_wait(successor)
+        if not successor.cancelled() and successor.exception() is None:
+            started = successor.result()
+            await self._end_process(started.process, started.conn, 5.0)
+
+    def _successor_ready(self, slot: Slot, successor: asyncio.Task[Started]) -> None:
+        """The successor's start ended: an idle slot takes it at once (no job is on its worker);
+        a busy one after its job (`_take_over`), and so does one whose successor failed."""
+        if self._closing or slot.successor is not successor or slot.state != "idle":
+            return
+        if not successor.cancelled() and successor.exception() is None:
+            self._hand_over(slot, successor.result())
+
+    async def _take_over(self, slot: Slot) -> None:
+        """Between jobs: if the slot's successor is warm, it takes the slot; if it failed to
+        start, the slot's worker is replaced the plain way (stopped, then started, with backoff)."""
+        successor = slot.successor
+        if successor is None or not successor.done():
+            return
+        if successor.cancelled() or successor.exception() is not None:
+            slot.successor = None
+            why = "cancelled" if successor.cancelled() else str(successor.exception())
+            log.error("successor failed to start", extra={"worker": slot.index, "error": why})
+            await self._replace(slot, slot.recycle_why)
+            return
+        self._hand_over(slot, successor.result())
+
+    def _hand_over(self, slot: Slot, started: Started) -> None:
+        """The warm successor takes the slot; the old worker (idle now) exits in the background."""
+        old, conn = slot.process, slot.conn
+        slot.successor = None
+        self._adopt(slot, started)
+        log.warning("worker replaced", extra={"worker": slot.index, "why": slot.recycle_why})
+        if old is not None:
+            stopping = asyncio.create_task(self._end_process(old, conn, 5.0))
+            self._retiring.add(stopping)
+            stopping.add_done_callback(self._retiring.discard)

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import psutil
 import pytest
 from ocrmesh.ocr.v1 import ocr_pb2
 
 from mesh import balancer, errors
 from mesh.ocr_client import OcrClient
 from tests.corpus import CORPUS
+from tests.integration import prometheus_text
 from tests.integration.ocr_fixtures import ROOT, running_ocr, stop
 
 PHOTO = (CORPUS / "real" / "rapidocr_ch_en_num.jpg").read_bytes()
@@ -214,3 +216,33 @@ async def test_heavy_images_run_one_at_a_time_while_light_ones_share_workers(tmp
             client = OcrClient(channel)
             light = await asyncio.gather(*(client.recognize(PHOTO, timeout=60) for _ in range(2)))
     assert max(r.timing.queue_ms for r in light) < 700, [r.timing.queue_ms for r in light]
+
+
+async def test_a_recycled_worker_serves_on_until_its_successor_is_warm(tmp_path: Path) -> None:
+    # After 2 jobs the worker is due for recycling: its successor warms up (a process start and a
+    # model load, seconds) while the old worker takes the next jobs, so the instance never stops.
+    with running_ocr(tmp_path, "--workers", "1", "--recycle-after-jobs", "2") as svc:
+        async with balancer.direct_channel(svc.address) as channel:
+            client = OcrClient(channel)
+            first = [await client.recognize(PHOTO, timeout=60) for _ in range(2)]
+            old = first[0].served_by.worker_pid
+            assert first[1].served_by.worker_pid == old
+            third = await client.recognize(PHOTO, timeout=60)  # sent as the successor starts
+            assert third.served_by.worker_pid == old and "正品促销" in third.text
+            for _ in range(300):  # the successor takes the slot once warm, between jobs
+                info = await client.info()
+                pids = [w.pid for w in info.worker_infos]
+                if pids and pids[0] not in (0, old):
+                    break
+                await asyncio.sleep(0.2)
+            assert len(pids) == 1 and pids[0] not in (0, old), info.worker_infos
+            assert info.counters.failed == 0 and info.counters.worker_restarts == 0  # nothing crashed
+            metrics = await asyncio.to_thread(prometheus_text.scrape, svc.metrics)
+            assert metrics.value("ocrmesh_ocr_worker_recycles_total") == 1
+            after = await client.recognize(PHOTO, timeout=60)
+            assert after.served_by.worker_pid == pids[0] and "正品促销" in after.text
+            for _ in range(100):  # the old worker exits on its own once replaced
+                if not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE:
+                    break
+                await asyncio.sleep(0.1)
+            assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
