@@ -33,6 +33,7 @@ from bench.loadgen import (
 )
 from bench.mesh_calls import mesh_call_factory
 from bench.report import summary_text
+from bench.stop_signals import run_stoppable
 from mesh import credentials
 from mesh.mesh_client import split_targets
 
@@ -288,7 +289,7 @@ def run(ns: argparse.Namespace) -> int:
         options = _options(ns, call)
         try:
             # --token / --login / OCRMESH_TOKEN become an authorization header on every call.
-            auth = asyncio.run(credentials.resolve_metadata(ns))
+            auth = run_stoppable(credentials.resolve_metadata(ns))
         except credentials.CredentialsError as exc:
             raise BenchError(str(exc)) from None
         if auth:
@@ -298,7 +299,7 @@ def run(ns: argparse.Namespace) -> int:
         if ns.mix:
             if ns.engine == "ghz" or not ns.image:
                 raise BenchError("--mix needs --image and the builtin engine")
-            data, factory, recorder = asyncio.run(mix.for_load_cli(ns.mix, ns, data, factory))
+            data, factory, recorder = run_stoppable(mix.for_load_cli(ns.mix, ns, data, factory))
         if ns.engine == "ghz":
             if factory is not insecure_calls:
                 raise BenchError("ghz cannot balance: use --engine builtin with --etcd or several targets")
@@ -310,7 +311,7 @@ def run(ns: argparse.Namespace) -> int:
                 )
             report = run_ghz(options, target, method, data)
         else:
-            report = asyncio.run(_run_builtin(options, target, data, not ns.no_progress, factory))
+            report = run_stoppable(_run_builtin(options, target, data, not ns.no_progress, factory))
     except BenchError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from bench.stop_signals import run_stoppable
 
 
 def table_head(columns: Sequence[str], align: str = "") -> list[str]:
@@ -53,7 +54,7 @@ def run_study(
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix=f"{name}-bench-") as tmp:
         try:
-            result = asyncio.run(measure(ns, Path(tmp), console))
+            result = run_stoppable(measure(ns, Path(tmp), console))
         except RuntimeError as exc:
             print(f"{name} bench: {exc}", file=sys.stderr)
             return None

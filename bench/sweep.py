@@ -27,6 +27,7 @@ from bench.durations import parse_duration
 from bench.machine_facts import machine
 from bench.process_cpu import CpuMeter, CpuUse
 from bench.process_rss import RssSampler
+from bench.stop_signals import run_stoppable
 from bench.sweep_metrics import scrape_all, server_summary
 from bench.sweep_paths import (
     Account,
@@ -516,7 +517,7 @@ def run(ns: argparse.Namespace) -> int:
     began = time.monotonic()
     sweep = Sweep(config, console)
     try:
-        code = asyncio.run(sweep.run())
+        code = run_stoppable(sweep.run())
     except RuntimeError as exc:
         console.print(f"[red]{PROG}: {exc}[/]\nrecorded cells are kept: run the same command again to resume")
         return 1

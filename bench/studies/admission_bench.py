@@ -24,6 +24,7 @@ from bench.loadgen import LoadOptions, run_load
 from bench.machine_facts import cpu_model
 from bench.process_rss import RssSampler
 from bench.report_files import write_report
+from bench.stop_signals import run_stoppable
 from bench.studies.foundation import ocr_service
 from bench.studies.instance_layout import percentile
 from mesh import __version__, balancer
@@ -300,7 +301,7 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     args = (ns.image, concurrencies, ns.rss_concurrency, duration_s, timeout_s, ns.rounds, ns.workers)
     try:
-        result = asyncio.run(measure(*args))
+        result = run_stoppable(measure(*args))
     except RuntimeError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from auth_svc import keys
 from auth_svc.store import UserRecord
 from auth_svc.tokens import TokenSettings, issue_access_token
 from bench.report_files import write_report
+from bench.stop_signals import run_stoppable
 from deploy.service_process import ServiceProcess, running_async
 from mesh import __version__, balancer
 from mesh.jwks_source import DEFAULT_AUDIENCE, DEFAULT_ISSUER
@@ -416,7 +417,7 @@ def run(ns: argparse.Namespace) -> int:
         target=ns.target,
     )
     try:
-        results = asyncio.run(run_auth_bench(opts))
+        results = run_stoppable(run_auth_bench(opts))
     except RuntimeError as exc:
         print(f"ocrmesh bench auth: {exc}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.report_files import write_report
+from bench.stop_signals import run_stoppable
 from bench.studies.foundation import ocr_service
 from mesh import __version__, balancer
 from mesh.mesh_client import MeshClient, split_targets
@@ -232,7 +233,7 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     try:
         with _instances(ns.target, ns.instances) as targets:
-            result = asyncio.run(measure(targets, ns.calls, ns.rounds, ns.concurrency))
+            result = run_stoppable(measure(targets, ns.calls, ns.rounds, ns.concurrency))
     except (RuntimeError, grpc.aio.AioRpcError) as exc:
         print(f"balancer bench: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import statistics
 import sys
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from bench.http_load import HttpLoad, Send, run_http_load
 from bench.report_files import write_report
+from bench.stop_signals import run_stoppable
 from bench.sweep_paths import (
     CALL_TIMEOUT_S,
     Account,
@@ -296,7 +296,7 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     opts = BffBenchOptions(ns.image, ns.concurrency, ns.rounds, ns.round_s, ns.warmup_s, ns.workers, ns.out)
     try:
-        results = asyncio.run(run_bff_bench(opts, console))
+        results = run_stoppable(run_bff_bench(opts, console))
     except RuntimeError as exc:
         console.print(f"[red]ocrmesh bench bff: {exc}[/]")
         return 1

@@ -43,6 +43,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.machine_facts import machine
 from bench.report_files import table, write_report
+from bench.stop_signals import run_stoppable
 from etcd.launcher import EtcdProcess
 from gateway.bootstraps import envoy_bootstrap
 from gateway.envoy_process import EnvoyProcess
@@ -684,7 +685,7 @@ def run(ns: argparse.Namespace) -> int:
         print("control-plane bench: N, M must be positive and --changes at least 2", file=sys.stderr)
         return 2
     console = Console(stderr=True)
-    result = asyncio.run(measure(ns, grid, console))
+    result = run_stoppable(measure(ns, grid, console))
     stem = ns.stem or f"control-plane-{datetime.now(UTC):%Y-%m-%d}"
     png = ns.out / f"{stem}.png"
     ns.out.mkdir(parents=True, exist_ok=True)

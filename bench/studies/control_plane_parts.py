@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from bench.stop_signals import run_stoppable
 from gateway.control_plane import ControlPlane, XdsService
 from gateway.snapshot_builder import MeshState
 from mesh.discovery import Changes, Discovery
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     role = {"registrar": registrar, "watchers": watchers, "control-plane": control_plane}[ns.role]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(role(ns))
+        run_stoppable(role(ns))
     return 0
 
 

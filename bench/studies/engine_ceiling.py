@@ -14,6 +14,7 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bench.durations import parse_duration
+from bench.stop_signals import run_stoppable
 from ocr_svc.admission import AdmissionQueue, Ticket
 from ocr_svc.config import default_workers
 from ocr_svc.engine import EngineSettings
@@ -173,7 +174,7 @@ def run(ns: argparse.Namespace) -> int:
         print(f"ocrmesh bench engine: no such file: {ns.image}", file=sys.stderr)
         return 2
     workers = ns.workers or default_workers()
-    result = asyncio.run(
+    result = run_stoppable(
         measure_engine(
             ns.image.read_bytes(),
             workers,

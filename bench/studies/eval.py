@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.report_files import table
+from bench.stop_signals import run_stoppable
 from bench.studies import accuracy_guard
 from bench.studies.cer import Score, score
 from mesh.console import output_console
@@ -550,7 +551,7 @@ def _engines(ns: argparse.Namespace) -> list[Recognizer]:
     engines: list[Recognizer] = []
     try:
         if ns.target:
-            meta = asyncio.run(credentials.resolve_metadata(ns))
+            meta = run_stoppable(credentials.resolve_metadata(ns))
             engines.append(ServiceRecognizer(ns.target, ns.timeout, meta))
         else:
             engines.append(InProcessRecognizer(ns.threads, ns.device))

@@ -25,6 +25,7 @@ from bench.durations import parse_duration
 from bench.loadgen import LoadOptions, run_load
 from bench.process_rss import RssSampler
 from bench.report_files import write_report
+from bench.stop_signals import run_stoppable
 from bench.studies.engine_ceiling import EngineBench
 from deploy.service_process import ServiceProcess, running
 from mesh import __version__
@@ -258,7 +259,7 @@ def run(ns: argparse.Namespace) -> int:
     ns.out.mkdir(parents=True, exist_ok=True)
     workdir = ns.out / "raw"
     workdir.mkdir(exist_ok=True)
-    results = asyncio.run(run_foundation(ns.image, ns.large, parse_duration(ns.duration), workdir))
+    results = run_stoppable(run_foundation(ns.image, ns.large, parse_duration(ns.duration), workdir))
     text = markdown(results)
     _, md_path = write_report(ns.out, f"foundation-{dt.date.today().isoformat()}", results, text)
     table = Table(title="foundation benchmark")

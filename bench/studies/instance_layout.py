@@ -25,6 +25,7 @@ from bench.durations import parse_duration
 from bench.loadgen import LoadOptions, run_load
 from bench.mesh_calls import mesh_call_factory
 from bench.report_files import write_report
+from bench.stop_signals import run_stoppable
 from bench.studies.foundation import Service, ocr_service
 from etcd.launcher import EtcdError, EtcdProcess
 from mesh import __version__
@@ -284,7 +285,7 @@ def run(ns: argparse.Namespace) -> int:
         print(f"{prog}: need concurrencies >= 1, --rounds >= 1 and a positive --duration", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(measure(ns.image, concurrencies, duration_s, ns.rounds))
+        result = run_stoppable(measure(ns.image, concurrencies, duration_s, ns.rounds))
     except (RuntimeError, EtcdError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1

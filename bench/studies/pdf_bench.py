@@ -28,6 +28,7 @@ from bench.machine_facts import cpu_model
 from bench.pdf_files import refused_pdfs, scan_pdf
 from bench.process_rss import RssSampler
 from bench.report_files import table, write_report
+from bench.stop_signals import run_stoppable
 from bench.studies.foundation import ocr_service
 from bench.studies.instance_layout import percentile
 from mesh import __version__, balancer, errors
@@ -425,7 +426,7 @@ def run(ns: argparse.Namespace) -> int:
         print(f"{prog}: need 1-100 --pages, --samples and --rounds >= 1, --workers >= 0", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(
+        result = run_stoppable(
             measure(pages, ns.image, ns.samples, ns.rounds, ns.workers, ns.timeout, ns.pdf_runs)
         )
     except (RuntimeError, grpc.aio.AioRpcError) as exc:

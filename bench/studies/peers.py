@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os
@@ -23,6 +22,7 @@ from bench.durations import parse_duration
 from bench.http_load import HttpLoad, run_http_load
 from bench.machine_facts import machine
 from bench.process_rss import RssSampler
+from bench.stop_signals import run_stoppable
 from bench.studies.peer_server import PeerError, PeerServer, find_peer_python, peer_versions, setup_peer
 from bench.studies.peers_report import PEER, comparisons, markdown, plot, pooled, verdicts
 from bench.sweep import DEFAULT_IMAGE, ROOT, versions
@@ -301,7 +301,7 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     began = time.monotonic()
     try:
-        table, meta = asyncio.run(run_peers(cfg, console))
+        table, meta = run_stoppable(run_peers(cfg, console))
     except (PeerError, PathUnavailable, RuntimeError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,6 @@ its throughput is higher. The report (markdown + JSON) goes to docs/benchmarks/.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from bench.machine_facts import machine
 from bench.report_files import table, write_report
+from bench.stop_signals import run_stoppable
 from bench.studies.eval import ImageResult, InProcessRecognizer, Item, Outcome, evaluate, load_manifest
 from ocr_svc.int8_models import SERVICE_VARIANT, VARIANTS, Built, Variant, build_variants
 
@@ -297,7 +297,7 @@ def run(ns: argparse.Namespace) -> int:
     workers = ns.workers or default_workers()
     if not ns.skip_throughput:
         print(f"throughput, {ns.rounds} rounds ...", file=sys.stderr)
-        throughput = asyncio.run(
+        throughput = run_stoppable(
             throughput_rounds(ns.image.read_bytes(), built, chosen, workers, ns.rounds, ns.round_s)
         )
     decision = {}
