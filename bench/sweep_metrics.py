@@ -15,7 +15,7 @@ PREFIX = "ocrmesh_ocr_"
 # ONNX sessions, which changes the service time by a third on a 2-core machine
 COUNTERS = (
     "accepted", "completed", "rejected_busy", "dropped_expired", "dropped_cancelled", "failed",
-    "widened", "model_runs", "wide_model_runs",
+    "widened", "model_runs", "wide_model_runs", "worker_recycles", "worker_restarts",
 )  # fmt: skip
 Samples = dict[str, float]
 

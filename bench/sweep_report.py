@@ -20,7 +20,7 @@ CSV_COLUMNS = (
     "key", "ocr", "auth", "path", "concurrency", "calls", "ok", "ok_per_s", "avg_ms", "avg_ok_ms",
     "p50_ok_ms", "p95_ok_ms", "p99_ok_ms", "failure_rate", "resource_exhausted", "other_failures",
     "server_queue_ms", "server_compute_ms", "server_rejected", "server_widened", "server_wide_share",
-    "share", "peak_rss_mib", "peak_rss_ocr_mib",
+    "server_workers_replaced", "share", "peak_rss_mib", "peak_rss_ocr_mib",
     "load_1m", "ocr_cores", "ocr_cpu_per_request_s", "client_cores", "mesh_other_cores", "machine_cores",
     "stolen_cores",
 )  # fmt: skip
@@ -95,6 +95,8 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
         "server_rejected": int(totals.get("rejected_busy", 0)),
         "server_widened": int(totals.get("widened", 0)),
         "server_wide_share": wide_share(totals),
+        # Recycled on purpose or restarted after a crash: a one-worker instance may stall meanwhile.
+        "server_workers_replaced": int(totals.get("worker_recycles", 0) + totals.get("worker_restarts", 0)),
         "share": " ".join(f"{name}:{d.get('share', 0.0):.2f}" for name, d in sorted(instances.items())),
         "peak_rss_mib": float(rss.get("total_peak", 0.0)),
         "peak_rss_ocr_mib": max(ocr_rss, default=0.0),
@@ -321,13 +323,14 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         "request waited in the admission queue vs the time a worker spent on it, requests rejected at once "
         "(queue full), jobs with a model run on the wide sessions (alone on the machine, "
         "--lone-request-threads) and the share of all model runs that ran wide, each instance's share of "
-        "completed requests; peak RSS of each process tree "
+        "completed requests, worker processes replaced during the cell (recycled after "
+        "--recycle-after-jobs, or restarted after a crash); peak RSS of each process tree "
         "(sampled every 0.1 s during warm-up and load).",
         "",
         "| path | OCR | auth | clients | queue (ms) | compute (ms) | rejected | ran wide: jobs (model runs) "
-        "| share of requests "
+        "| share of requests | workers replaced "
         "| peak RSS all (MiB) | peak RSS per process (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         rss = rss_by_key.get(r["key"]) or {}
@@ -335,7 +338,7 @@ def markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], plot
         out.append(
             f"| {r['path']} | {r['ocr']} | {r['auth']} | {r['concurrency']} | {r['server_queue_ms']:.0f} "
             f"| {r['server_compute_ms']:.0f} | {r['server_rejected']} | {wide_text(r)} "
-            f"| {r['share'] or '-'} "
+            f"| {r['share'] or '-'} | {r.get('server_workers_replaced') or 0} "
             f"| {r['peak_rss_mib']:.0f} | {per} |"
         )
     out += cpu_section(table, meta)

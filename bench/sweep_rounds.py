@@ -12,6 +12,7 @@ BASE_CLIENTS = 4
 NAMES = ("key", "ocr", "auth", "path", "concurrency")
 SUMMED = (
     "calls", "ok", "seconds", "resource_exhausted", "other_failures", "server_rejected", "server_widened",
+    "server_workers_replaced",
 )  # fmt: skip
 HIGHEST = ("peak_rss_mib", "peak_rss_ocr_mib", "load_1m")
 ORDER = (

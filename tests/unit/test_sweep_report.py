@@ -48,6 +48,8 @@ METRICS = """# TYPE ocrmesh_ocr_completed_total counter
 ocrmesh_ocr_completed_total {completed}
 # TYPE ocrmesh_ocr_rejected_busy_total counter
 ocrmesh_ocr_rejected_busy_total {rejected}
+# TYPE ocrmesh_ocr_worker_recycles_total counter
+ocrmesh_ocr_worker_recycles_total {recycles}
 # TYPE ocrmesh_ocr_stage_seconds histogram
 ocrmesh_ocr_stage_seconds_sum{{stage="queue"}} {queue}
 ocrmesh_ocr_stage_seconds_count{{stage="queue"}} {completed}
@@ -56,14 +58,17 @@ ocrmesh_ocr_stage_seconds_count{{stage="total"}} {completed}
 """
 
 
-def samples(completed: int, rejected: int, queue_s: float, total_s: float) -> dict[str, float]:
-    return parse_samples(METRICS.format(completed=completed, rejected=rejected, queue=queue_s, total=total_s))
+def samples(
+    completed: int, rejected: int, queue_s: float, total_s: float, recycles: int = 0
+) -> dict[str, float]:
+    counts = {"completed": completed, "rejected": rejected, "recycles": recycles}
+    return parse_samples(METRICS.format(queue=queue_s, total=total_s, **counts))
 
 
 def record(path: str, ocr: int, concurrency: int, report: dict[str, Any]) -> dict[str, Any]:
     key = f"ocr{ocr}-auth1-{path}-c{concurrency}"
     before = {"ocr-1": samples(10, 0, 1.0, 6.0), "ocr-2": samples(0, 0, 0.0, 0.0)}
-    after = {"ocr-1": samples(16, 5, 4.0, 12.0), "ocr-2": samples(2, 1, 0.0, 1.0)}
+    after = {"ocr-1": samples(16, 5, 4.0, 12.0, recycles=1), "ocr-2": samples(2, 1, 0.0, 1.0)}
     return {
         "cell": {"key": key, "ocr": ocr, "auth": 1, "path": path, "concurrency": concurrency},
         "settings": "f" * 16,
@@ -126,8 +131,10 @@ def test_report_from_recorded_json_writes_csv_markdown_and_plots(tmp_path: Path)
     ]
     assert table[1]["resource_exhausted"] == "3" and table[3]["other_failures"] == "1"
     assert table[0]["share"] == "ocr-1:0.75 ocr-2:0.25"
+    assert table[0]["server_workers_replaced"] == "1"  # ocr-1 recycled a worker during the cell
     text = written["md"].read_text()
     assert "| direct | 1 | 1 | 4 | 23 | 2.00 | 1.50 |" in text
+    assert "| ocr-1:0.75 ocr-2:0.25 | 1 |" in text
     assert "ocr-1 450" in text and "![throughput](throughput.png)" in text
     for name in ("latency", "throughput", "failures"):
         png = written[name].read_bytes()
