@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -22,17 +23,19 @@ def cpu_seconds(proc: psutil.Process) -> float | None:
     return float(times.user + times.system)
 
 
-def busy_seconds() -> float:
+def busy_seconds(times: Any = None) -> float:
     """CPU seconds the whole machine has spent busy (all cores: user, nice, system, irq, softirq;
-    idle, I/O wait and the time the hypervisor stole left out; guest time is already in user)."""
-    t = psutil.cpu_times()
+    idle, I/O wait and the time the hypervisor stole left out; guest time is already in user).
+    `times`: a psutil.cpu_times() already read, else it is read now."""
+    t = times if times is not None else psutil.cpu_times()
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
 
-def stolen_seconds() -> float:
+def stolen_seconds(times: Any = None) -> float:
     """CPU seconds the hypervisor ran something else while this machine's cores had work (Linux
-    guests; 0 elsewhere). A cell measured while it grows lost throughput to the host."""
-    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+    guests; 0 elsewhere). A cell measured while it grows lost throughput to the host. `times` as
+    for busy_seconds."""
+    return float(getattr(times if times is not None else psutil.cpu_times(), "steal", 0.0))
 
 
 @dataclass(frozen=True)
@@ -79,17 +82,18 @@ class CpuMeter:
 
     def __enter__(self) -> CpuMeter:
         self._start = self._snapshot()
-        self._busy = busy_seconds()
-        self._stolen = stolen_seconds()
+        times = psutil.cpu_times()  # one read of the machine's counters for both figures
+        self._busy, self._stolen = busy_seconds(times), stolen_seconds(times)
         self._began = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         end = self._snapshot()
         wall = max(time.monotonic() - self._began, 1e-9)
-        busy = busy_seconds() - self._busy
+        times = psutil.cpu_times()
+        busy = busy_seconds(times) - self._busy
         cores: dict[str, float] = dict.fromkeys([*self.pids, CLIENT], 0.0)
         for key, seconds in end.items():
             cores[key[0]] += (seconds - self._start.get(key, 0.0)) / wall
-        stolen = stolen_seconds() - self._stolen
+        stolen = stolen_seconds(times) - self._stolen
         self.use = CpuUse(wall, cores, busy / wall, stolen / wall)
