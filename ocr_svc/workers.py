@@ -441,10 +441,11 @@ class WorkerPool:
         those seconds). A worker above `max_worker_rss_bytes` is replaced at once instead: memory is
         what is short."""
         s = self.settings
-        if s.max_worker_rss_bytes and slot.rss_bytes() > s.max_worker_rss_bytes:
+        rss = slot.rss_bytes() if s.max_worker_rss_bytes else 0
+        if rss > s.max_worker_rss_bytes:
             self.counters.worker_recycles += 1
             slot.state = "retiring"
-            await self._replace(slot, f"recycled at RSS {slot.rss_bytes() // 2**20} MiB")
+            await self._replace(slot, f"recycled at RSS {rss // 2**20} MiB")
             return
         if s.recycle_after_jobs and slot.jobs_done >= s.recycle_after_jobs and slot.successor is None:
             self.counters.worker_recycles += 1
